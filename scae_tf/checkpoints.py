@@ -1,0 +1,212 @@
+"""Checkpoints: TF1 checkpoints of the original code, and the port's own.
+
+TF1 checkpoints come in two namings:
+
+* upstream `train.py` (google-research / akosiorek): no scope prefix, e.g.
+  `conv_net_2d/conv_2d_0/w`; they also hold EMA and summary variables;
+* the paper authors' fork: a scope prefix, `SCAE/...` for a teacher and
+  `STU/...` for a defended student.
+
+After the prefix both use Sonnet 1 names. `tf1_variable_map` lists, for a
+port model, the Sonnet 1 name of every variable; the loader matches names
+and shapes strictly and loads nothing unless everything matches.
+The port's own runs use TF2 object-based checkpoints (`tf.train.Checkpoint`).
+"""
+
+import os
+import re
+from typing import Dict, Optional
+
+import numpy as np
+import tensorflow as tf
+
+# Variables written by TF1 training that are not model weights.
+_OPTIMIZER_SLOT = re.compile(r'/(RMSProp(_1)?|Adam(_1)?|Momentum)$')
+_NON_MODEL = re.compile(
+    r'(^|/)(global_step|beta[12]_power)$|ExponentialMovingAverage|'
+    r'(^|/)(ema|summaries?|moving_average)(/|$)')
+
+
+def tf1_variable_map(model) -> Dict[str, tf.Variable]:
+  """Sonnet 1 name (without scope prefix) -> the port's variable."""
+  names = {}
+  enc = model.part_encoder
+  for i, (w, b) in enumerate(zip(enc.cnn.kernels, enc.cnn.biases)):
+    names[f'conv_net_2d/conv_2d_{i}/w'] = w
+    names[f'conv_net_2d/conv_2d_{i}/b'] = b
+  names['capsule_image_encoder/add/b'] = enc.embedding_bias
+  names['capsule_image_encoder/conv_2d/w'] = enc.head_w
+  names['capsule_image_encoder/conv_2d/b'] = enc.head_b
+
+  dec = model.template_decoder
+  names['template_based_image_decoder/templates'] = dec.template_logits
+  if dec.use_alpha_channel:
+    names['template_based_image_decoder/templates_alpha'] = (
+        dec.templates_alpha)
+    names['template_based_image_decoder/bg_mixing_logit'] = (
+        dec.bg_mixing_logit)
+  else:
+    names['template_based_image_decoder/temperature_logit'] = (
+        dec.temperature_logit)
+  if dec.colorize:
+    _add_linears(names, 'template_based_image_decoder/mlp',
+                 dec.color_mlp.layers)
+  names['template_based_image_decoder/bg_value'] = dec.bg_value
+
+  st = model.set_transformer
+  _add_linears(names, 'set_transformer', [st.input_linear])
+  for block in st.blocks:
+    prefix = f'set_transformer/{block.name}'
+    _add_attention(names, prefix + '/multi_head_qkv_attention',
+                   block.attention)
+    if block.layer_norm:
+      for norm in (block.norm, block.norm_1):
+        names[f'{prefix}/{norm.name}/gamma'] = norm.gamma
+        names[f'{prefix}/{norm.name}/beta'] = norm.beta
+    _add_linears(names, prefix + '/mlp', block.mlp.layers)
+  _add_linears(names, 'set_transformer', [st.output_linear])
+  names['set_transformer/inducing_points'] = st.inducing_points
+  _add_attention(names, 'set_transformer/multi_head_qkv_attention', st.pool)
+
+  obj = model.object_capsules
+  layer = 'image_capsule/capsule_layer'
+  for mlp in (obj.params_mlp, obj.caps_mlp):
+    for lin in mlp.layers:
+      names[f'{layer}/{mlp.name}/{lin.name}/weights'] = lin.weights
+      if lin.b is not None:
+        names[f'{layer}/{mlp.name}/{lin.name}/add/b'] = lin.b
+  names[f'{layer}/add/b'] = obj.ccr_bias
+  names[f'{layer}/add_1/b'] = obj.pres_logit_per_caps_bias
+  names[f'{layer}/add_2/b'] = obj.pres_logit_per_vote_bias
+  names[f'{layer}/add_3/b'] = obj.scale_per_vote_bias
+  names[f'{layer}/cpr_static'] = obj.cpr_static
+  names['image_capsule/capsule_likelihood/dummy_vote'] = (
+      obj.likelihood.dummy_vote)
+
+  for probe in (model.posterior_probe, model.prior_probe):
+    _add_linears(names, f'image_autoencoder/{probe.name}', [probe.linear])
+  return names
+
+
+def _add_linears(names, prefix, layers):
+  for lin in layers:
+    names[f'{prefix}/{lin.name}/w'] = lin.w
+    names[f'{prefix}/{lin.name}/b'] = lin.b
+
+
+def _add_attention(names, prefix, attention):
+  layers = [lin for head in attention.heads for lin in head]
+  _add_linears(names, prefix, layers + [attention.output])
+
+
+class CheckpointMismatchError(ValueError):
+  """The checkpoint does not fit the model; nothing was loaded."""
+
+
+def resolve_tf1_checkpoint(path: str) -> str:
+  """Accepts a checkpoint prefix, a `.index` file or a directory."""
+  if os.path.isdir(path):
+    latest = tf.train.latest_checkpoint(path)
+    if latest is None:
+      raise FileNotFoundError(f'No checkpoint found in directory {path!r}.')
+    return latest
+  if path.endswith('.index'):
+    path = path[:-len('.index')]
+  if not tf.io.gfile.exists(path + '.index'):
+    raise FileNotFoundError(f'No checkpoint at {path!r} '
+                            f'({path}.index does not exist).')
+  return path
+
+
+def detect_scope(ckpt_names, model_names) -> str:
+  """Finds the prefix ('', 'SCAE/', 'STU/', ...) under which the model lives."""
+  probe = 'conv_net_2d/conv_2d_0/w'
+  scopes = sorted(n[:-len(probe)] for n in ckpt_names if n.endswith(probe))
+  if not scopes:
+    raise CheckpointMismatchError(
+        f'No SCAE part-encoder variable (*{probe}) in the checkpoint; is it an '
+        'SCAE checkpoint?')
+  if len(scopes) > 1:
+    raise CheckpointMismatchError(
+        f'The checkpoint holds several models (scopes {scopes}); pass scope=.')
+  del model_names
+  return scopes[0]
+
+
+def read_tf1_checkpoint(path: str, scope: Optional[str] = None,
+                        with_optimizer: bool = False):
+  """Reads a TF1 checkpoint into {sonnet-1 name: array} for one model scope.
+
+  Returns (weights, extras): extras holds the optimiser slots
+  (`<name>/RMSProp`, `<name>/RMSProp_1`) and `global_step` when
+  `with_optimizer`; EMA and summary variables are always ignored.
+  """
+  path = resolve_tf1_checkpoint(path)
+  reader = tf.train.load_checkpoint(path)
+  all_names = list(reader.get_variable_to_shape_map())
+  if scope is None:
+    scope = detect_scope(all_names, None)
+  elif scope and not scope.endswith('/'):
+    scope += '/'
+
+  weights, extras = {}, {}
+  for full in all_names:
+    if _NON_MODEL.search(full):
+      if with_optimizer and full.endswith('global_step'):
+        extras['global_step'] = reader.get_tensor(full)
+      continue
+    if not full.startswith(scope):
+      continue
+    name = full[len(scope):]
+    if _OPTIMIZER_SLOT.search(name):
+      if with_optimizer:
+        extras[name] = reader.get_tensor(full)
+      continue
+    weights[name] = reader.get_tensor(full)
+  return weights, extras
+
+
+def load_tf1_checkpoint(model, path: str, scope: Optional[str] = None,
+                        optimizer=None):
+  """Loads an original (upstream or fork) TF1 checkpoint into `model`.
+
+  Shapes are checked strictly; on any mismatch a CheckpointMismatchError
+  lists the missing, unexpected and mis-shaped variables and the model is left
+  untouched. With `optimizer` (a `scae_tf.optim.TF1RMSProp`), its slots and
+  step are restored too, to continue an original run.
+
+  Returns a report dict (scope, number of tensors and parameters).
+  """
+  weights, extras = read_tf1_checkpoint(path, scope,
+                                        with_optimizer=optimizer is not None)
+  var_map = tf1_variable_map(model)
+  missing = sorted(set(var_map) - set(weights))
+  unexpected = sorted(set(weights) - set(var_map))
+  misshaped = sorted(
+      f'{n}: checkpoint {list(weights[n].shape)} vs model '
+      f'{var_map[n].shape.as_list()}'
+      for n in set(var_map) & set(weights)
+      if tuple(weights[n].shape) != tuple(var_map[n].shape))
+  if missing or unexpected or misshaped:
+    lines = [f'Checkpoint {path!r} does not match the model '
+             f'(config {model.config.name!r}); nothing was loaded.']
+    for title, items in (('missing from checkpoint', missing),
+                         ('unexpected in checkpoint', unexpected),
+                         ('shape mismatch', misshaped)):
+      if items:
+        lines.append(f'  {title} ({len(items)}):')
+        lines.extend(f'    {i}' for i in items)
+    raise CheckpointMismatchError('\n'.join(lines))
+
+  slot_updates = []
+  if optimizer is not None:
+    slot_updates = optimizer.slot_values_from_tf1(var_map, extras)
+
+  for name, var in var_map.items():
+    var.assign(weights[name])
+  for var, value in slot_updates:
+    var.assign(value)
+  return dict(path=resolve_tf1_checkpoint(path),
+              n_tensors=len(var_map),
+              n_params=int(sum(np.prod(w.shape) for w in weights.values())),
+              optimizer_restored=optimizer is not None)

@@ -1,0 +1,343 @@
+"""The Stacked Capsule Autoencoder: wires the paper's parts together.
+
+image -> PartEncoder -> part capsules
+      -> TemplateDecoder (templates warped by part poses) -> rec_ll
+      -> SetTransformer(poses, presences, features, templates) -> ObjectCapsules
+      -> CapsuleLikelihood(part poses | votes) -> log_prob, posteriors, presences
+
+Upstream: `capsules/models/scae.py` (`ImageAutoencoder`) as built by the fork's
+`_stacked_capsule_autoencoder`. Field names of `ScaeOutput` are upstream's.
+"""
+
+from typing import NamedTuple, Optional
+
+import numpy as np
+import sonnet as snt
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from scae_tf import losses
+from scae_tf import math_ops
+from scae_tf.configs import ScaeConfig
+from scae_tf.objects import ObjectCapsules
+from scae_tf.parts import PartCapsules, PartEncoder, Rendering, TemplateDecoder
+from scae_tf.set_transformer import SetTransformer
+
+
+class RenderingSummary(NamedTuple):
+  transformed_templates: tf.Tensor
+  mixing_logits: tf.Tensor
+  mode: tf.Tensor
+
+
+class ScaeOutput(NamedTuple):
+  """Everything the original's `ImageAutoencoder._build` returns.
+
+  Fields that the requested computation did not need are None (see
+  `SCAE.forward(full=...)`).
+  """
+  part: PartCapsules
+  # Object capsules.
+  vote: tf.Tensor
+  scale: tf.Tensor
+  vote_presence: tf.Tensor          # [B, K, P] 0/1: vote beats the dummy
+  vote_presence_prob: tf.Tensor     # [B, K, P]
+  pres_logit_per_caps: tf.Tensor
+  pres_logit_per_vote: tf.Tensor
+  dynamic_weights_l2: tf.Tensor
+  raw_caps_params: tf.Tensor
+  raw_caps_features: tf.Tensor
+  caps_presence_prob: tf.Tensor     # [B, K] prior object presence
+  # Capsule likelihood.
+  log_prob: tf.Tensor
+  posterior_mixing_probs: tf.Tensor  # [B, P, K]
+  mixing_logits: tf.Tensor
+  mixing_log_prob: tf.Tensor
+  # Reconstruction.
+  rec_ll: tf.Tensor
+  rec_ll_per_pixel: tf.Tensor
+  # Sparsity.
+  prior_within_sparsity_loss: tf.Tensor
+  prior_between_sparsity_loss: tf.Tensor
+  posterior_within_sparsity_loss: tf.Tensor
+  posterior_between_sparsity_loss: tf.Tensor
+  # Probes (logits/pred always; xe/acc when labels are given).
+  prior_cls_logits: tf.Tensor
+  prior_cls_pred: tf.Tensor
+  posterior_cls_logits: tf.Tensor
+  posterior_cls_pred: tf.Tensor
+  prior_cls_xe: Optional[tf.Tensor] = None
+  prior_cls_acc: Optional[tf.Tensor] = None
+  posterior_cls_xe: Optional[tf.Tensor] = None
+  posterior_cls_acc: Optional[tf.Tensor] = None
+  best_cls_acc: Optional[tf.Tensor] = None
+  # Only with full=True.
+  winner: Optional[tf.Tensor] = None
+  winner_pres: Optional[tf.Tensor] = None
+  soft_winner: Optional[tf.Tensor] = None
+  soft_winner_pres: Optional[tf.Tensor] = None
+  is_from_capsule: Optional[tf.Tensor] = None
+  templates: Optional[tf.Tensor] = None
+  used_templates: Optional[tf.Tensor] = None
+  rec_mode: Optional[tf.Tensor] = None
+  rec_mean: Optional[tf.Tensor] = None
+  mse_per_pixel: Optional[tf.Tensor] = None
+  mse: Optional[tf.Tensor] = None
+  primary_caps_l1: Optional[tf.Tensor] = None
+  bottom_up_rec: Optional[RenderingSummary] = None
+  top_down_rec: Optional[RenderingSummary] = None
+  top_down_per_caps_rec: Optional[RenderingSummary] = None
+
+  @property
+  def primary_presence(self):
+    return self.part.presence
+
+  @property
+  def template_pres(self):
+    return self.part.presence
+
+  @property
+  def posterior_presence(self):
+    """Posterior object presence: mixing probabilities summed over parts."""
+    return tf.reduce_sum(self.posterior_mixing_probs, 1)
+
+
+class SCAE(snt.Module):
+  """Stacked Capsule Autoencoder.
+
+  Call it (`model(images, labels)`) from user code: inputs are validated.
+  Compiled steps call `forward` directly: it does no Python-side checks.
+  """
+
+  def __init__(self, config: ScaeConfig, name='scae'):
+    super().__init__(name=name)
+    c = self.config = config
+    self.part_encoder = PartEncoder(c)
+    self.template_decoder = TemplateDecoder(c)
+    n_inputs = (c.n_part_caps_dims + 1 + c.n_part_special_features
+                + c.template_size ** 2 * c.n_channels)
+    self.set_transformer = SetTransformer(
+        n_inputs, c.set_transformer_n_layers, c.set_transformer_n_heads,
+        c.set_transformer_n_dims, c.set_transformer_n_output_dims,
+        c.n_obj_caps, layer_norm=True)
+    self.object_capsules = ObjectCapsules(c, c.set_transformer_n_output_dims)
+    # Upstream builds the posterior probe first ('classification_probe').
+    self.posterior_probe = losses.ClassificationProbe(
+        c.n_obj_caps, c.num_classes, name='classification_probe')
+    self.prior_probe = losses.ClassificationProbe(
+        c.n_obj_caps, c.num_classes, name='classification_probe_1')
+
+  def __call__(self, images, labels=None, *, target=None, training=False,
+               full=True) -> ScaeOutput:
+    validate_images(images, self.config)
+    if target is not None:
+      validate_images(target, self.config, what='target')
+    if labels is not None:
+      validate_labels(labels, images, self.config)
+    return self.forward(tf.convert_to_tensor(images, tf.float32), labels,
+                        target=target, training=training, full=full)
+
+  def forward(self, images, labels=None, *, target=None, training=False,
+              full=False) -> ScaeOutput:
+    """The SCAE graph.
+
+    Args:
+      images: [B, H, W, C] float32 in [0, 1].
+      labels: [B] ints or None; enables the probes' cross-entropies.
+      target: reconstruction target (defaults to the (prepped) images).
+      training: adds the config's presence noise (part and object capsules).
+      full: also computes what only evaluation and plots need (winners, the
+        mode and mean image, the three extra decoder calls of upstream).
+    """
+    c = self.config
+    if target is None:
+      target = images if c.prep == 'none' else normalized_sobel_edges(images)
+
+    part = self.part_encoder(images, noise=training)
+    pose, pres = part.pose, part.presence
+
+    input_pose = tf.concat([pose, 1. - pres[..., tf.newaxis]], -1)
+    input_pres = pres
+    templates = self.template_decoder.make_templates(part.feature)
+    inpt_templates = templates
+    if c.stop_grad_caps_inpt:
+      input_pose = tf.stop_gradient(input_pose)
+      input_pres = tf.stop_gradient(pres)
+      inpt_templates = tf.stop_gradient(templates)
+    target_pose, target_pres = pose, pres
+    if c.stop_grad_caps_target:
+      target_pose = tf.stop_gradient(target_pose)
+      target_pres = tf.stop_gradient(target_pres)
+
+    batch_size = tf.shape(images)[0]
+    inpt_templates = tf.reshape(
+        tf.broadcast_to(inpt_templates, tf.concat(
+            [[batch_size], tf.shape(inpt_templates)[1:]], 0)),
+        [batch_size, c.n_part_caps, -1])
+    set_input = tf.concat([input_pose, part.feature, inpt_templates], -1)
+    h = self.set_transformer(set_input, input_pres)
+
+    obj = self.object_capsules(h, target_pose, target_pres, noise=training,
+                               full=full or c.vote_type != 'enc'
+                               or c.pres_type != 'enc')
+    ll = obj.likelihood
+
+    dec_vote = {'enc': pose, 'soft': ll.soft_winner,
+                'hard': ll.winner}[c.vote_type]
+    dec_pres = {'enc': pres, 'soft': ll.soft_winner_pres,
+                'hard': ll.winner_pres}[c.pres_type]
+    rec = self.template_decoder(dec_vote, dec_pres, part.feature)
+    rec_ll_per_pixel = rec.pdf.log_prob(target)
+
+    n_points = float(ll.posterior_mixing_probs.shape[1])
+    mass_explained_by_capsule = tf.reduce_sum(ll.posterior_mixing_probs, 1)
+    post_within, post_between = losses.sparsity_loss(
+        c.posterior_sparsity_loss_type, mass_explained_by_capsule / n_points,
+        num_classes=c.num_classes)
+    prior_within, prior_between = losses.sparsity_loss(
+        c.prior_sparsity_loss_type, obj.caps_presence_prob,
+        num_classes=c.num_classes,
+        within_example_constant=c.prior_within_example_constant)
+
+    posterior_probe = self.posterior_probe(mass_explained_by_capsule, labels)
+    prior_probe = self.prior_probe(obj.caps_presence_prob, labels)
+
+    fields = dict(
+        part=part,
+        vote=obj.vote,
+        scale=obj.scale,
+        vote_presence=ll.vote_presence,
+        vote_presence_prob=obj.vote_presence_prob,
+        pres_logit_per_caps=obj.pres_logit_per_caps,
+        pres_logit_per_vote=obj.pres_logit_per_vote,
+        dynamic_weights_l2=obj.dynamic_weights_l2,
+        raw_caps_params=obj.raw_caps_params,
+        raw_caps_features=obj.raw_caps_features,
+        caps_presence_prob=obj.caps_presence_prob,
+        log_prob=ll.log_prob,
+        posterior_mixing_probs=ll.posterior_mixing_probs,
+        mixing_logits=ll.mixing_logits,
+        mixing_log_prob=ll.mixing_log_prob,
+        rec_ll=math_ops.flat_reduce(rec_ll_per_pixel),
+        rec_ll_per_pixel=rec_ll_per_pixel,
+        prior_within_sparsity_loss=prior_within,
+        prior_between_sparsity_loss=prior_between,
+        posterior_within_sparsity_loss=post_within,
+        posterior_between_sparsity_loss=post_between,
+        prior_cls_logits=prior_probe.logits,
+        prior_cls_pred=prior_probe.pred,
+        posterior_cls_logits=posterior_probe.logits,
+        posterior_cls_pred=posterior_probe.pred,
+        prior_cls_xe=prior_probe.xe,
+        prior_cls_acc=prior_probe.acc,
+        posterior_cls_xe=posterior_probe.xe,
+        posterior_cls_acc=posterior_probe.acc,
+    )
+    if labels is not None:
+      fields['best_cls_acc'] = tf.maximum(prior_probe.acc, posterior_probe.acc)
+    if full:
+      fields.update(self._evaluation_outputs(part, obj, rec, templates,
+                                             target))
+    return ScaeOutput(**fields)
+
+  def _evaluation_outputs(self, part, obj, rec: Rendering, templates, target):
+    """Outputs the loss does not need: mode/mean images, winners, and the
+    other three decoder calls of upstream (for plots)."""
+    ll = obj.likelihood
+    decode = self.template_decoder
+    rec_mode = rec.pdf.mode()
+    mse_per_pixel = tf.square(target - rec_mode)
+
+    bottom_up = decode(part.pose, part.presence, part.feature)
+    top_down = decode(ll.winner, part.presence, part.feature)
+
+    # Upstream merges votes batch-major ([B * K]) but tiles the part presence
+    # and features batch-wise (row i gets example i mod B). We reproduce that
+    # pairing; it only affects this plotting output.
+    n_caps = obj.vote.shape[1]
+    merged_votes = tf.reshape(obj.vote, [-1] + obj.vote.shape[2:].as_list())
+    merged_pres = tf.reshape(ll.vote_presence,
+                             [-1, ll.vote_presence.shape[2]])
+    per_caps = decode(merged_votes,
+                      merged_pres * tf.tile(part.presence, [n_caps, 1]),
+                      tf.tile(part.feature, [n_caps, 1, 1]))
+
+    def summary(r):
+      return RenderingSummary(r.transformed_templates, r.mixing_logits,
+                              r.pdf.mode())
+
+    return dict(
+        winner=ll.winner,
+        winner_pres=ll.winner_pres,
+        soft_winner=ll.soft_winner,
+        soft_winner_pres=ll.soft_winner_pres,
+        is_from_capsule=ll.is_from_capsule,
+        templates=templates,
+        used_templates=rec.transformed_templates,
+        rec_mode=rec_mode,
+        rec_mean=rec.pdf.mean(),
+        mse_per_pixel=mse_per_pixel,
+        mse=math_ops.flat_reduce(mse_per_pixel),
+        primary_caps_l1=math_ops.flat_reduce(part.presence),
+        bottom_up_rec=summary(bottom_up),
+        top_down_rec=summary(top_down),
+        top_down_per_caps_rec=summary(per_caps),
+    )
+
+  def loss(self, out: ScaeOutput):
+    return losses.total_loss(self.config, out)
+
+
+def normalized_sobel_edges(img):
+  """Upstream's 'sobel' target: |sobel - median|, rescaled to [0, 1] per image
+  and channel (used by the SVHN and CIFAR-10 configs)."""
+  sobel = tf.reduce_sum(tf.image.sobel_edges(img), -1)
+  median = tfp.stats.percentile(sobel, 50.0, axis=(1, 2), keepdims=True)
+  sobel = tf.abs(sobel - median)
+  smax = tf.reduce_max(sobel, (1, 2), keepdims=True)
+  smin = tf.reduce_min(sobel, (1, 2), keepdims=True)
+  return (sobel - smin) / (smax - smin + 1e-8)
+
+
+def validate_images(images, config: ScaeConfig, what='images'):
+  """Raises ValueError unless images is [B, canvas, canvas, C] floats in
+  [0, 1] without NaN. Checks values only for concrete (eager) inputs."""
+  expected = (f'a float array of shape [batch, {config.canvas_size}, '
+              f'{config.canvas_size}, {config.n_channels}] with values in '
+              '[0, 1]')
+  dtype = getattr(images, 'dtype', None)
+  if dtype is None:
+    raise ValueError(f'{what}: expected {expected}, got {type(images)}.')
+  dtype = tf.as_dtype(dtype)
+  if not dtype.is_floating:
+    raise ValueError(f'{what}: expected {expected}, got dtype {dtype.name} '
+                     '(scale uint8 pixels by 1/255 first).')
+  shape = tuple(images.shape)
+  if (len(shape) != 4 or shape[1:] != (config.canvas_size, config.canvas_size,
+                                       config.n_channels) or shape[0] == 0):
+    raise ValueError(f'{what}: expected {expected}, got shape {list(shape)}.')
+  if isinstance(images, tf.Tensor) and not tf.executing_eagerly():
+    return
+  values = np.asarray(images)
+  if np.isnan(values).any():
+    raise ValueError(f'{what}: expected {expected}, but it contains NaN.')
+  lo, hi = float(values.min()), float(values.max())
+  if lo < 0. or hi > 1.:
+    raise ValueError(f'{what}: expected {expected}, got values in '
+                     f'[{lo:g}, {hi:g}].')
+
+
+def validate_labels(labels, images, config: ScaeConfig):
+  """Raises ValueError unless labels are [B] integers in [0, num_classes)."""
+  if isinstance(labels, tf.Tensor) and not tf.executing_eagerly():
+    return
+  labels_arr = np.asarray(labels)
+  if labels_arr.ndim != 1 or labels_arr.shape[0] != images.shape[0]:
+    raise ValueError(f'labels: expected shape [{images.shape[0]}], got '
+                     f'{list(labels_arr.shape)}.')
+  if not np.issubdtype(labels_arr.dtype, np.integer):
+    raise ValueError(f'labels: expected integers, got {labels_arr.dtype}.')
+  if labels_arr.size and (labels_arr.min() < 0
+                          or labels_arr.max() >= config.num_classes):
+    raise ValueError(f'labels: expected values in [0, {config.num_classes}), '
+                     f'got [{labels_arr.min()}, {labels_arr.max()}].')

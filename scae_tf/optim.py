@@ -1,0 +1,119 @@
+"""The original's optimiser: TF1 `RMSPropOptimizer` with momentum, and its
+learning-rate schedule.
+
+TF1 RMSProp differs from Keras / Sonnet 2 RMSProp, and the early steps of a
+run diverge from the reference unless it is matched exactly:
+
+* the mean-square slot starts at ONE (not zero);
+* epsilon sits inside the square root;
+* the kernel's update order (reproduced here bit for bit):
+    ms  <- ms + (g * g - ms) * (1 - decay)
+    mom <- momentum * mom + (g * lr) / sqrt(ms + eps)
+    var <- var - mom
+"""
+
+from typing import Sequence
+
+import numpy as np
+import sonnet as snt
+import tensorflow as tf
+
+
+def exponential_decay(step, learning_rate, decay_steps=10_000,
+                      decay_rate=0.96, decay=True):
+  """TF1 `exponential_decay` (not staircase), in float32.
+
+  `decay=False` reproduces upstream `model_config.py`, which computes the
+  decayed rate but hands the constant one to the optimiser.
+  """
+  lr = tf.constant(learning_rate, tf.float32)
+  if not decay:
+    return lr
+  p = tf.cast(step, tf.float32) / tf.constant(decay_steps, tf.float32)
+  return lr * tf.pow(tf.constant(decay_rate, tf.float32), p)
+
+
+class TF1RMSProp(snt.Module):
+  """RMSProp with TF1 semantics, slots created up front for `variables`.
+
+  `step` is TF1's `global_step`: the number of updates applied so far; the
+  learning rate of an update is taken at the step *before* it.
+  """
+
+  def __init__(self, variables: Sequence[tf.Variable], learning_rate=3e-5,
+               decay=0.9, momentum=0.9, epsilon=1e-6, decay_steps=10_000,
+               decay_rate=0.96, lr_decay=True, name='tf1_rmsprop'):
+    super().__init__(name=name)
+    self.learning_rate = learning_rate
+    self.decay = decay
+    self.momentum = momentum
+    self.epsilon = epsilon
+    self.decay_steps = decay_steps
+    self.decay_rate = decay_rate
+    self.lr_decay = lr_decay
+    self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name='step')
+    self.variables_ = list(variables)
+    self.ms = [tf.Variable(tf.ones_like(v), trainable=False, name='ms')
+               for v in self.variables_]
+    self.mom = [tf.Variable(tf.zeros_like(v), trainable=False, name='mom')
+                for v in self.variables_]
+
+  @classmethod
+  def for_config(cls, variables, config, lr_decay=True, learning_rate=None):
+    return cls(variables,
+               learning_rate=(config.learning_rate if learning_rate is None
+                              else learning_rate),
+               decay=config.rmsprop_decay, momentum=config.rmsprop_momentum,
+               epsilon=config.rmsprop_epsilon,
+               decay_steps=config.lr_decay_steps,
+               decay_rate=config.lr_decay_rate, lr_decay=lr_decay)
+
+  def current_learning_rate(self):
+    return exponential_decay(self.step, self.learning_rate, self.decay_steps,
+                             self.decay_rate, self.lr_decay)
+
+  def apply(self, gradients):
+    """One update; `gradients` align with the constructor's variables.
+
+    Variables whose gradient is None (upstream: `dummy_vote`) are skipped.
+    Returns the learning rate used.
+    """
+    lr = self.current_learning_rate()
+    # TF1 forms (1 - rho) in float32: 1 - float32(0.9) != float32(0.1).
+    one_minus_decay = 1. - tf.constant(self.decay, tf.float32)
+    for g, var, ms, mom in zip(gradients, self.variables_, self.ms,
+                               self.mom):
+      if g is None:
+        continue
+      if isinstance(g, tf.IndexedSlices):
+        g = tf.convert_to_tensor(g)
+      ms.assign_add((g * g - ms) * one_minus_decay)
+      mom.assign(self.momentum * mom + (g * lr) / tf.sqrt(ms + self.epsilon))
+      var.assign_sub(mom)
+    self.step.assign_add(1)
+    return lr
+
+  def slot_values_from_tf1(self, var_map, extras):
+    """Pairs of (port slot, value) from TF1 `<name>/RMSProp[_1]` entries."""
+    by_ref = {v.ref(): i for i, v in enumerate(self.variables_)}
+    updates = []
+    missing = []
+    for name, var in var_map.items():
+      i = by_ref.get(var.ref())
+      if i is None:
+        continue
+      ms, mom = extras.get(name + '/RMSProp'), extras.get(name + '/RMSProp_1')
+      if ms is None or mom is None:
+        missing.append(name)
+        continue
+      updates += [(self.ms[i], ms), (self.mom[i], mom)]
+    if 'global_step' not in extras:
+      raise ValueError('The checkpoint has no global_step; it was not '
+                       'written with its optimiser state.')
+    # TF1 creates no slots for variables without gradient (dummy_vote).
+    missing = [n for n in missing if not n.endswith('dummy_vote')]
+    if missing:
+      raise ValueError('The checkpoint lacks RMSProp slots for: '
+                       + ', '.join(sorted(missing)))
+    updates.append((self.step, np.int64(extras['global_step'])))
+    return updates
