@@ -13,6 +13,8 @@ and shapes strictly and loads nothing unless everything matches.
 The port's own runs use TF2 object-based checkpoints (`tf.train.Checkpoint`).
 """
 
+import dataclasses
+import json
 import os
 import re
 from typing import Dict, Optional
@@ -103,7 +105,7 @@ class CheckpointMismatchError(ValueError):
   """The checkpoint does not fit the model; nothing was loaded."""
 
 
-def resolve_tf1_checkpoint(path: str) -> str:
+def resolve_checkpoint(path: str) -> str:
   """Accepts a checkpoint prefix, a `.index` file or a directory."""
   if os.path.isdir(path):
     latest = tf.train.latest_checkpoint(path)
@@ -118,7 +120,7 @@ def resolve_tf1_checkpoint(path: str) -> str:
   return path
 
 
-def detect_scope(ckpt_names, model_names) -> str:
+def detect_scope(ckpt_names) -> str:
   """Finds the prefix ('', 'SCAE/', 'STU/', ...) under which the model lives."""
   probe = 'conv_net_2d/conv_2d_0/w'
   scopes = sorted(n[:-len(probe)] for n in ckpt_names if n.endswith(probe))
@@ -129,7 +131,6 @@ def detect_scope(ckpt_names, model_names) -> str:
   if len(scopes) > 1:
     raise CheckpointMismatchError(
         f'The checkpoint holds several models (scopes {scopes}); pass scope=.')
-  del model_names
   return scopes[0]
 
 
@@ -141,11 +142,11 @@ def read_tf1_checkpoint(path: str, scope: Optional[str] = None,
   (`<name>/RMSProp`, `<name>/RMSProp_1`) and `global_step` when
   `with_optimizer`; EMA and summary variables are always ignored.
   """
-  path = resolve_tf1_checkpoint(path)
+  path = resolve_checkpoint(path)
   reader = tf.train.load_checkpoint(path)
   all_names = list(reader.get_variable_to_shape_map())
   if scope is None:
-    scope = detect_scope(all_names, None)
+    scope = detect_scope(all_names)
   elif scope and not scope.endswith('/'):
     scope += '/'
 
@@ -206,7 +207,88 @@ def load_tf1_checkpoint(model, path: str, scope: Optional[str] = None,
     var.assign(weights[name])
   for var, value in slot_updates:
     var.assign(value)
-  return dict(path=resolve_tf1_checkpoint(path),
+  return dict(path=resolve_checkpoint(path),
               n_tensors=len(var_map),
               n_params=int(sum(np.prod(w.shape) for w in weights.values())),
               optimizer_restored=optimizer is not None)
+
+
+# --- The port's own (TF2 object-based) checkpoints -------------------------
+
+CONFIG_SUFFIX = '.config.json'
+
+
+def is_tf1_checkpoint(path: str) -> bool:
+  """True for name-based (TF1 Saver) checkpoints, False for TF2 ones."""
+  reader = tf.train.load_checkpoint(path)
+  return '_CHECKPOINTABLE_OBJECT_GRAPH' not in reader.get_variable_to_shape_map()
+
+
+def save_config(config, prefix: str):
+  with open(prefix + CONFIG_SUFFIX, 'w') as f:
+    json.dump(dataclasses.asdict(config), f, indent=1, sort_keys=True)
+
+
+def read_config(prefix: str):
+  """The ScaeConfig saved beside a TF2 checkpoint, or None."""
+  from scae_tf.configs import ScaeConfig  # pylint: disable=g-import-not-at-top
+  try:
+    with open(prefix + CONFIG_SUFFIX) as f:
+      fields = json.load(f)
+  except FileNotFoundError:
+    return None
+  for key in ('part_cnn_channels', 'part_cnn_strides'):
+    fields[key] = tuple(fields[key])
+  return ScaeConfig(**fields)
+
+
+def save_tf2_checkpoint(model, prefix: str, optimizer=None) -> str:
+  """Writes the model (and optimiser) as a TF2 checkpoint plus its config."""
+  objects = dict(model=model)
+  if optimizer is not None:
+    objects['optimizer'] = optimizer
+  path = tf.train.Checkpoint(**objects).write(prefix)
+  save_config(model.config, path)
+  return path
+
+
+def load_tf2_checkpoint(model, path: str, optimizer=None):
+  """Restores a TF2 checkpoint written by `save_tf2_checkpoint` or a
+  CheckpointManager, refusing one of another architecture."""
+  path = resolve_checkpoint(path)
+  saved = read_config(path)
+  if saved is not None and _architecture(saved) != _architecture(model.config):
+    diff = {k: (v, getattr(model.config, k))
+            for k, v in _architecture(saved).items()
+            if v != getattr(model.config, k)}
+    raise CheckpointMismatchError(
+        f'Checkpoint {path!r} was written for config {saved.name!r}, which '
+        f'differs from the model\'s {model.config.name!r} in (saved, model): '
+        f'{diff}.')
+  objects = dict(model=model)
+  if optimizer is not None:
+    objects['optimizer'] = optimizer
+  status = tf.train.Checkpoint(**objects).read(path)
+  try:
+    status.assert_existing_objects_matched()
+  except AssertionError as e:
+    raise CheckpointMismatchError(
+        f'Checkpoint {path!r} does not match the model: {e}') from None
+  return dict(path=path, config=saved.name if saved else None)
+
+
+def load_checkpoint(model, path: str, optimizer=None, scope=None):
+  """Loads a TF1 (original or fork) or TF2 (port) checkpoint into `model`."""
+  path = resolve_checkpoint(path)
+  if is_tf1_checkpoint(path):
+    return load_tf1_checkpoint(model, path, scope=scope, optimizer=optimizer)
+  return load_tf2_checkpoint(model, path, optimizer=optimizer)
+
+
+def _architecture(config):
+  """Config fields that fix variable shapes or the computed function."""
+  skip = {'name', 'dataset', 'batch_size', 'learning_rate', 'lr_decay_steps',
+          'lr_decay_rate', 'rmsprop_decay', 'rmsprop_momentum',
+          'part_encoder_noise_scale', 'obj_decoder_noise_type',
+          'obj_decoder_noise_scale'}
+  return {k: v for k, v in dataclasses.asdict(config).items() if k not in skip}
