@@ -134,7 +134,7 @@ class SCAE(snt.Module):
       validate_images(target, self.config, what='target')
     if labels is not None:
       validate_labels(labels, images, self.config)
-    return self.forward(tf.convert_to_tensor(images, tf.float32), labels,
+    return self.forward(tf.cast(images, tf.float32), labels,
                         target=target, training=training, full=full)
 
   def forward(self, images, labels=None, *, target=None, training=False,
