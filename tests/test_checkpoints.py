@@ -137,3 +137,30 @@ def test_tf2_round_trip_and_config_guard(tmp_path):
   wrong = SCAE(configs.tiny_config(n_obj_caps=5))
   with pytest.raises(checkpoints.CheckpointMismatchError, match='n_obj_caps'):
     checkpoints.load_checkpoint(wrong, path)
+
+
+@pytest.mark.fixtures
+def test_convert_checkpoint_script(tmp_path):
+  import subprocess
+  import sys
+  from conftest import REPO
+  src = reference_path('scae_mnist_init', 'model.ckpt')
+  out = tmp_path / 'teacher'
+  proc = subprocess.run(
+      [sys.executable, str(REPO / 'run' / 'convert_checkpoint.py'),
+       f'--tf1={src}', f'--out={out}'], capture_output=True, text=True,
+      timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert '"n_params": 2420351' in proc.stdout
+  converted, original = SCAE(configs.MNIST), SCAE(configs.MNIST)
+  checkpoints.load_checkpoint(converted, str(out))
+  checkpoints.load_checkpoint(original, str(src))
+  for a, b in zip(converted.variables, original.variables):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+  bad = subprocess.run(
+      [sys.executable, str(REPO / 'run' / 'convert_checkpoint.py'),
+       f'--tf1={src}', '--config=mnist_original', f'--out={tmp_path / "x"}'],
+      capture_output=True, text=True, timeout=300)
+  assert bad.returncode == 1 and 'shape mismatch' in bad.stderr
+  assert not (tmp_path / 'x.index').exists()
