@@ -149,14 +149,36 @@ def test_resume_from_original_slots_step_10():
   _assert_scalars_track(log, traj.ref, 11, rtol=1e-4)
 
 
+def _variant_spread(key, lo, hi):
+  """How far the original's own float32 variants (oneDNN off, pure-TF
+  resampler) stray from the reference on steps lo..hi, relative."""
+  variants = np.load(reference_path('scae_mnist_traj',
+                                    'trajectory_variants.npz'))
+  ref = np.load(reference_path('scae_mnist_traj', 'trajectory.npz'))[key]
+  return max(np.max(np.abs(variants[f'{v}/{key}'][lo - 1:hi] - ref[lo - 1:hi])
+                    / np.abs(ref[lo - 1:hi]))
+             for v in ('onednn_off', 'pure_tf_resampler'))
+
+
 @pytest.mark.slow
 def test_trajectory_300_steps():
   traj = Trajectory()
   log = traj.run(1, 300)
   ref = traj.ref
   for lo, hi, rtol in ((1, 10, 1e-5), (11, 30, 1e-4), (31, 100, 2e-3)):
-    _assert_scalars_track({k: v[lo - 1:hi] for k, v in log.items()}, ref, lo,
-                          rtol)
+    window = {k: v[lo - 1:hi] for k, v in log.items()}
+    np.testing.assert_allclose(window['loss'], ref['loss'][lo - 1:hi],
+                               rtol=rtol, err_msg=f'loss, steps {lo}-{hi}')
+    # Small terms such as dynamic_weights_l2 drift faster than the loss; the
+    # original drifts as much against itself, so we allow twice its spread.
+    for key in ('rec_ll', 'dynamic_weights_l2', 'prior_cls_xe',
+                'posterior_cls_xe', 'prior_within_sparsity_loss',
+                'posterior_within_sparsity_loss'):
+      tol = max(rtol, 2 * _variant_spread(key, lo, hi))
+      np.testing.assert_allclose(window[key], ref[key][lo - 1:hi], rtol=tol,
+                                 err_msg=f'{key}, steps {lo}-{hi}')
   # Past the regime change near step 130 the run is chaotic: compare means.
   assert log['loss'][200:].mean() == pytest.approx(ref['loss'][200:].mean(),
                                                    rel=1e-2)
+  print('mean loss 201-300: port', log['loss'][200:].mean(), 'original',
+        ref['loss'][200:].mean())

@@ -1,0 +1,154 @@
+"""Times the SCAE port: training step, forward pass, attack-style step.
+
+  python run/benchmark.py --batch_size=100 --repeats=10 > bench.json
+
+Prints JSON: median seconds per call (after a warm-up call that compiles),
+with and without XLA (`jit_compile`), for
+  * train_step: forward + backward + TF1 RMSProp update (what training runs);
+  * forward: the loss forward pass (full=False);
+  * attack_step: forward + gradient w.r.t. the input image of an
+    attack-style objective (capsule presences + L2), i.e. one attack
+    iteration's model cost;
+  * the split of the forward pass over part encoder, template decoder and
+    object capsules (Set Transformer + capsule layer + likelihood), and the
+    backward share (train_step - forward);
+  * cnn_fwd_bwd: the part CNN alone, forward + backward, the yardstick of
+    the speed target (train_step <= 3 x cnn_fwd_bwd).
+Inputs are random images; the weights are a fresh init of the config.
+"""
+
+import json
+import os
+import platform
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+
+flags.DEFINE_string('config', 'mnist', 'Named config.')
+flags.DEFINE_integer('batch_size', 100, 'Batch size.')
+flags.DEFINE_integer('repeats', 10, 'Timed calls per measurement.')
+flags.DEFINE_list('xla', ['off', 'on'], 'XLA modes to time: off, on.')
+flags.DEFINE_bool('noise', True, 'Train step with the config noise.')
+FLAGS = flags.FLAGS
+
+
+def median_seconds(fn, *args, repeats=10):
+  """Median wall time of fn(*args) over `repeats` calls, after one warm-up."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.nest.map_structure(lambda t: t.numpy(), fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    tf.nest.map_structure(lambda t: t.numpy(), fn(*args))
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def build_functions(model, optimizer, jit, noise):
+  """The timed computations, each a compiled tf.function."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from scae_tf.training import make_train_step  # pylint: disable=g-import-not-at-top
+  compiled = lambda f: tf.function(f, jit_compile=jit)
+  cnn = model.part_encoder.cnn
+
+  def cnn_fwd_bwd(images):
+    with tf.GradientTape() as tape:
+      out = tf.reduce_sum(cnn(images))
+    return tape.gradient(out, cnn.trainable_variables)
+
+  def part_encoder(images):
+    return model.part_encoder(images)
+
+  def template_decoder(part):
+    rec = model.template_decoder(part.pose, part.presence, part.feature)
+    return rec.pdf.log_prob(tf.zeros_like(rec.transformed_templates[:, 0]))
+
+  def object_capsules(images, part):
+    """Everything between the part capsules and the capsule likelihood."""
+    del images
+    c = model.config
+    templates = model.template_decoder.make_templates(part.feature)
+    batch = tf.shape(part.pose)[0]
+    set_input = tf.concat([
+        part.pose, 1. - part.presence[..., None], part.feature,
+        tf.reshape(templates, [batch, c.n_part_caps, -1])], -1)
+    h = model.set_transformer(set_input, part.presence)
+    return model.object_capsules(h, part.pose, part.presence,
+                                 full=False).likelihood.log_prob
+
+  def forward(images, labels):
+    return model.loss(model.forward(images, labels, full=False))
+
+  def attack_step(images):
+    with tf.GradientTape() as tape:
+      tape.watch(images)
+      out = model.forward(images, full=False)
+      loss = (tf.reduce_sum(out.caps_presence_prob ** 2)
+              + tf.reduce_sum(out.posterior_presence ** 2)
+              + .5 * tf.reduce_sum(images ** 2))
+    return tape.gradient(loss, images)
+
+  return dict(
+      cnn_fwd_bwd=compiled(cnn_fwd_bwd),
+      part_encoder=compiled(part_encoder),
+      template_decoder=compiled(template_decoder),
+      object_capsules=compiled(object_capsules),
+      forward=compiled(forward),
+      attack_step=compiled(attack_step),
+      train_step=make_train_step(model, optimizer, noise=noise,
+                                 jit_compile=jit))
+
+
+def main(argv):
+  del argv
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from scae_tf import configs  # pylint: disable=g-import-not-at-top
+  from scae_tf.model import SCAE  # pylint: disable=g-import-not-at-top
+  from scae_tf.optim import TF1RMSProp  # pylint: disable=g-import-not-at-top
+
+  config = configs.get_config(FLAGS.config).replace(
+      batch_size=FLAGS.batch_size)
+  tf.random.set_seed(0)
+  images = tf.random.uniform([FLAGS.batch_size, config.canvas_size,
+                              config.canvas_size, config.n_channels])
+  labels = tf.random.uniform([FLAGS.batch_size], 0, config.num_classes,
+                             tf.int64)
+  result = dict(config=config.name, batch_size=FLAGS.batch_size,
+                repeats=FLAGS.repeats, tensorflow=tf.__version__,
+                machine=platform.processor() or platform.machine(),
+                cpu_count=os.cpu_count(),
+                devices=[d.device_type for d in tf.config.list_physical_devices()],
+                seconds={})
+  for mode in FLAGS.xla:
+    if mode not in ('on', 'off'):
+      raise app.UsageError(f'--xla takes on/off, got {mode!r}')
+    model = SCAE(config)
+    optimizer = TF1RMSProp.for_config(model.trainable_variables, config)
+    fns = build_functions(model, optimizer, mode == 'on', FLAGS.noise)
+    part = model.part_encoder(images)
+    r = FLAGS.repeats
+    t = dict(
+        cnn_fwd_bwd=median_seconds(fns['cnn_fwd_bwd'], images, repeats=r),
+        part_encoder=median_seconds(fns['part_encoder'], images, repeats=r),
+        template_decoder=median_seconds(fns['template_decoder'], part,
+                                        repeats=r),
+        object_capsules=median_seconds(fns['object_capsules'], images, part,
+                                       repeats=r),
+        forward=median_seconds(fns['forward'], images, labels, repeats=r),
+        attack_step=median_seconds(fns['attack_step'], images, repeats=r),
+        train_step=median_seconds(fns['train_step'], images, labels,
+                                  repeats=r),
+    )
+    t['backward_and_update'] = t['train_step'] - t['forward']
+    t['train_step_over_cnn_fwd_bwd'] = t['train_step'] / t['cnn_fwd_bwd']
+    t['attack_step_over_train_step'] = t['attack_step'] / t['train_step']
+    result['seconds'][f'xla_{mode}'] = {k: round(v, 4) for k, v in t.items()}
+  print(json.dumps(result, indent=1))
+
+
+if __name__ == '__main__':
+  app.run(main)
