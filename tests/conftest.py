@@ -20,12 +20,19 @@ DATA_DIR = pathlib.Path(os.environ.get(
     'SCAE_DATA_DIR', REPO.parent / 'shared' / 'data'))
 
 
+def _missing(reason):
+  """Skip, unless CI requires the fixtures (then a skip would hide a bug)."""
+  if os.environ.get('SCAE_REQUIRE_FIXTURES') == '1':
+    pytest.fail(reason + ' (SCAE_REQUIRE_FIXTURES=1)')
+  pytest.skip(reason)
+
+
 def reference_path(*parts):
   """Path inside the reference fixtures, or skip the test if absent."""
   path = REFERENCE_DIR.joinpath(*parts)
   is_ckpt_prefix = path.with_name(path.name + '.index').exists()
   if not (path.exists() or is_ckpt_prefix):
-    pytest.skip(f'original-code fixture {path} not found; set '
+    _missing(f'original-code fixture {path} not found; set '
                 'SCAE_REFERENCE_DIR to the shared/reference folder')
   return path
 
@@ -33,6 +40,28 @@ def reference_path(*parts):
 def data_path(*parts):
   path = DATA_DIR.joinpath(*parts)
   if not path.exists():
-    pytest.skip(f'data file {path} not found; set SCAE_DATA_DIR to a folder '
+    _missing(f'data file {path} not found; set SCAE_DATA_DIR to a folder '
                 'with the MNIST IDX files')
   return path
+
+
+_fixture_outcomes = {'passed': 0, 'skipped': 0}
+
+
+def pytest_runtest_logreport(report):
+  if 'fixtures' in report.keywords and report.when == 'call':
+    if report.outcome in _fixture_outcomes:
+      _fixture_outcomes[report.outcome] += 1
+  if ('fixtures' in report.keywords and report.skipped
+      and report.when == 'setup'):
+    _fixture_outcomes['skipped'] += 1
+
+
+def pytest_sessionfinish(session, exitstatus):
+  """In CI (SCAE_REQUIRE_FIXTURES=1) fixture tests must have run and passed."""
+  if os.environ.get('SCAE_REQUIRE_FIXTURES') != '1':
+    return
+  if _fixture_outcomes['skipped'] or not _fixture_outcomes['passed']:
+    print(f'\nfixture tests: {_fixture_outcomes}; with '
+          'SCAE_REQUIRE_FIXTURES=1 they must all run.')
+    session.exitstatus = 1
