@@ -1,0 +1,283 @@
+"""k-means classifiers on capsule presences (scae_tf/kmeans.py)."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from scae_tf import configs
+from scae_tf import kmeans
+from scae_tf.kmeans import KMeansClassifier
+from scae_tf.model import SCAE
+
+N_PER_BLOB = 60
+
+
+def blobs(n_blobs=5, dim=7, noise=0.03, seed=0, label_perm=None):
+  """Well-separated non-negative blobs (presence-like), blob i -> label
+  label_perm[i]; rows shuffled."""
+  rng = np.random.default_rng(seed)
+  centres = 0.05 + 0.9 * np.eye(dim)[:n_blobs]
+  blob = np.repeat(np.arange(n_blobs), N_PER_BLOB)
+  x = centres[blob] + noise * rng.standard_normal((len(blob), dim))
+  perm = np.arange(n_blobs) if label_perm is None else np.asarray(label_perm)
+  labels = perm[blob]
+  order = rng.permutation(len(blob))
+  return x[order].astype(np.float32), labels[order]
+
+
+@pytest.mark.parametrize('metric', ['cosine', 'euclidean'])
+@pytest.mark.parametrize('label_perm', [None, [3, 0, 4, 1, 2]])
+def test_recovers_blobs(metric, label_perm):
+  x, y = blobs(label_perm=label_perm)
+  clf = kmeans.fit_kmeans_classifier(x, y, metric=metric, k=5, seed=1)
+  assert clf.metadata['train_accuracy'] == 1.0
+  x_test, y_test = blobs(label_perm=label_perm, seed=7)
+  np.testing.assert_array_equal(clf.predict(x_test), y_test)
+  # The map is a permutation that sends each blob's cluster to its label.
+  assert sorted(clf.cluster_to_label.tolist()) == list(range(5))
+
+
+def test_hungarian_mapping_hand_made():
+  # Greedy (per-cluster majority) would send clusters 0 and 1 both to label
+  # 1 (40 + 35 = 75 matched); the best one-to-one map is 0->1, 1->0, 2->2
+  # (40 + 30 + 10 = 80).
+  c = np.array([[5, 40, 0],
+                [30, 35, 0],
+                [0, 0, 10]])
+  np.testing.assert_array_equal(kmeans.hungarian_mapping(c), [1, 0, 2])
+  # Rebuild that contingency from cluster ids and labels.
+  clusters, labels = [], []
+  for i in range(3):
+    for j in range(3):
+      clusters += [i] * c[i, j]
+      labels += [j] * c[i, j]
+  np.testing.assert_array_equal(
+      kmeans.contingency_matrix(clusters, labels, 3, 3), c)
+  assert kmeans.rematched_accuracy(clusters, labels, 3, 3) == pytest.approx(
+      80 / c.sum())
+  # More clusters than labels: the unmatched cluster takes its majority.
+  c4 = np.array([[9, 0], [0, 9], [1, 5]])
+  np.testing.assert_array_equal(kmeans.hungarian_mapping(c4), [0, 1, 1])
+  with pytest.raises(ValueError):
+    kmeans.contingency_matrix([0, 3], [0, 1], 3, 2)
+
+
+def directional_data(seed=0):
+  """Three direction groups with radii spread over two decades."""
+  rng = np.random.default_rng(seed)
+  dirs = kmeans.l2_normalize(np.array([[1., .1, .1], [.1, 1., .1],
+                                       [.1, .1, 1.]]))
+  group = np.repeat(np.arange(3), 50)
+  radius = np.exp(rng.uniform(np.log(0.1), np.log(10.), len(group)))
+  x = dirs[group] * radius[:, None] + 0.01 * rng.standard_normal((150, 3))
+  return np.abs(x), group
+
+
+def test_cosine_is_scale_invariant_euclidean_is_not():
+  x, y = directional_data()
+  scale = np.exp(np.random.default_rng(3).uniform(-2, 2, len(x)))[:, None]
+  c1, info1 = kmeans.fit_cosine_kmeans(x, k=3, n_iter=100, seed=0)
+  c2, info2 = kmeans.fit_cosine_kmeans(x * scale, k=3, n_iter=100, seed=0)
+  np.testing.assert_array_equal(info1['init_indices'], info2['init_indices'])
+  np.testing.assert_array_equal(info1['assignment'], info2['assignment'])
+  np.testing.assert_allclose(c1, c2, atol=1e-10)
+  cos = kmeans.fit_kmeans_classifier(x, y, 'cosine', k=3, n_iter=100)
+  euc = kmeans.fit_kmeans_classifier(x, y, 'euclidean', k=3, n_iter=100)
+  assert cos.metadata['train_accuracy'] == 1.0
+  assert euc.metadata['train_accuracy'] < 0.9  # splits by radius instead
+  np.testing.assert_array_equal(cos.predict(x * scale), cos.predict(x))
+  assert np.any(euc.predict(x * scale) != euc.predict(x))
+  # The same point scaled crosses a Euclidean boundary but not a cosine one.
+  e = KMeansClassifier(np.array([[1., 1.], [4., 4.]]), 'euclidean', 'prior',
+                       [0, 1])
+  c = KMeansClassifier(np.array([[1., 0.2], [0.2, 1.]]), 'cosine', 'prior',
+                       [0, 1])
+  p = np.array([[1., 1.2]])
+  assert e.predict(p)[0] == 0 and e.predict(4 * p)[0] == 1
+  assert c.predict(p)[0] == c.predict(4 * p)[0] == 1
+
+
+def test_kmeans_plus_plus_deterministic():
+  x, _ = blobs(n_blobs=5, seed=2)
+  xn = kmeans.l2_normalize(x)
+  a = kmeans.kmeans_plus_plus(xn, 5, seed=11)
+  b = kmeans.kmeans_plus_plus(xn, 5, seed=11)
+  np.testing.assert_array_equal(a, b)
+  assert len(set(a.tolist())) == 5
+  # Greedy k-means++ with retries puts one seed in each separated blob.
+  _, y = blobs(n_blobs=5, seed=2)
+  assert sorted(y[a].tolist()) == list(range(5))
+  seeds = {tuple(kmeans.kmeans_plus_plus(xn, 5, seed=s)) for s in range(5)}
+  assert len(seeds) > 1  # the seed matters
+  c1, i1 = kmeans.fit_cosine_kmeans(x, 5, n_iter=20, seed=4)
+  c2, i2 = kmeans.fit_cosine_kmeans(x, 5, n_iter=20, seed=4)
+  np.testing.assert_array_equal(c1, c2)
+  np.testing.assert_array_equal(i1['assignment'], i2['assignment'])
+  e1 = kmeans.fit_kmeans_classifier(x, np.zeros(len(x), int), 'euclidean',
+                                    k=5, seed=4)
+  e2 = kmeans.fit_kmeans_classifier(x, np.zeros(len(x), int), 'euclidean',
+                                    k=5, seed=4)
+  np.testing.assert_array_equal(e1.centers, e2.centers)
+
+
+def test_minibatch_update_rule():
+  """One step: c += (sum d - m c) / (1 + m), counts start at 1 (contrib)."""
+  x, _ = blobs(n_blobs=3, seed=5)
+  _, info0 = kmeans.fit_cosine_kmeans(x, 3, n_iter=0, seed=0)
+  _, info1 = kmeans.fit_cosine_kmeans(x, 3, n_iter=1, seed=0)
+  xn = kmeans.l2_normalize(x)
+  c0 = xn[info0['init_indices']]
+  a = kmeans.cosine_assign(xn, c0)
+  m = np.bincount(a, minlength=3).astype(float)
+  s = np.stack([xn[a == j].sum(0) for j in range(3)])
+  np.testing.assert_allclose(info1['raw_centers'],
+                             c0 + (s - m[:, None] * c0) / (1 + m)[:, None])
+  np.testing.assert_array_equal(info1['counts'], 1 + m)
+
+
+def test_one_step_matches_tf_clustering_ops():
+  """Against TF's own (contrib) KMeans: mini-batch, steps_per_iteration=1,
+  cosine, given initial centres. Its graph reads the counts with no control
+  dependency on their increment, so TF takes 1/(n+m) (the intended rule,
+  ours) or 1/(n+2m); with one inter-op thread it is deterministic."""
+  co = pytest.importorskip('tensorflow.python.ops.clustering_ops')
+  x, _ = blobs(n_blobs=4, seed=6)
+  x = x + 0.02  # keep every direction well defined
+  _, info = kmeans.fit_cosine_kmeans(x, 4, n_iter=1, seed=0)
+  xn = kmeans.l2_normalize(x)
+  c0 = xn[info['init_indices']].astype(np.float32)
+  with tf.Graph().as_default():
+    inp = tf.compat.v1.placeholder(tf.float32, [None, x.shape[1]])
+    model = co.KMeans(inputs=inp, num_clusters=4, initial_clusters=c0,
+                      distance_metric=co.COSINE_DISTANCE, use_mini_batch=True,
+                      mini_batch_steps_per_iteration=1)
+    out = model.training_graph()
+    init_op, train_op = out[4], out[5]
+    centres_var = [v for v in tf.compat.v1.global_variables()
+                   if v.name.endswith('clusters:0')][0]
+    config = tf.compat.v1.ConfigProto(inter_op_parallelism_threads=1,
+                                      intra_op_parallelism_threads=1)
+    with tf.compat.v1.Session(config=config) as sess:
+      sess.run(tf.compat.v1.global_variables_initializer())
+      sess.run(init_op, {inp: x})
+      sess.run(train_op, {inp: x})
+      tf_centres = sess.run(centres_var)
+  a = kmeans.cosine_assign(xn, c0)
+  m = np.bincount(a, minlength=4).astype(float)[:, None]
+  s = info['raw_centers'] * (1 + m) - c0  # = sum of the assigned points
+  racy = c0 + (s - m * c0) / (1 + 2 * m)
+  ok_ours = np.allclose(tf_centres, info['raw_centers'], atol=1e-5)
+  ok_racy = np.allclose(tf_centres, racy, atol=1e-5)
+  assert ok_ours or ok_racy, np.abs(tf_centres - info['raw_centers']).max()
+
+
+@pytest.mark.parametrize('metric', ['cosine', 'euclidean'])
+def test_tf_predict_equals_predict(metric):
+  x, y = blobs(label_perm=[2, 4, 0, 1, 3])
+  clf = kmeans.fit_kmeans_classifier(x, y, metric=metric, k=5, n_iter=50)
+  probe = np.random.default_rng(0).random((200, x.shape[1])).astype(
+      np.float32)
+  probe = np.concatenate([probe, x])
+  np.testing.assert_array_equal(clf.tf_predict(probe).numpy(),
+                                clf.predict(probe))
+
+  @tf.function(input_signature=[tf.TensorSpec([None, x.shape[1]],
+                                               tf.float32)])
+  def in_graph(f):
+    return clf.tf_predict(f), clf.tf_label_scores(f)
+
+  pred, scores = in_graph(tf.constant(probe))
+  np.testing.assert_array_equal(pred.numpy(), clf.predict(probe))
+  np.testing.assert_array_equal(np.argmax(scores.numpy(), 1),
+                                clf.predict(probe))
+  # Differentiable w.r.t. the features (an attack's objective).
+  f = tf.constant(probe[:4])
+  with tf.GradientTape() as tape:
+    tape.watch(f)
+    obj = tf.reduce_sum(clf.tf_label_scores(f)[:, 0])
+  assert np.all(np.isfinite(tape.gradient(obj, f).numpy()))
+
+
+@pytest.mark.parametrize('suffix', ['.npz', '.json'])
+def test_save_load_round_trip(tmp_path, suffix):
+  x, y = blobs(label_perm=[1, 0, 2, 4, 3])
+  clf = kmeans.fit_kmeans_classifier(x, y, metric='cosine',
+                                     feature='posterior', k=5, n_iter=30,
+                                     seed=9, checkpoint='/some/ckpt-3')
+  path = str(tmp_path / ('clf' + suffix))
+  assert clf.save(path) == path
+  if suffix == '.npz':
+    with np.load(path, allow_pickle=False) as z:  # no object arrays inside
+      assert set(z.files) >= {'centers', 'cluster_to_label', 'metadata'}
+  else:
+    with open(path) as f:
+      json.load(f)
+  back = KMeansClassifier.load(path)
+  np.testing.assert_array_equal(back.centers, clf.centers)
+  np.testing.assert_array_equal(back.cluster_to_label, clf.cluster_to_label)
+  assert (back.metric, back.feature) == ('cosine', 'posterior')
+  assert back.metadata == clf.metadata
+  for key in ('metric', 'k', 'n_iter', 'seed', 'checkpoint',
+              'train_accuracy'):
+    assert key in back.metadata or key == 'metric'
+  assert back.metadata['checkpoint'] == '/some/ckpt-3'
+  np.testing.assert_array_equal(back.predict(x), clf.predict(x))
+  assert back.predict({'posterior': x, 'prior': x[:, ::-1]}).tolist() == \
+      clf.predict(x).tolist()
+
+
+def test_evaluate_kmeans_report():
+  x, y = blobs(label_perm=[4, 3, 2, 1, 0])
+  xt, yt = blobs(label_perm=[4, 3, 2, 1, 0], seed=3)
+  train = dict(prior=x, posterior=x[:, ::-1].copy(), prior_probe_pred=y,
+               posterior_probe_pred=np.zeros_like(y))
+  test = dict(prior=xt, posterior=xt[:, ::-1].copy(), prior_probe_pred=yt,
+              posterior_probe_pred=yt)
+  results, clfs = kmeans.evaluate_kmeans(
+      train, y, test, yt, metrics=('cosine', 'euclidean'), k=5, n_iter=50,
+      n_init=3)
+  assert set(clfs) == {(k, m) for k in ('prior', 'posterior')
+                       for m in ('cosine', 'euclidean')}
+  for metric in ('cosine', 'euclidean'):
+    for kind in ('prior', 'posterior'):
+      r = results['kmeans'][metric][kind]
+      for key in ('train', 'test', 'train+test', 'test_rematched'):
+        assert r[key] == 1.0, (metric, kind, key)
+  assert results['linear_probe']['prior'] == dict(train=1.0, test=1.0)
+  assert results['linear_probe']['posterior']['train'] == pytest.approx(0.2)
+  json.dumps(results)
+  assert 'k-means cosine / prior' in kmeans.format_results(results)
+
+
+def test_collect_features_tiny_model():
+  config = configs.tiny_config()
+  model = SCAE(config)
+  rng = np.random.default_rng(0)
+  images = rng.random((11, 20, 20, 1)).astype(np.float32)
+  feats = kmeans.collect_features(model, images, batch_size=4)
+  k = config.n_obj_caps
+  assert feats['prior'].shape == (11, k)
+  assert feats['posterior'].shape == (11, k)
+  assert feats['prior_probe_pred'].shape == (11,)
+  assert feats['posterior_probe_pred'].shape == (11,)
+  for key in ('prior', 'posterior'):
+    assert feats[key].dtype == np.float32
+    assert np.all(np.isfinite(feats[key])) and np.all(feats[key] >= 0)
+  # Prior: presence probabilities. Posterior: per-part mixing probabilities
+  # summed over the parts, so in [0, P] per capsule and <= P per example.
+  assert np.all(feats['prior'] <= 1)
+  assert np.all(feats['posterior'] <= config.n_part_caps)
+  assert np.all(feats['posterior'].sum(1) <= config.n_part_caps + 1e-4)
+  # Batching does not change the result; an iterable with labels works.
+  whole = kmeans.collect_features(model, images, batch_size=11)
+  np.testing.assert_allclose(whole['prior'], feats['prior'], atol=1e-5)
+  pairs = [(images[:6], np.arange(6)), (images[6:], np.arange(6, 11))]
+  it = kmeans.collect_features(model, iter(pairs))
+  np.testing.assert_array_equal(it['labels'], np.arange(11))
+  np.testing.assert_allclose(it['posterior'], feats['posterior'], atol=1e-5)
+  with pytest.raises(ValueError, match='shape'):
+    kmeans.collect_features(model, np.zeros((2, 40, 40, 1), np.float32))
+  with pytest.raises(ValueError, match='dtype'):
+    kmeans.collect_features(model, np.zeros((2, 20, 20, 1), np.uint8))
