@@ -55,6 +55,7 @@ def main(argv):
   from scae_tf.optim import TF1RMSProp  # pylint: disable=g-import-not-at-top
 
   try:
+    data.get_dataset_spec(FLAGS.dataset)
     preset = configs.get_preset(FLAGS.preset)
     config = configs.get_config(FLAGS.config or FLAGS.dataset)
     batch_size = FLAGS.batch_size or preset.batch_size
@@ -103,7 +104,8 @@ def main(argv):
     metrics = training.train_loop(
         model, optimizer, stream, logdir, total_steps, noise=FLAGS.noise,
         save_every=FLAGS.save_every, eval_batches=eval_batches,
-        jit_compile=FLAGS.jit_compile, progress=FLAGS.progress)
+        jit_compile=FLAGS.jit_compile, progress=FLAGS.progress,
+        seed=FLAGS.seed)
   except training.NonFiniteLossError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

@@ -16,6 +16,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from scae_tf import math_ops
+from scae_tf import neural
 
 tfd = tfp.distributions
 
@@ -78,9 +79,8 @@ class CapsuleLikelihood(snt.Module):
   def __init__(self, n_votes, n_dims=6, name='capsule_likelihood'):
     super().__init__(name=name)
     # Only the soft winner uses the dummy vote; it never receives a gradient.
-    self.dummy_vote = tf.Variable(
-        tf.keras.initializers.GlorotUniform()([1, 1, n_votes, n_dims]),
-        name='dummy_vote')
+    self.dummy_vote = neural.glorot_uniform([1, 1, n_votes, n_dims],
+                                            'dummy_vote')
 
   def __call__(self, votes, scales, vote_presence_prob, x, presence=None,
                full=True):

@@ -138,7 +138,7 @@ class SCAE(snt.Module):
                         target=target, training=training, full=full)
 
   def forward(self, images, labels=None, *, target=None, training=False,
-              full=False) -> ScaeOutput:
+              full=False, noise_seed=None) -> ScaeOutput:
     """The SCAE graph.
 
     Args:
@@ -146,6 +146,8 @@ class SCAE(snt.Module):
       labels: [B] ints or None; enables the probes' cross-entropies.
       target: reconstruction target (defaults to the (prepped) images).
       training: adds the config's presence noise (part and object capsules).
+      noise_seed: [2] ints; makes that noise a stateless function of the seed
+        (training uses (run seed, step), so a resumed run replays it).
       full: also computes what only evaluation and plots need (winners, the
         mode and mean image, the three extra decoder calls of upstream).
     """
@@ -153,7 +155,11 @@ class SCAE(snt.Module):
     if target is None:
       target = images if c.prep == 'none' else normalized_sobel_edges(images)
 
-    part = self.part_encoder(images, noise=training)
+    part_seed = obj_seed = None
+    if noise_seed is not None:
+      part_seed, obj_seed = tf.unstack(
+          tf.random.experimental.stateless_split(noise_seed, 2))
+    part = self.part_encoder(images, noise=training, seed=part_seed)
     pose, pres = part.pose, part.presence
 
     input_pose = tf.concat([pose, 1. - pres[..., tf.newaxis]], -1)
@@ -179,7 +185,7 @@ class SCAE(snt.Module):
 
     obj = self.object_capsules(h, target_pose, target_pres, noise=training,
                                full=full or c.vote_type != 'enc'
-                               or c.pres_type != 'enc')
+                               or c.pres_type != 'enc', seed=obj_seed)
     ll = obj.likelihood
 
     dec_vote = {'enc': pose, 'soft': ll.soft_winner,

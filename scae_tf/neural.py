@@ -17,9 +17,18 @@ def truncated_normal(fan_in):
 
 
 def glorot_uniform(shape, name):
-  """TF1 `tf.get_variable`'s default initialiser, for raw variables."""
-  init = tf.keras.initializers.GlorotUniform()
-  return tf.Variable(init(shape, dtype=tf.float32), name=name)
+  """A variable with TF1 `tf.get_variable`'s default init (Glorot uniform).
+
+  Fans as TF1 computes them: for rank > 2 the leading dims multiply both.
+  Drawn with `tf.random` so that `tf.random.set_seed` makes it reproducible.
+  """
+  if len(shape) == 1:
+    fan_in = fan_out = shape[0]
+  else:
+    receptive = math.prod(shape[:-2])
+    fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
+  limit = math.sqrt(6. / (fan_in + fan_out))
+  return tf.Variable(tf.random.uniform(shape, -limit, limit), name=name)
 
 
 class Linear(snt.Module):

@@ -33,14 +33,24 @@ class ObjectCapsuleOutput(NamedTuple):
   likelihood: CapsuleLikelihoodResult
 
 
-def presence_noise(noise_type, noise_scale, shape):
-  """Noise added to presence logits during training (sparsifies presences)."""
+def presence_noise(noise_type, noise_scale, shape, seed=None):
+  """Noise added to presence logits during training (sparsifies presences).
+
+  Drawn statelessly from `seed` ([2] ints) when given.
+  """
   if noise_type == 'uniform':
-    return tf.random.uniform(shape, minval=-.5, maxval=.5) * noise_scale
+    u = (tf.random.uniform(shape) if seed is None
+         else tf.random.stateless_uniform(shape, seed))
+    return (u - .5) * noise_scale
   if noise_type == 'logistic':
-    return tfp.distributions.Logistic(0., noise_scale).sample(shape)
+    if seed is None:
+      return tfp.distributions.Logistic(0., noise_scale).sample(shape)
+    u = tf.random.stateless_uniform(shape, seed, minval=1e-7, maxval=1.)
+    return noise_scale * (tf.math.log(u) - tf.math.log1p(-u))
   if noise_type == 'normal':
-    return tf.random.normal(shape) * noise_scale
+    n = (tf.random.normal(shape) if seed is None
+         else tf.random.stateless_normal(shape, seed))
+    return n * noise_scale
   raise ValueError(f'Invalid noise type {noise_type!r}.')
 
 
@@ -77,12 +87,13 @@ class ObjectCapsules(snt.Module):
     self.likelihood = CapsuleLikelihood(p)
 
   def __call__(self, features, part_pose, part_presence, noise=False,
-               full=True) -> ObjectCapsuleOutput:
+               full=True, seed=None) -> ObjectCapsuleOutput:
     """Args:
       features: [B, K, d] Set Transformer output.
       part_pose: [B, P, 6] poses to explain.
       part_presence: [B, P].
-      noise: add the configured presence-logit noise.
+      noise: add the configured presence-logit noise (stateless from
+        `seed`, [2] ints, when given).
       full: also compute outputs the loss does not need (winners).
     """
     batch_size = tf.shape(features)[0]
@@ -99,10 +110,14 @@ class ObjectCapsules(snt.Module):
     scale += self.scale_per_vote_bias
 
     if noise and self.noise_type:
+      seeds = [None, None] if seed is None else tf.unstack(
+          tf.random.experimental.stateless_split(seed, 2))
       pres_logit_per_caps += presence_noise(
-          self.noise_type, self.noise_scale, tf.shape(pres_logit_per_caps))
+          self.noise_type, self.noise_scale, tf.shape(pres_logit_per_caps),
+          seeds[0])
       pres_logit_per_vote += presence_noise(
-          self.noise_type, self.noise_scale, tf.shape(pres_logit_per_vote))
+          self.noise_type, self.noise_scale, tf.shape(pres_logit_per_vote),
+          seeds[1])
 
     ccr = math_ops.geometric_transform(ccr, as_matrix=True)
     cpr = math_ops.geometric_transform(cpr_dynamic + self.cpr_static,

@@ -78,7 +78,9 @@ class PartEncoder(snt.Module):
         [1, 1, channels, n_out], tf.float32), name='head_w')
     self.head_b = tf.Variable(tf.zeros([n_out]), name='head_b')
 
-  def __call__(self, images, noise=False) -> PartCapsules:
+  def __call__(self, images, noise=False, seed=None) -> PartCapsules:
+    """`noise` adds U(-.5, .5) * noise_scale to the presence logits, drawn
+    statelessly from `seed` ([2] ints) when given, so runs are replayable."""
     batch_size = tf.shape(images)[0]
     img_embedding = self.cnn(images)
 
@@ -94,8 +96,10 @@ class PartEncoder(snt.Module):
     pose, feature, pres_logit = tf.split(h, self.splits, -1)
     pres_logit = tf.squeeze(pres_logit, -1)
     if noise and self.noise_scale > 0.:
-      pres_logit += ((tf.random.uniform(tf.shape(pres_logit)) - .5)
-                     * self.noise_scale)
+      shape = tf.shape(pres_logit)
+      u = (tf.random.uniform(shape) if seed is None
+           else tf.random.stateless_uniform(shape, seed))
+      pres_logit += (u - .5) * self.noise_scale
 
     pres = tf.nn.sigmoid(pres_logit)
     pose = math_ops.geometric_transform(pose)

@@ -105,9 +105,8 @@ class SetTransformer(snt.Module):
         for i in range(n_layers)
     ]
     self.output_linear = neural.Linear(n_dims, n_output_dims, name='linear_1')
-    self.inducing_points = tf.Variable(
-        tf.keras.initializers.GlorotUniform()([1, n_outputs, n_output_dims]),
-        name='inducing_points')
+    self.inducing_points = neural.glorot_uniform(
+        [1, n_outputs, n_output_dims], 'inducing_points')
     self.pool = MultiHeadQKVAttention(n_heads, n_output_dims, n_output_dims)
 
   def __call__(self, x, presence=None):

@@ -22,26 +22,30 @@ METRICS = ('loss', 'rec_ll', 'log_prob', 'dynamic_weights_l2',
            'posterior_cls_acc')
 
 
-def compute_gradients(model, images, labels, training, target=None):
+def compute_gradients(model, images, labels, training, target=None,
+                      noise_seed=None):
   """Loss, gradients w.r.t. the model's trainable variables, and the output.
 
   Only the parts of the graph that the loss needs are computed (full=False).
   """
   with tf.GradientTape() as tape:
     out = model.forward(images, labels, target=target, training=training,
-                        full=False)
+                        full=False, noise_seed=noise_seed)
     loss = model.loss(out)
   variables = model.trainable_variables
   return loss, tape.gradient(loss, variables), out
 
 
-def make_train_step(model, optimizer, noise=True, jit_compile=False):
+def make_train_step(model, optimizer, noise=True, jit_compile=False,
+                    seed=None):
   """Returns a `tf.function` doing one optimiser step on (images, labels).
 
   `optimizer` is a `TF1RMSProp` built for `model.trainable_variables`.
   `noise` switches the config's presence noise (the fork trains with it; the
   defences and the reference trajectory train without). The returned metrics
   are computed with the weights *before* the update, as TF1 reported them.
+  With `seed`, the noise of step s is drawn statelessly from (seed, s): a run
+  resumed from a checkpoint then continues exactly as if uninterrupted.
   """
   variables = model.trainable_variables
   if [v.ref() for v in variables] != [v.ref() for v in optimizer.variables_]:
@@ -50,7 +54,11 @@ def make_train_step(model, optimizer, noise=True, jit_compile=False):
 
   @tf.function(jit_compile=jit_compile)
   def train_step(images, labels):
-    loss, grads, out = compute_gradients(model, images, labels, noise)
+    noise_seed = None
+    if seed is not None:
+      noise_seed = tf.stack([tf.constant(seed, tf.int64), optimizer.step])
+    loss, grads, out = compute_gradients(model, images, labels, noise,
+                                         noise_seed=noise_seed)
     lr = optimizer.apply(grads)
     metrics = {k: getattr(out, k) for k in METRICS[1:]
                if getattr(out, k) is not None}
@@ -127,6 +135,17 @@ class JsonlLog:
     with open(self.path, 'a') as f:
       f.write(json.dumps(record) + '\n')
 
+  def truncate_after(self, step):
+    """Drops records past `step`: a resumed run redoes those steps."""
+    if not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      keep = [line for line in f if json.loads(line)['step'] <= step]
+    tmp = self.path + '.tmp'
+    with open(tmp, 'w') as f:
+      f.writelines(keep)
+    os.replace(tmp, self.path)
+
 
 def probe_accuracy(model, batches):
   """Linear-probe test accuracy (prior, posterior) over (images, labels)."""
@@ -144,7 +163,7 @@ def probe_accuracy(model, batches):
 
 def train_loop(model, optimizer, stream, logdir, total_steps, noise=True,
                save_every=1000, eval_batches=None, jit_compile=False,
-               progress=True, train_step=None, on_epoch_end=None):
+               progress=True, train_step=None, on_epoch_end=None, seed=0):
   """Trains until `optimizer.step == total_steps`, resuming from `logdir`.
 
   Args:
@@ -168,7 +187,7 @@ def train_loop(model, optimizer, stream, logdir, total_steps, noise=True,
   if manager.latest_checkpoint:
     ckpt.read(manager.latest_checkpoint).assert_existing_objects_matched()
   step_fn = train_step or make_train_step(model, optimizer, noise=noise,
-                                          jit_compile=jit_compile)
+                                          jit_compile=jit_compile, seed=seed)
   log = JsonlLog(os.path.join(logdir, LOG_FILE))
   writer = tf.summary.create_file_writer(os.path.join(logdir, 'tb'))
 
@@ -178,6 +197,7 @@ def train_loop(model, optimizer, stream, logdir, total_steps, noise=True,
     return path
 
   start = int(optimizer.step.numpy())
+  log.truncate_after(start)
   spe = stream.steps_per_epoch
   metrics = {}
   bar = tqdm(total=total_steps, initial=start, disable=not progress,

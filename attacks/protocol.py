@@ -1,0 +1,315 @@
+"""The robustness-evaluation protocol of the defence code (`utilities.attack`)
+and its outputs: per-sample perturbations, summary, accuracy-vs-L2 curve.
+
+Protocol: every sample gets a perturbation amount
+  0            if the target misclassifies the clean sample (already broken),
+  inf          if the attack failed,
+  ||x_adv-x||  otherwise.
+The accuracy at L2 threshold t is the fraction of samples whose amount is
+GREATER than t (the attacker may not spend more than t); at t = 0 it is the
+clean accuracy. Paper Figures 2-5 plot it against t; Table 6 reads it at
+t = 4 (MNIST) and t = 5 (Fashion-MNIST), on 5000 random samples of the MNIST
+test split / the Fashion-MNIST TRAIN split.
+
+`run_protocol` attacks batch by batch and saves each finished batch under
+`<out_dir>/batches/`, so an interrupted run resumes where it stopped;
+`write_outputs` then writes `l2.npz`, `adversarial.npz`, `summary.json`,
+`summary.md`, `robust_accuracy.json` and `accuracy_vs_l2.png`.
+"""
+
+import json
+import os
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+PAPER_THRESHOLDS = {'mnist': 4., 'fashion_mnist': 5.}
+DEFAULT_SPLITS = {'mnist': 'test', 'fashion_mnist': 'train'}
+BATCH_KEYS = ('indices', 'labels', 'clean_pred', 'success', 'attack_l2',
+              'adversarial')
+
+
+# --- numbers ----------------------------------------------------------------
+
+def protocol_l2(clean_correct, success, attack_l2) -> np.ndarray:
+  """[N] float64 perturbation amounts: 0 where the clean sample is already
+  misclassified, inf where the attack failed, else the attack's L2."""
+  clean_correct = np.asarray(clean_correct, bool)
+  success = np.asarray(success, bool)
+  amount = np.where(success, np.asarray(attack_l2, np.float64), np.inf)
+  return np.where(clean_correct, amount, 0.)
+
+
+def accuracy_at(perturbations, threshold: float) -> float:
+  """Fraction of samples whose perturbation amount is > threshold."""
+  p = np.asarray(perturbations, np.float64)
+  return float(np.mean(p > threshold)) if p.size else float('nan')
+
+
+def robust_accuracy_curve(perturbations, max_threshold: float,
+                          step: float = 0.01) -> Dict[str, list]:
+  """Accuracy at every threshold 0, step, ..., max_threshold."""
+  n = int(round(max_threshold / step))
+  thresholds = np.round(np.arange(n + 1) * step, 10)
+  p = np.sort(np.asarray(perturbations, np.float64))
+  # Number of amounts <= t, for every t at once.
+  at_most = np.searchsorted(p, thresholds, side='right')
+  accuracy = 1. - at_most / max(len(p), 1)
+  return dict(thresholds=thresholds.tolist(), accuracy=accuracy.tolist())
+
+
+def _mean_std(values):
+  values = np.asarray(values, np.float64)
+  if not values.size:
+    return None, None
+  return float(values.mean()), float(values.std())
+
+
+def summarize(perturbations, clean_correct, threshold: float) -> dict:
+  """The numbers of `summary.json`.
+
+  attack_success_rate: successful attacks / correctly classified samples
+    (the fork's `attack_opt.py`, which attacks correct samples only).
+  success_rate_incl_clean_errors: (clean errors + successes) / all samples
+    (the defence code's "Success rate").
+  mean_l2 / std_l2: over successful attacks (the fork's numbers);
+  *_incl_clean_errors: including the zeros of clean errors (defence code).
+  """
+  p = np.asarray(perturbations, np.float64)
+  correct = np.asarray(clean_correct, bool)
+  attacked = p[correct]
+  succeeded = attacked[np.isfinite(attacked)]
+  broken = p[np.isfinite(p)]
+  mean_l2, std_l2 = _mean_std(succeeded)
+  mean_all, std_all = _mean_std(broken)
+  n_correct = int(correct.sum())
+  return dict(
+      num_samples=int(p.size),
+      num_clean_correct=n_correct,
+      num_successful_attacks=int(succeeded.size),
+      clean_accuracy=float(correct.mean()) if p.size else None,
+      attack_success_rate=(succeeded.size / n_correct) if n_correct else None,
+      success_rate_incl_clean_errors=(broken.size / p.size) if p.size
+      else None,
+      mean_l2=mean_l2, std_l2=std_l2,
+      mean_l2_incl_clean_errors=mean_all, std_l2_incl_clean_errors=std_all,
+      threshold=float(threshold),
+      accuracy_at_threshold=accuracy_at(p, threshold),
+      # No budget limit: only the failed attacks (amount inf) still count.
+      robust_accuracy_unbounded=float(np.mean(np.isinf(p))) if p.size
+      else None)
+
+
+def markdown_table(summary: dict, settings: Optional[dict] = None) -> str:
+  """A two-column markdown table of the summary (and settings)."""
+
+  def fmt(v):
+    if isinstance(v, float):
+      return f'{v:.4f}'
+    return '-' if v is None else str(v)
+
+  rows = ['| quantity | value |', '| --- | --- |']
+  t = summary['threshold']
+  for key, value in summary.items():
+    name = f'accuracy at L2 <= {t:g}' if key == 'accuracy_at_threshold' \
+        else key.replace('_', ' ')
+    rows.append(f'| {name} | {fmt(value)} |')
+  for key, value in (settings or {}).items():
+    items = value.items() if isinstance(value, dict) else [(None, value)]
+    for sub, v in items:
+      name = key if sub is None else f'{key}.{sub}'
+      rows.append(f'| {name.replace("_", " ")} | {fmt(v)} |')
+  return '\n'.join(rows) + '\n'
+
+
+def plot_accuracy_vs_l2(curves: Sequence[Tuple[str, np.ndarray]], path: str,
+                        max_threshold: float,
+                        threshold: Optional[float] = None,
+                        title: Optional[str] = None) -> str:
+  """Paper Figures 2-5: accuracy (amount > t) against t, one line per
+  (label, perturbations); a dotted line marks the paper's threshold."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(6, 4.5))
+  for label, perturbations in curves:
+    curve = robust_accuracy_curve(perturbations, max_threshold, step=0.005)
+    ax.plot(curve['thresholds'], curve['accuracy'], label=label)
+  if threshold is not None:
+    ax.axvline(threshold, color='grey', linestyle=':', linewidth=1)
+  ax.set_xlim(0, max_threshold)
+  ax.set_ylim(0, 1)
+  ax.set_xlabel('L2 perturbation threshold')
+  ax.set_ylabel('Accuracy on adversarial samples')
+  ax.grid(True, alpha=.3)
+  ax.legend(loc='upper right')
+  if title:
+    ax.set_title(title)
+  fig.savefig(path, bbox_inches='tight', dpi=120)
+  plt.close(fig)
+  return path
+
+
+# --- files ------------------------------------------------------------------
+
+def _save_npz(path, **arrays):
+  tmp = path + '.tmp.npz'
+  np.savez_compressed(tmp, **arrays)
+  os.replace(tmp, path)
+
+
+def _save_json(path, obj):
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=1, sort_keys=True)
+  os.replace(tmp, path)
+
+
+class SettingsMismatchError(ValueError):
+  """The output folder holds batches of a run with other settings."""
+
+
+def check_settings(out_dir: str, settings: dict, overwrite: bool = False):
+  """Writes `settings.json`, or checks that a resumed run matches it."""
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, 'settings.json')
+  normal = json.loads(json.dumps(settings, sort_keys=True))
+  if os.path.exists(path) and not overwrite:
+    with open(path) as f:
+      old = json.load(f)
+    diff = sorted(k for k in set(old) | set(normal)
+                  if old.get(k) != normal.get(k))
+    if diff:
+      raise SettingsMismatchError(
+          f'{out_dir} holds a run with other settings ({", ".join(diff)} '
+          'differ); use another --out_dir or --overwrite.')
+    return
+  if overwrite:
+    batch_dir = os.path.join(out_dir, 'batches')
+    if os.path.isdir(batch_dir):
+      for name in os.listdir(batch_dir):
+        os.remove(os.path.join(batch_dir, name))
+  _save_json(path, normal)
+
+
+def batch_path(out_dir: str, index: int) -> str:
+  return os.path.join(out_dir, 'batches', f'batch_{index:05d}.npz')
+
+
+def run_protocol(attack, images, labels, out_dir: str, batch_size: int = 100,
+                 seed: int = 0, indices=None, threshold: float = 4.,
+                 progress: bool = True) -> Dict[str, np.ndarray]:
+  """Attacks (images [N, H, W, C], labels [N]) batch by batch.
+
+  Finished batches are saved to `<out_dir>/batches/batch_XXXXX.npz` and
+  loaded instead of recomputed on a restart. Batch b is attacked with seed
+  (seed, b), so a resumed run gives the results of an uninterrupted one.
+  `indices` [N] (positions in the data split) are stored with the results.
+  Returns the concatenated arrays (BATCH_KEYS + 'clean_correct',
+  'perturbation', 'clean').
+  """
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  images = np.asarray(images, np.float32)
+  labels = np.asarray(labels, np.int64)
+  n = len(images)
+  indices = np.arange(n) if indices is None else np.asarray(indices)
+  os.makedirs(os.path.join(out_dir, 'batches'), exist_ok=True)
+  parts = []
+  bar = tqdm(total=n, unit='img', disable=not progress, desc='attack',
+             dynamic_ncols=True)
+  for b, start in enumerate(range(0, n, batch_size)):
+    sl = slice(start, start + batch_size)
+    path = batch_path(out_dir, b)
+    if os.path.exists(path):
+      with np.load(path) as z:
+        part = {k: z[k] for k in BATCH_KEYS}
+      if not np.array_equal(part['indices'], indices[sl]):
+        raise SettingsMismatchError(f'{path} holds other samples than this '
+                                    'run would attack there.')
+      bar.update(len(part['indices']))
+    else:
+      m = len(indices[sl])
+      done = [0.]
+
+      def advance(i, total, m=m, done=done):
+        step = m * (i + 1) / total - done[0]
+        done[0] += step
+        bar.update(step)
+
+      seed_b = int(np.random.SeedSequence([seed, b]).generate_state(1)[0])
+      result = attack(images[sl], labels[sl], seed=seed_b, callback=advance)
+      part = dict(indices=indices[sl], labels=labels[sl],
+                  clean_pred=result.clean_pred, success=result.success,
+                  attack_l2=result.l2, adversarial=result.adversarial)
+      _save_npz(path, **part)
+    parts.append(part)
+    so_far = {k: np.concatenate([p[k] for p in parts]) for k in BATCH_KEYS}
+    correct = so_far['clean_pred'] == so_far['labels']
+    pert = protocol_l2(correct, so_far['success'], so_far['attack_l2'])
+    rate = np.isfinite(pert[correct]).sum() / max(int(correct.sum()), 1)
+    bar.set_postfix(clean=f'{correct.mean():.3f}', success=f'{rate:.3f}',
+                    acc_at_t=f'{accuracy_at(pert, threshold):.3f}')
+  bar.close()
+  out = {k: np.concatenate([p[k] for p in parts]) for k in BATCH_KEYS}
+  out['clean_correct'] = out['clean_pred'] == out['labels']
+  out['perturbation'] = protocol_l2(out['clean_correct'], out['success'],
+                                    out['attack_l2'])
+  # Clean errors keep their clean image (the defence code stores it as the
+  # "perturbed" one, with amount 0).
+  out['adversarial'] = np.where(out['clean_correct'][:, None, None, None],
+                                out['adversarial'], images).astype(np.float32)
+  out['clean'] = images
+  return out
+
+
+def write_outputs(out_dir: str, results: Dict[str, np.ndarray],
+                  settings: dict, threshold: float, max_threshold: float,
+                  label: Optional[str] = None) -> dict:
+  """Writes the result files; returns the summary."""
+  _save_npz(os.path.join(out_dir, 'l2.npz'),
+            perturbation=results['perturbation'],
+            attack_l2=results['attack_l2'], success=results['success'],
+            clean_correct=results['clean_correct'],
+            clean_pred=results['clean_pred'], labels=results['labels'],
+            indices=results['indices'])
+  _save_npz(os.path.join(out_dir, 'adversarial.npz'),
+            adversarial=results['adversarial'], clean=results['clean'],
+            indices=results['indices'], labels=results['labels'])
+  return write_reports(out_dir, results['perturbation'],
+                       results['clean_correct'], settings, threshold,
+                       max_threshold, label)
+
+
+def write_reports(out_dir, perturbations, clean_correct, settings, threshold,
+                  max_threshold, label=None) -> dict:
+  """summary.json / summary.md / robust_accuracy.json / accuracy_vs_l2.png."""
+  summary = summarize(perturbations, clean_correct, threshold)
+  _save_json(os.path.join(out_dir, 'summary.json'),
+             dict(summary=summary, settings=settings))
+  with open(os.path.join(out_dir, 'summary.md'), 'w') as f:
+    f.write(markdown_table(summary, settings))
+  curve = robust_accuracy_curve(perturbations, max_threshold)
+  _save_json(os.path.join(out_dir, 'robust_accuracy.json'),
+             dict(curve, definition='accuracy(t) = fraction of samples whose '
+                  'perturbation amount is > t'))
+  plot_accuracy_vs_l2([(label or settings.get('classifier', 'model'),
+                        perturbations)],
+                      os.path.join(out_dir, 'accuracy_vs_l2.png'),
+                      max_threshold, threshold)
+  return summary
+
+
+def load_results(out_dir: str) -> Tuple[dict, dict]:
+  """(arrays of l2.npz, settings) of a finished run."""
+  path = os.path.join(out_dir, 'l2.npz')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} not found: no finished run in '
+                            f'{out_dir!r}.')
+  with np.load(path) as z:
+    arrays = {k: z[k] for k in z.files}
+  settings = {}
+  settings_path = os.path.join(out_dir, 'settings.json')
+  if os.path.exists(settings_path):
+    with open(settings_path) as f:
+      settings = json.load(f)
+  return arrays, settings

@@ -1,0 +1,530 @@
+"""The evasion attack (attacks/) on toy capsule models, and its protocol.
+
+No SCAE here: a toy "capsule model" with the SCAE's output fields plugs into
+`attacks.classifiers.make_classifier` exactly as the SCAE does. Its object
+capsule presences are [sigmoid(a), sigmoid(-a)] with a = <w, x - 0.5>, and
+both linear probes predict 0 iff a > 0: the decision boundary is the
+hyperplane a = 0, so the smallest L2 perturbation that flips the label of x
+is a(x) / ||w|| (when the projection stays inside the box).
+"""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from attacks import classifiers, evasion, objectives, optimizers, protocol
+from attacks.classifiers import CapsuleClassifier
+from scae_tf.kmeans import KMeansClassifier
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# --- toy models --------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class ToyConfig:
+  canvas_size: int = 4
+  n_channels: int = 1
+  n_part_caps: int = 1
+  n_obj_caps: int = 2
+  num_classes: int = 2
+
+
+class ToyOutput(NamedTuple):
+  caps_presence_prob: tf.Tensor      # [B, 2]
+  posterior_mixing_probs: tf.Tensor  # [B, P=1, 2]
+  prior_cls_pred: tf.Tensor          # [B]
+  posterior_cls_pred: tf.Tensor      # [B]
+
+
+class ToyLinearCapsules:
+  """a = <w, x - 0.5>; presences sigmoid([a, -a]); posterior mixing
+  softmax([a, -a]) over P = 1 part; probes predict 0 iff a > 0."""
+
+  def __init__(self, w):
+    self.config = ToyConfig()
+    self.w = tf.constant(np.asarray(w, np.float32).reshape(-1, 1))
+
+  def forward(self, images, full=False, training=False):
+    del full, training
+    flat = tf.reshape(images, [tf.shape(images)[0], -1])
+    a = tf.matmul(flat - 0.5, self.w)
+    logits = tf.concat([a, -a], -1)
+    pred = tf.argmax(logits, -1)
+    return ToyOutput(tf.sigmoid(logits), tf.nn.softmax(logits)[:, None, :],
+                     pred, pred)
+
+
+class ConstantPrediction(CapsuleClassifier):
+  """Differentiable presences, but always predicts class 0: an attack on a
+  label-0 example can never succeed, on a label-1 example it always does."""
+
+  def __init__(self, shape=(4, 4, 1)):
+    super().__init__('const', 'prior', shape, 2)
+    n = int(np.prod(shape))
+    self.w = tf.constant(np.linspace(-1., 1., 2 * n, dtype=np.float32)
+                         .reshape(n, 2))
+
+  def __call__(self, images):
+    flat = tf.reshape(images, [tf.shape(images)[0], -1])
+    features = tf.sigmoid(tf.matmul(flat, self.w))
+    return features, tf.zeros([tf.shape(images)[0]], tf.int64)
+
+
+def linear_problem(distances, seed=0):
+  """Images [B, 4, 4, 1] at distance d_b from the boundary of a toy model
+  with a positive unit normal w (brightening moves away from the boundary,
+  so the random start p' >= 0 is never adversarial)."""
+  rng = np.random.default_rng(seed)
+  w = rng.uniform(0.5, 1.5, 16)
+  w /= np.linalg.norm(w)
+  d = np.asarray(distances, np.float64)
+  noise = rng.uniform(-0.15, 0.15, (len(d), 16))
+  noise -= (noise @ w)[:, None] * w          # orthogonal to w
+  x = 0.5 + noise + d[:, None] * w
+  assert x.min() > 0.2 and x.max() < 0.8     # the projection stays in the box
+  return ToyLinearCapsules(w), w, x.reshape(-1, 4, 4, 1).astype(np.float32)
+
+
+# --- objectives --------------------------------------------------------------
+
+def test_blur_mask_by_hand():
+  img = np.arange(1., 10.).reshape(1, 3, 3, 1)
+  # Corners average 4 in-bounds pixels, edges 6, the centre 9.
+  expected = np.array([[3., 3.5, 4.], [4.5, 5., 5.5], [6., 6.5, 7.]])
+  got = objectives.blur_mask(img).numpy()
+  np.testing.assert_allclose(got[0, :, :, 0], expected, rtol=1e-6)
+  # Channels are blurred independently; `times` repeats the blur.
+  two = np.concatenate([img, 10. - img], -1)
+  got2 = objectives.blur_mask(two).numpy()
+  np.testing.assert_allclose(got2[0, :, :, 1], 10. - expected, rtol=1e-6)
+  twice = objectives.blur_mask(img, times=2).numpy()
+  np.testing.assert_allclose(
+      twice, objectives.blur_mask(got).numpy(), rtol=1e-6)
+  assert twice[0, 0, 0, 0] == pytest.approx((3 + 3.5 + 4.5 + 5) / 4)
+
+
+def test_blur_mask_matches_loops_and_zero_regions():
+  rng = np.random.default_rng(1)
+  img = rng.uniform(size=(2, 5, 6, 1)) * (rng.uniform(size=(2, 5, 6, 1)) > .5)
+  ref = np.zeros_like(img)
+  for i in range(5):
+    for j in range(6):
+      box = img[:, max(i - 1, 0):i + 2, max(j - 1, 0):j + 2]
+      ref[:, i, j] = box.mean(axis=(1, 2))
+  np.testing.assert_allclose(objectives.blur_mask(img).numpy(), ref,
+                             rtol=1e-5, atol=1e-7)
+  stroke = np.zeros((1, 6, 6, 1), np.float32)
+  stroke[0, 1, 1] = 1.
+  mask = objectives.blur_mask(stroke).numpy()[0, :, :, 0]
+  assert (mask[:3, :3] > 0).all() and (mask[3:, :] == 0).all() \
+      and (mask[:, 3:] == 0).all()
+
+
+def test_tanh_space_round_trip_and_box():
+  x = np.array([0., .25, .5, 1.], np.float32).reshape(1, 2, 2, 1)
+  w = objectives.to_tanh_space(x)
+  assert np.isfinite(w.numpy()).all()  # the 0.999999 factor
+  np.testing.assert_allclose(objectives.from_tanh_space(w).numpy(), x,
+                             atol=1e-6)
+  big = objectives.from_tanh_space(tf.constant([-1e4, -3., 0., 3., 1e4]))
+  assert (big.numpy() >= 0).all() and (big.numpy() <= 1).all()
+
+
+def test_capsule_subset_rules():
+  f = tf.constant([[0.9, 0.1, 0.5], [0.2, 0.3, 0.1]])
+  # Batch mean 2.1 / 6 = 0.35; row means 0.5 and 0.2.
+  np.testing.assert_array_equal(objectives.capsule_subset(f).numpy(),
+                                [[1, 0, 1], [0, 0, 0]])
+  np.testing.assert_array_equal(
+      objectives.capsule_subset(f, 'example').numpy(), [[1, 0, 0], [0, 1, 0]])
+  with pytest.raises(ValueError, match='subset rule'):
+    objectives.capsule_subset(f, 'global')
+
+
+def test_capsule_and_perturbation_losses_by_hand():
+  f = tf.constant([[0.9, 0.1, 0.5], [2.0, 3.0, 1.0]])
+  s = tf.constant([[1., 0., 1.], [0., 1., 1.]])
+  prior = objectives.capsule_loss(f, s, 'prior', n_part_caps=4).numpy()
+  np.testing.assert_allclose(prior, [0.5 * (0.81 + 0.25), 0.5 * (9. + 1.)])
+  post = objectives.capsule_loss(f, s, 'posterior', n_part_caps=4).numpy()
+  np.testing.assert_allclose(post, prior / 16.)
+  plain = objectives.capsule_loss(f, s, 'posterior', 4, form='sum').numpy()
+  np.testing.assert_allclose(plain, [1.4, 4.0])
+  x = np.zeros((2, 2, 2, 1), np.float32)
+  x_adv = x.copy()
+  x_adv[0, 0, 0, 0], x_adv[1, 1, 1, 0], x_adv[1, 0, 1, 0] = 0.3, 0.4, 0.2
+  p = objectives.perturbation_loss(tf.constant(x_adv), tf.constant(x))
+  np.testing.assert_allclose(p.numpy(), [0.5 * .09, 0.5 * .2], rtol=1e-6)
+  c_loss, p_loss = tf.constant([1., 2.]), tf.constant([.5, .25])
+  const = tf.constant([10., 100.])
+  # Per example: 10 * 1 + .5 + 100 * 2 + .25.
+  assert objectives.total_loss(c_loss, p_loss, const, 'example').numpy() \
+      == pytest.approx(210.75)
+  # The fork's batch-coupled loss: (10 + 100) * (1 + 2) + 2 * (.5 + .25).
+  assert objectives.total_loss(c_loss, p_loss, const).numpy() \
+      == pytest.approx(331.5)
+
+
+# --- optimisers and the search on alpha --------------------------------------
+
+def test_adam_matches_keras_adam():
+  # Keras' Adam uses TF1's epsilon-hat update; compare three steps.
+  grads = [np.array([0.3, -2.0]), np.array([-0.1, 0.5]), np.array([1., 1.])]
+  var = tf.Variable([0.5, -0.2])
+  keras = tf.keras.optimizers.Adam(1.0, beta_1=.9, beta_2=.999,
+                                   epsilon=1e-8)
+  opt = optimizers.TF1Adam(1.0)
+  p = tf.constant([0.5, -0.2])
+  state = opt.init(p)
+  for g in grads:
+    keras.apply_gradients([(tf.constant(g, tf.float32), var)])
+    p, state = opt.apply(p, tf.constant(g, tf.float32), state)
+  np.testing.assert_allclose(p.numpy(), var.numpy(), rtol=1e-5)
+
+
+def test_rmsprop_and_sign_by_hand():
+  opt = optimizers.TF1RMSProp(0.1)
+  p = tf.constant([1.0])
+  state = opt.init(p)
+  np.testing.assert_array_equal(state[0].numpy(), [1.])  # ms starts at 1
+  p, state = opt.apply(p, tf.constant([2.0]), state)
+  ms = 1 + (4 - 1) * 0.1
+  mom = 0.1 * 2 / np.sqrt(ms + 1e-6)
+  np.testing.assert_allclose(p.numpy(), [1 - mom], rtol=1e-6)
+  p, state = opt.apply(p, tf.constant([-1.0]), state)
+  ms2 = ms + (1 - ms) * 0.1
+  mom2 = 0.9 * mom + 0.1 * -1 / np.sqrt(ms2 + 1e-6)
+  np.testing.assert_allclose(p.numpy(), [1 - mom - mom2], rtol=1e-6)
+  sign = optimizers.SignedGradient(0.5)
+  q, _ = sign.apply(tf.constant([0., 1., 2.]), tf.constant([-3., 0., 1e-9]),
+                    sign.init(None))
+  np.testing.assert_allclose(q.numpy(), [0.5, 1., 1.5])
+
+
+def test_update_const_schedule_by_hand():
+  # Per example: misses multiply by 10 until the first hit, then bisect.
+  hits = np.array([[0, 1, 1], [0, 1, 0], [1, 1, 0], [0, 1, 0], [1, 1, 1]],
+                  bool)
+  const = tf.fill([3], 100.)
+  lower, upper = tf.zeros([3]), tf.fill([3], np.inf)
+  seen = []
+  for hit in hits:
+    const, lower, upper = evasion.update_const(const, lower, upper, hit)
+    seen.append(const.numpy())
+  np.testing.assert_allclose(np.array(seen), [
+      [1000., 50., 50.],
+      [10000., 25., 75.],         # ex. 2: lb = 50, ub = 100
+      [5500., 12.5, 87.5],        # ex. 1: ub = 10^4, lb = 10^3
+      [7750., 6.25, 93.75],
+      [6625., 3.125, 90.625]])     # ex. 3: ub = 93.75, lb = 87.5
+
+
+def test_attack_search_failure_and_success_rules():
+  clf = ConstantPrediction()
+  x = np.random.default_rng(0).uniform(.2, .8, (2, 4, 4, 1)).astype(
+      np.float32)
+  labels = np.array([1, 0])  # example 0 always succeeds, example 1 never
+  settings = dict(outer_iterations=4, inner_iterations=2)
+  r = evasion.CapsuleAttack(clf, 'paper_eval', **settings)(x, labels)
+  np.testing.assert_array_equal(r.hit_history, [[1, 0]] * 4)
+  np.testing.assert_allclose(r.const_history,
+                             [[100, 100], [50, 1e3], [25, 1e4], [12.5, 1e5]])
+  np.testing.assert_array_equal(r.success, [True, False])
+  assert np.isfinite(r.l2[0]) and r.l2[1] == np.inf
+  np.testing.assert_allclose(r.l2[0], np.linalg.norm(r.adversarial[0] - x[0]),
+                             rtol=1e-4)
+  assert np.isnan(r.adversarial[1]).all()
+  clean = evasion.CapsuleAttack(clf, 'paper_eval', on_failure='clean',
+                                **settings)(x, labels)
+  np.testing.assert_array_equal(clean.adversarial[1], x[1])
+  assert clean.l2[1] == np.inf
+  # Paper criterion: the prediction must change from the clean one (always
+  # 0 here), so nothing succeeds, whatever the label.
+  paper = evasion.CapsuleAttack(clf, 'paper_eval', success='clean_prediction',
+                                **settings)(x, labels)
+  assert not paper.success.any() and np.isnan(paper.adversarial).all()
+  np.testing.assert_array_equal(paper.clean_pred, [0, 0])
+
+
+def test_mask_confines_the_perturbation():
+  x = np.zeros((1, 6, 6, 1), np.float32)
+  x[0, 1:3, 1:3] = 0.8  # a "stroke"; the mask is 0 from row / column 4 on
+  labels = np.array([1])  # always succeeds with ConstantPrediction
+  clf = ConstantPrediction((6, 6, 1))
+  far = (0, slice(4, None), slice(None), 0)
+  # x_adv with p' = 0: x squeezed by the 0.999999 factor (5e-7 for x = 0).
+  squeezed = objectives.from_tanh_space(objectives.to_tanh_space(x)).numpy()
+  masked = evasion.CapsuleAttack(clf, 'paper_train', outer_iterations=1,
+                                 inner_iterations=3)(x, labels).adversarial
+  np.testing.assert_allclose(masked[far], squeezed[far], rtol=1e-6)
+  assert np.abs(masked - x)[0, :3, :3].max() > 1e-2
+  free = evasion.CapsuleAttack(clf, 'paper_train', outer_iterations=1,
+                               inner_iterations=3, use_mask=False)(x, labels)
+  assert (np.abs(free.adversarial[far] / squeezed[far] - 1) > .1).any()
+
+
+@pytest.mark.parametrize('preset', ['paper_eval', 'paper_train'])
+def test_box_constraint(preset):
+  model, _, x = linear_problem([0.1, 0.3])
+  x[0, 0, 0, 0], x[1, 3, 3, 0] = 0., 1.
+  attack = evasion.CapsuleAttack(classifiers.make_classifier(model, 'PriL'),
+                                 preset, outer_iterations=2,
+                                 inner_iterations=20, learning_rate=5.,
+                                 use_mask=False, on_failure='clean')
+  r = attack(x, np.zeros(2, np.int64))
+  assert np.isfinite(r.adversarial).all()
+  assert r.adversarial.min() >= 0. and r.adversarial.max() <= 1.
+
+
+def fork_reference(clf, cfg, x, labels, seed):
+  """The fork's `AttackerOPT.__call__` written plainly and eagerly: each
+  inner step updates p', then a SECOND forward pass scores the new point."""
+  gen = tf.random.Generator.from_seed(seed)
+  x = tf.constant(x)
+  w = objectives.to_tanh_space(x)
+  mask = objectives.blur_mask(x) if cfg.use_mask else tf.ones_like(x)
+  subset = objectives.capsule_subset(clf(x)[0], cfg.subset)
+  opt = optimizers.make_optimizer(cfg.optimizer, cfg.learning_rate)
+  n = len(labels)
+  const, lower, upper = np.full(n, cfg.const_init), np.zeros(n), np.full(
+      n, np.inf)
+  best_p_loss, best = np.full(n, np.inf), np.full(x.shape, np.nan)
+  consts = []
+  for _ in range(cfg.outer_iterations):
+    p = gen.uniform(x.shape)
+    state, hit = opt.init(p), np.zeros(n, bool)
+    for _ in range(cfg.inner_iterations):
+      with tf.GradientTape() as tape:
+        tape.watch(p)
+        x_adv = objectives.adversarial_images(w, mask, p)
+        features, _ = clf(x_adv)
+        c_loss = objectives.capsule_loss(features, subset, clf.feature_kind,
+                                         clf.n_part_caps)
+        loss = objectives.total_loss(
+            c_loss, objectives.perturbation_loss(x_adv, x),
+            tf.constant(const, tf.float32), cfg.const_coupling)
+      p, state = opt.apply(p, tape.gradient(loss, p), state)
+      x_adv = objectives.adversarial_images(w, mask, p)
+      _, pred = clf(x_adv)
+      p_loss = objectives.perturbation_loss(x_adv, x).numpy()
+      succeed = pred.numpy() != labels
+      hit |= succeed
+      for i in range(n):
+        if succeed[i] and p_loss[i] < best_p_loss[i]:
+          best_p_loss[i], best[i] = p_loss[i], x_adv[i].numpy()
+    consts.append(const.copy())
+    upper = np.where(hit, const, upper)
+    lower = np.where(hit, lower, const)
+    const = np.where(np.isinf(upper), const * 10, (lower + upper) / 2)
+  return np.sqrt(2 * best_p_loss), best, np.array(consts)
+
+
+@pytest.mark.parametrize('optimizer,lr', [('adam', .3), ('rmsprop', .1),
+                                          ('sign', .3)])
+def test_compiled_loop_matches_the_forks_schedule(optimizer, lr):
+  # The compiled loop scores p'_j with the forward pass of step j (n + 1
+  # passes for n steps); the fork runs a separate pass after every step.
+  model, _, x = linear_problem([0.02, 0.1, 0.3, 0.6], seed=5)
+  attack = evasion.CapsuleAttack(
+      classifiers.make_classifier(model, 'PosL'), 'paper_eval',
+      optimizer=optimizer, learning_rate=lr, outer_iterations=4,
+      inner_iterations=6, const_init=1.)
+  labels = np.zeros(4, np.int64)
+  r = attack(x, labels, seed=11)
+  l2, best, consts = fork_reference(attack.classifier, attack.config, x,
+                                    labels, seed=11)
+  assert r.hit_history.any() and not r.hit_history.all()  # a real search
+  np.testing.assert_allclose(r.l2, l2, rtol=1e-4)
+  np.testing.assert_allclose(r.adversarial, best, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(r.const_history, consts, rtol=1e-6)
+
+
+# --- closed-form minimum -----------------------------------------------------
+
+def test_finds_the_closed_form_minimum_per_example():
+  distances = [0.1, 0.2, 0.25, 0.3]
+  model, w, x = linear_problem(distances)
+  attack = evasion.CapsuleAttack(
+      classifiers.make_classifier(model, 'PriL'), 'paper_eval',
+      use_mask=False, learning_rate=0.01, inner_iterations=300,
+      outer_iterations=15, const_init=1., const_coupling='example')
+  r = attack(x, np.zeros(4, np.int64))
+  assert r.success.all()
+  # Nothing can beat the distance to the hyperplane; the attack is within
+  # 1 % of it, and its perturbation points along -w.
+  assert (r.l2 >= np.array(distances) * (1 - 1e-4)).all()
+  np.testing.assert_allclose(r.l2, distances, rtol=1e-2)
+  delta = (r.adversarial - x).reshape(4, -1)
+  cosine = -(delta @ w) / np.linalg.norm(delta, axis=1)
+  assert (cosine > 0.99).all()
+
+
+def test_posk_with_kmeans_and_fork_defaults_reaches_the_minimum():
+  # PosK: k-means (cosine) on the posterior masses; fork's subset rule and
+  # batch coupling (one example per batch: same as per-example).
+  model, _, x = linear_problem([0.2], seed=3)
+  km = KMeansClassifier(centers=np.eye(2), metric='cosine',
+                        feature='posterior', cluster_to_label=[0, 1])
+  attack = evasion.CapsuleAttack(
+      classifiers.make_classifier(model, 'posk', kmeans=km), 'paper_eval',
+      use_mask=False, learning_rate=0.01, inner_iterations=300,
+      outer_iterations=14, const_init=1.)
+  r = attack(x, np.zeros(1, np.int64))
+  np.testing.assert_allclose(r.l2, [0.2], rtol=1e-2)
+
+
+# --- input validation --------------------------------------------------------
+
+def test_bad_inputs_raise_before_any_work():
+  attack = evasion.CapsuleAttack(ConstantPrediction(), 'paper_train')
+  x = np.full((2, 4, 4, 1), .5, np.float32)
+  y = np.array([0, 1])
+  bad = [
+      (x[:, :3], y, 'shape'), (x[0], y, 'shape'), (x[:0], y[:0], 'shape'),
+      ((x * 255).astype(np.uint8), y, 'dtype'), (x + 1., y, 'values in'),
+      (np.where(x > 0, np.nan, x), y, 'NaN'), (x, y[:1], 'labels'),
+      (x, y.astype(np.float32), 'integers'), (x, np.array([0, 2]), 'labels'),
+      (x, np.array([-1, 0]), 'labels'), ([[0.5]], y, 'images')]
+  for images, labels, match in bad:
+    with pytest.raises(ValueError, match=match):
+      attack(images, labels)
+  assert attack._prepare.experimental_get_tracing_count() == 0
+
+
+def test_bad_settings_and_classifiers():
+  clf = ConstantPrediction()
+  with pytest.raises(ValueError, match='Unknown attack preset'):
+    evasion.CapsuleAttack(clf, 'paper_best')
+  with pytest.raises(ValueError, match='Unknown attack setting'):
+    evasion.CapsuleAttack(clf, 'paper_eval', inner=3)
+  for field, value in (('optimizer', 'sgd'), ('inner_iterations', 0),
+                       ('learning_rate', -1.), ('subset', 'all'),
+                       ('success', 'any'), ('on_failure', 'zero'),
+                       ('capsule_loss', 'l1'), ('const_coupling', 'none')):
+    with pytest.raises(ValueError, match=field):
+      evasion.CapsuleAttack(clf, 'paper_eval', **{field: value})
+  with pytest.raises(ValueError, match='CapsuleClassifier'):
+    evasion.CapsuleAttack(object(), 'paper_eval')
+  model = ToyLinearCapsules(np.ones(16))
+  with pytest.raises(ValueError, match='Unknown classifier'):
+    classifiers.make_classifier(model, 'PriX')
+  with pytest.raises(ValueError, match='needs a k-means'):
+    classifiers.make_classifier(model, 'PriK')
+  km = KMeansClassifier(centers=np.eye(2), metric='cosine', feature='prior',
+                        cluster_to_label=[0, 1])
+  with pytest.raises(ValueError, match='posterior features'):
+    classifiers.make_classifier(model, 'PosK', kmeans=km)
+  with pytest.raises(ValueError, match='no target'):
+    evasion.make_attack(model, 'paper_eval')
+  assert evasion.make_attack(model, 'paper_train').classifier.name == 'PosL'
+  assert evasion.PRESETS['paper_eval'] == evasion.AttackConfig(
+      'adam', 1.0, 9, 300, const_init=100.)
+  assert classifiers.kmeans_path_beside('/r/ckpt-5', 'PosK') == \
+      '/r/ckpt-5.kmeans_posterior_cosine.npz'
+
+
+# --- protocol ----------------------------------------------------------------
+
+def test_protocol_numbers_by_hand():
+  correct = np.array([True, True, False, True, True])
+  success = np.array([True, False, True, True, True])
+  l2 = np.array([1.5, 9., 0.3, 4.0, 4.5])
+  p = protocol.protocol_l2(correct, success, l2)
+  np.testing.assert_array_equal(p, [1.5, np.inf, 0., 4.0, 4.5])
+  assert protocol.accuracy_at(p, 0.) == pytest.approx(0.8)  # clean accuracy
+  assert protocol.accuracy_at(p, 4.) == pytest.approx(0.4)  # > 4: inf, 4.5
+  assert protocol.accuracy_at(p, np.inf) == 0.
+  curve = protocol.robust_accuracy_curve(p, 5., step=0.5)
+  assert curve['thresholds'][:3] == [0., 0.5, 1.]
+  assert curve['accuracy'][0] == pytest.approx(.8)
+  assert curve['accuracy'][3] == pytest.approx(.6)   # t = 1.5: 1.5 is not > t
+  assert curve['accuracy'][-1] == pytest.approx(.2)
+  s = protocol.summarize(p, correct, 4.)
+  assert s['clean_accuracy'] == pytest.approx(.8)
+  assert s['attack_success_rate'] == pytest.approx(3 / 4)
+  assert s['success_rate_incl_clean_errors'] == pytest.approx(4 / 5)
+  assert s['mean_l2'] == pytest.approx(np.mean([1.5, 4., 4.5]))
+  assert s['std_l2'] == pytest.approx(np.std([1.5, 4., 4.5]))
+  assert s['mean_l2_incl_clean_errors'] == pytest.approx(10. / 4)
+  assert s['accuracy_at_threshold'] == pytest.approx(.4)
+  assert s['robust_accuracy_unbounded'] == pytest.approx(.2)
+  assert '| accuracy at L2 <= 4 | 0.4000 |' in protocol.markdown_table(s)
+
+
+class FakeAttack:
+  """Deterministic stand-in: succeeds on even pixel sums, counts calls."""
+
+  def __init__(self):
+    self.calls = 0
+
+  def __call__(self, images, labels, seed=None, callback=None):
+    self.calls += 1
+    n = len(images)
+    success = (np.round(images.sum(axis=(1, 2, 3)) * 10) % 2 == 0)
+    l2 = np.where(success, images.mean(axis=(1, 2, 3)) * 8, np.inf)
+    adv = np.where(success[:, None, None, None], images * .5, np.nan)
+    callback(0, 1)
+    return evasion.AttackResult(
+        adversarial=adv.astype(np.float32), success=success,
+        l2=l2.astype(np.float32), clean_pred=(labels + (np.arange(n) % 3 == 2)
+                                              ) % 10,
+        const_history=np.zeros((1, n)), hit_history=success[None])
+
+
+def test_run_protocol_resumes_and_writes_outputs(tmp_path):
+  rng = np.random.default_rng(0)
+  images = rng.uniform(size=(7, 4, 4, 1)).astype(np.float32)
+  labels = rng.integers(0, 10, 7)
+  out = str(tmp_path / 'run')
+  settings = dict(classifier='PosK', dataset='mnist', num_samples=7)
+  protocol.check_settings(out, settings)
+  fake = FakeAttack()
+  first = protocol.run_protocol(fake, images, labels, out, batch_size=3,
+                                indices=np.arange(10, 17), progress=False)
+  assert fake.calls == 3
+  os.remove(protocol.batch_path(out, 1))
+  again = protocol.run_protocol(fake, images, labels, out, batch_size=3,
+                                indices=np.arange(10, 17), progress=False)
+  assert fake.calls == 4  # only the removed batch was recomputed
+  for key in ('perturbation', 'success', 'clean_pred'):
+    np.testing.assert_array_equal(first[key], again[key])
+  wrong = np.arange(7)
+  with pytest.raises(protocol.SettingsMismatchError):
+    protocol.run_protocol(fake, images, labels, out, batch_size=3,
+                          indices=wrong, progress=False)
+  with pytest.raises(protocol.SettingsMismatchError, match='num_samples'):
+    protocol.check_settings(out, dict(settings, num_samples=8))
+  # Clean errors (every third sample) get amount 0 and their clean image.
+  errors = ~first['clean_correct']
+  assert (first['perturbation'][errors] == 0).all()
+  np.testing.assert_array_equal(first['adversarial'][errors], images[errors])
+  summary = protocol.write_outputs(out, first, settings, 4., 5.)
+  for name in ('l2.npz', 'adversarial.npz', 'summary.json', 'summary.md',
+               'robust_accuracy.json', 'accuracy_vs_l2.png'):
+    assert os.path.exists(os.path.join(out, name)), name
+  with open(os.path.join(out, 'summary.json')) as f:
+    assert json.load(f)['summary'] == summary
+  arrays, saved = protocol.load_results(out)
+  np.testing.assert_array_equal(arrays['perturbation'], first['perturbation'])
+  assert saved == settings
+  # The command line overlays several result folders in one plot.
+  other = str(tmp_path / 'other')
+  protocol.check_settings(other, settings)
+  protocol.write_outputs(other, dict(first, perturbation=first['perturbation']
+                                     * 2), settings, 4., 5.)
+  cmp_dir = str(tmp_path / 'cmp')
+  done = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'run', 'attack.py'), '--plot_only',
+       f'--compare={out},{other}', '--labels=a,b', f'--out_dir={cmp_dir}'],
+      capture_output=True, text=True, timeout=60, check=False)
+  assert done.returncode == 0, done.stderr
+  assert os.path.exists(os.path.join(cmp_dir, 'accuracy_vs_l2.png'))
+  assert '| b |' in done.stdout

@@ -1,0 +1,145 @@
+"""The resumable training loop and run/train_teacher.py."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import DATA_DIR, REPO, data_path
+from scae_tf import checkpoints
+from scae_tf import configs
+from scae_tf import data
+from scae_tf import training
+from scae_tf.model import SCAE
+from scae_tf.optim import TF1RMSProp
+
+TINY = configs.tiny_config()
+
+
+def _tiny_stream(seed=0):
+  rng = np.random.RandomState(0)
+  images = (rng.rand(40, 16, 16) * 255).astype(np.uint8)
+  labels = rng.randint(0, 10, 40).astype(np.int64)
+  return data.BatchStream.from_arrays(images, labels, 4, 'pad_center',
+                                      seed=seed, canvas_size=20)
+
+
+def _tiny_run(logdir, steps, **kwargs):
+  tf.random.set_seed(0)
+  np.random.seed(0)
+  model = SCAE(TINY)
+  opt = TF1RMSProp.for_config(model.trainable_variables, TINY)
+  training.train_loop(model, opt, _tiny_stream(), str(logdir), steps,
+                      progress=False, **kwargs)
+  return model, opt
+
+
+def test_resume_in_process_equals_uninterrupted(tmp_path):
+  full, _ = _tiny_run(tmp_path / 'a', 12, save_every=5)
+  _tiny_run(tmp_path / 'b', 7, save_every=5)        # stops after step 7
+  resumed, opt = _tiny_run(tmp_path / 'b', 12, save_every=5)
+  assert int(opt.step.numpy()) == 12
+  for a, b in zip(full.variables, resumed.variables):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+  logged = [json.loads(l) for l in open(tmp_path / 'b' / 'log.jsonl')]
+  assert [r['step'] for r in logged] == [7, 10, 12]
+
+
+def test_nan_guard_keeps_last_good_checkpoint(tmp_path):
+  model = SCAE(TINY)
+  opt = TF1RMSProp.for_config(model.trainable_variables, TINY)
+  good = training.make_train_step(model, opt)
+
+  def step_fn(images, labels):
+    metrics = good(images, labels)
+    if int(opt.step.numpy()) == 4:
+      metrics['loss'] = tf.constant(float('nan'))
+    return metrics
+
+  with pytest.raises(training.NonFiniteLossError, match='step 4'):
+    training.train_loop(model, opt, _tiny_stream(), str(tmp_path), 10,
+                        save_every=2, progress=False, train_step=step_fn)
+  assert tf.train.latest_checkpoint(str(tmp_path / 'ckpt')).endswith('ckpt-2')
+
+
+def test_logdir_guard(tmp_path):
+  settings = training.run_settings(TINY, lr=1e-3)
+  assert not training.prepare_logdir(str(tmp_path / 'r'), settings)
+  assert training.prepare_logdir(str(tmp_path / 'r'), settings)  # resume
+  (tmp_path / 'r' / 'keep.txt').write_text('x')
+  other = training.run_settings(TINY, lr=2e-3)
+  with pytest.raises(training.RunMismatchError, match="'lr': \\(0.001, 0.002"):
+    training.prepare_logdir(str(tmp_path / 'r'), other)
+  assert (tmp_path / 'r' / 'keep.txt').exists()
+  assert not training.prepare_logdir(str(tmp_path / 'r'), other,
+                                     overwrite=True)
+  assert not (tmp_path / 'r' / 'keep.txt').exists()
+  (tmp_path / 'junk').mkdir()
+  (tmp_path / 'junk' / 'f').write_text('x')
+  with pytest.raises(training.RunMismatchError, match='not empty'):
+    training.prepare_logdir(str(tmp_path / 'junk'), settings)
+
+
+def _teacher(logdir, *flags):
+  return [sys.executable, str(REPO / 'run' / 'train_teacher.py'),
+          f'--logdir={logdir}', f'--data_dir={DATA_DIR}', '--progress=false',
+          '--batch_size=8', '--max_train_steps=40', '--save_every=10',
+          *flags]
+
+
+@pytest.mark.parametrize('flag, message', [
+    ('--dataset=cifar100', 'Unknown dataset'),
+    ('--config=imagenet', 'Unknown config'),
+    ('--preset=gpu_fast', 'Unknown preset'),
+])
+def test_teacher_rejects_bad_names(tmp_path, flag, message):
+  data_path('mnist')
+  proc = subprocess.run(_teacher(tmp_path / 'run', flag), capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 1 and message in proc.stderr
+  assert not (tmp_path / 'run').exists()
+
+
+def test_teacher_survives_sigkill(tmp_path):
+  """Kill -9 mid-run, resume, finish: same steps, data and weights as an
+  uninterrupted run of the same seed (noise is a function of seed and step).
+  """
+  data_path('mnist')
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+  subprocess.run(_teacher(tmp_path / 'full'), check=True, env=env,
+                 capture_output=True, timeout=600)
+
+  killed = tmp_path / 'killed'
+  proc = subprocess.Popen(_teacher(killed), env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  deadline = time.time() + 300
+  while (time.time() < deadline
+         and not tf.train.latest_checkpoint(str(killed / 'ckpt'))):
+    time.sleep(.05)
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  interrupted_at = tf.train.latest_checkpoint(str(killed / 'ckpt'))
+  assert interrupted_at and not interrupted_at.endswith('ckpt-40')
+
+  done = subprocess.run(_teacher(killed), env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert 'resuming' in done.stdout
+
+  a, b = SCAE(configs.MNIST), SCAE(configs.MNIST)
+  checkpoints.load_checkpoint(a, str(tmp_path / 'full' / 'ckpt'))
+  checkpoints.load_checkpoint(b, str(killed / 'ckpt'))
+  for va, vb in zip(a.variables, b.variables):
+    np.testing.assert_array_equal(va.numpy(), vb.numpy())
+  full_log = {r['step']: r['loss'] for r in map(
+      json.loads, open(tmp_path / 'full' / 'log.jsonl'))}
+  resumed_log = {r['step']: r['loss'] for r in map(
+      json.loads, open(killed / 'log.jsonl'))}
+  assert resumed_log[40] == full_log[40]
