@@ -158,10 +158,17 @@ class TemplateDecoder(snt.Module):
   def make_templates(self, template_feature=None):
     """[1, K, h, w, C] templates, or [B, K, h, w, C] colourised by features."""
     templates = self.template_nonlin(self.template_logits)
-    if template_feature is not None and self.colorize:
-      color = self.color_mlp(template_feature)[:, :, tf.newaxis, tf.newaxis]
-      templates = templates * self.color_nonlin(color + self.color_offset)
+    color = self.template_color(template_feature)
+    if color is not None:
+      templates = templates * color[:, :, tf.newaxis, tf.newaxis]
     return templates
+
+  def template_color(self, template_feature):
+    """[B, K, C] per-example template colours, or None (no colourising)."""
+    if template_feature is None or not self.colorize:
+      return None
+    color = self.color_mlp(template_feature)
+    return self.color_nonlin(color + self.color_offset)
 
   def __call__(self, pose, presence, template_feature=None) -> 'Rendering':
     """Renders part capsules.
@@ -171,7 +178,8 @@ class TemplateDecoder(snt.Module):
       presence: [B, K] part presence probabilities.
       template_feature: [B, K, F] special features, or None.
     """
-    return self._compose(self._warp(pose, template_feature), presence)
+    return self._compose(self._warp(pose),
+                         self.template_color(template_feature), presence)
 
   def log_prob(self, pose, presence, template_feature, target):
     """[B, H, W, C] per-pixel log-likelihood of `target` (the training path).
@@ -182,45 +190,47 @@ class TemplateDecoder(snt.Module):
     instead of materialising each intermediate (3x faster, forward and
     backward, on CPU). The warp itself stays outside: see resampler.py.
     """
-    return self._fused_log_prob(self._warp(pose, template_feature), presence,
-                                target)
+    return self._fused_log_prob(self._warp(pose),
+                                self.template_color(template_feature),
+                                presence, target)
 
   @snt.once
   def _build_fused(self):
     self._fused = tf.function(
-        lambda warped, presence, target: self._compose(
-            warped, presence).pdf.log_prob(target),
+        lambda warped, color, presence, target: self._compose(
+            warped, color, presence).pdf.log_prob(target),
         jit_compile=True, autograph=False)
 
-  def _fused_log_prob(self, warped, presence, target):
+  def _fused_log_prob(self, warped, color, presence, target):
     self._build_fused()
-    return self._fused(warped, presence, target)
+    return self._fused(warped, color, presence, target)
 
-  def _warp(self, pose, template_feature):
+  def _warp(self, pose):
     """[B, K, H, W, C (+1 alpha)] templates (and alpha) warped onto the canvas.
 
-    Templates and alpha share one warp, so they travel as channels of one
-    image.
+    Templates and alpha are shared by all examples and share the warp, so we
+    warp one [K, h, w, C + 1] stack with all B * K poses. The per-example
+    colour multiplies the result (`_compose`): resampling is linear, so this
+    equals warping colourised templates as upstream does, up to rounding.
     """
     batch_size = tf.shape(pose)[0]
     n_templates = pose.shape[1]
-    templates = self.make_templates(template_feature)
-    channels = [templates]
+    channels = [self.template_nonlin(self.template_logits)]
     if self.use_alpha_channel:
       channels.append(self.templates_alpha)
-    channels = [tf.broadcast_to(c, tf.concat([[batch_size], tf.shape(c)[1:]],
-                                             0)) for c in channels]
-    stacked = tf.concat(channels, -1)
-    h, w, n_stacked = stacked.shape[2:]
-    flat = tf.reshape(stacked, [-1, h, w, n_stacked])
-    warped = warp_templates(flat, tf.reshape(pose, [-1, 6]), self.canvas_shape)
+    stacked = tf.concat(channels, -1)[0]
+    warped = warp_templates(stacked, tf.reshape(pose, [-1, 6]),
+                            self.canvas_shape)
     return tf.reshape(warped, tf.concat(
-        [[batch_size, n_templates], self.canvas_shape, [n_stacked]], 0))
+        [[batch_size, n_templates], self.canvas_shape, [stacked.shape[-1]]],
+        0))
 
-  def _compose(self, warped, presence) -> 'Rendering':
-    """Warped templates + background -> the per-pixel mixture."""
+  def _compose(self, warped, color, presence) -> 'Rendering':
+    """Warped templates, colours [B, K, C] or None, background -> mixture."""
     batch_size = tf.shape(warped)[0]
     transformed_templates = warped[..., :self.n_channels]
+    if color is not None:
+      transformed_templates *= color[:, :, None, None]
     bg_image = tf.zeros_like(transformed_templates[:, :1]) + tf.nn.sigmoid(
         self.bg_value)
     components = tf.concat([transformed_templates, bg_image], 1)

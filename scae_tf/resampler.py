@@ -91,8 +91,10 @@ def _slope_table(data):
   return tf.reshape(table, [-1, 2, 2, c])
 
 
-def _cells(x, y, h, w):
+def _cells(x, y, h, w, n_data):
   """Per-point kernel quantities for sample points x, y [N, P].
+
+  Warp row n samples image n % n_data (see `resample`).
 
   Returns the in-range mask, dx = (fx + 1) - x, dy = (fy + 1) - y, and the
   table row of every point: `row` (0 for out-of-range points, for gathers) and
@@ -103,13 +105,15 @@ def _cells(x, y, h, w):
   fx, fy = tf.floor(x), tf.floor(y)
   dx, dy = (fx + 1.) - x, (fy + 1.) - y
   cell = tf.cast(tf.where(inside, (fy + 1.) * (w + 1) + (fx + 1.), 0.), tf.int32)
-  row = cell + (tf.range(tf.shape(x)[0]) * ((h + 1) * (w + 1)))[:, None]
+  image = tf.range(tf.shape(x)[0]) % n_data
+  row = cell + (image * ((h + 1) * (w + 1)))[:, None]
   return inside, dx, dy, row, tf.where(inside, row, -1)
 
 
 def _sample(values, x, y, h, w):
   """Forward kernel: value table, x, y [N, P] -> [N, P, C]."""
-  inside, dx, dy, row, _ = _cells(x, y, h, w)
+  n_data = tf.shape(values)[0] // ((h + 1) * (w + 1))
+  inside, dx, dy, row, _ = _cells(x, y, h, w, n_data)
   v = tf.gather(values, row)
   dx, dy = dx[..., None], dy[..., None]
   # The contrib kernel's expression and summation order.
@@ -126,7 +130,8 @@ def _sample_grads(slopes, x, y, grad, h, w):
   [N * P] (-1 for out-of-range points).
   """
   c = grad.shape[-1]
-  inside, dx, dy, _, scatter_row = _cells(x, y, h, w)
+  n_data = tf.shape(slopes)[0] // ((h + 1) * (w + 1))
+  inside, dx, dy, _, scatter_row = _cells(x, y, h, w, n_data)
   dx, dy = dx[..., None], dy[..., None]
   # (1 - a) * slope(c) + a * slope(f), with a = dy for d/dx and dx for d/dy,
   # i.e. the kernel's one-sided derivatives (fx = floor(x) even at integers).
@@ -169,7 +174,7 @@ def _resample_bwd(slopes, warp, grad, h, w):
   return _sample_grads(slopes, warp[..., 0], warp[..., 1], grad, h, w)
 
 
-def _data_grad_dense(warp, grad, h, w):
+def _data_grad_dense(warp, grad, h, w, n_data):
   """d data without a scatter, for use inside XLA: [N, H, W, C].
 
   With zero padding the bilinear weight of pixel (i, j) factorises into
@@ -184,7 +189,10 @@ def _data_grad_dense(warp, grad, h, w):
   tent = lambda t, n: tf.nn.relu(1. - tf.abs(t[..., None] - tf.range(n, dtype=t.dtype)))
   tx = tf.where(inside, tent(x, w), 0.)  # [N, P, W]
   ty = tf.where(inside, tent(y, h), 0.)  # [N, P, H]
-  return tf.einsum('npi,npj,npc->nijc', ty, tx, grad)
+  per_warp = tf.einsum('npi,npj,npc->nijc', ty, tx, grad)
+  # Warp row n sampled image n % n_data: sum the tiles.
+  return tf.reduce_sum(tf.reshape(
+      per_warp, tf.concat([[-1, n_data], tf.shape(per_warp)[1:]], 0)), 0)
 
 
 @tf.custom_gradient
@@ -195,7 +203,7 @@ def _resample_points(data, warp):
   def grad(g):
     gwarp, updates, row = _resample_bwd(_slope_table(data), warp, g, h, w)
     if _in_xla_context():
-      return _data_grad_dense(warp, g, h, w), gwarp
+      return _data_grad_dense(warp, g, h, w, tf.shape(data)[0]), gwarp
     return _data_grad(updates, row, data), gwarp
 
   return out, grad
@@ -205,9 +213,12 @@ def resample(data, warp):
   """Bilinear sampling of `data` at `warp`, as tf.contrib.resampler (CPU).
 
   Args:
-    data: [N, H, W, C] float32 images; H, W, C static.
-    warp: [N, ..., 2] float32 sample points in pixel units, (x, y) = (column,
-      row).  Points with x <= -1, x >= W, y <= -1 or y >= H give 0; neighbours
+    data: [N, H, W, C] float32 images; H, W, C static. N may also divide the
+      warp's batch: warp row n then samples image n % N, as if `data` were
+      tiled along the batch (SCAE's templates are shared by all examples;
+      not tiling them keeps the tables and the gradient scatter small).
+    warp: [M, ..., 2] float32 sample points in pixel units, (x, y) = (column,
+      row), M = N or a multiple of N.  Points with x <= -1, x >= W, y <= -1 or y >= H give 0; neighbours
       outside the image count as 0.
 
   Returns:
@@ -339,8 +350,9 @@ def warp_templates(templates, pose, canvas_shape):
   with a gradient w.r.t. the 6 parameters was measured and was not faster.
 
   Args:
-    templates: [N, h, w, C] float32; h, w, C static.
-    pose: [N, 6] float32 (a, b, tx, c, d, ty), forward-warper parameters.
+    templates: [N, h, w, C] float32; h, w, C static. As in `resample`, N may
+      divide the pose batch M (pose row m uses template m % N).
+    pose: [M, 6] float32 (a, b, tx, c, d, ty), forward-warper parameters.
     canvas_shape: (H, W).
 
   Returns:

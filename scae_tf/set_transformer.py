@@ -28,6 +28,8 @@ def qkv_attention(queries, keys, values, presence=None):
   Returns:
     [B, N, d_v].
   """
+  # queries may have batch size 1 (shared by all examples): matmul
+  # broadcasts it.
   routing = tf.matmul(queries, keys, transpose_b=True)
   if presence is not None:
     routing -= (1. - presence[:, tf.newaxis]) * 1e32
@@ -114,7 +116,6 @@ class SetTransformer(snt.Module):
     for block in self.blocks:
       h = block(h, presence)
     z = self.output_linear(h)
-    inducing_points = tf.broadcast_to(
-        self.inducing_points,
-        tf.concat([tf.shape(x)[:1], self.inducing_points.shape[1:]], 0))
-    return self.pool(inducing_points, z, z, presence)
+    # The inducing points are the same for every example: project them once
+    # ([1, K, d]) and let the attention matmul broadcast over the batch.
+    return self.pool(self.inducing_points, z, z, presence)
