@@ -325,3 +325,25 @@ def test_warp_templates_pose_gradient_finite_differences_float64():
   v = rng.randn(*templates.shape)
   num_t = (loss(templates + eps * v, pose) - loss(templates - eps * v, pose)) / (2 * eps)
   np.testing.assert_allclose(np.sum(dt * v), num_t, rtol=1e-6)
+
+
+@pytest.mark.parametrize('jit', [False, True])
+def test_shared_data_equals_tiled_data(jit):
+  """data [N] with warp [M * N]: row m samples image m % N, as tiling would."""
+  rng = np.random.RandomState(3)
+  data = tf.constant(rng.rand(3, 5, 4, 2).astype(np.float32))
+  warp = tf.constant(rng.uniform(-2, 6, size=(6, 7, 2)).astype(np.float32))
+  weights = tf.constant(rng.rand(6, 7, 2).astype(np.float32))
+
+  def loss_and_grads(d, tile):
+    with tf.GradientTape() as tape:
+      tape.watch([d, warp])
+      dd = tf.tile(d, [2, 1, 1, 1]) if tile else d
+      out = resampler.resample(dd, warp)
+      loss = tf.reduce_sum(out * weights)
+    return (out,) + tuple(tape.gradient(loss, [d, warp]))
+
+  fn = tf.function(loss_and_grads, jit_compile=True) if jit else loss_and_grads
+  shared, tiled = fn(data, False), fn(data, True)
+  for a, b in zip(shared, tiled):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
