@@ -381,6 +381,9 @@ def _fetch_file(url, md5, target):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   target = pathlib.Path(target)
   name = url.rsplit('/', 1)[1]
+  # Keras silently falls back to /tmp/.keras when cache_dir does not exist
+  # yet (it tests writability of the missing folder): create it first.
+  target.parent.parent.mkdir(parents=True, exist_ok=True)
   try:
     return tf.keras.utils.get_file(
         name, origin=url, file_hash=md5, cache_dir=str(target.parent.parent),
