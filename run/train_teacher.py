@@ -38,7 +38,6 @@ flags.DEFINE_integer('save_every', 1000, 'Checkpoint every N steps (and at '
                      'every epoch end).')
 flags.DEFINE_bool('noise', True, 'Presence noise as in the config.')
 flags.DEFINE_bool('overwrite', False, 'Delete a different run in --logdir.')
-flags.DEFINE_bool('jit_compile', False, 'Compile the train step with XLA.')
 flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 FLAGS = flags.FLAGS
 
@@ -104,7 +103,7 @@ def main(argv):
     metrics = training.train_loop(
         model, optimizer, stream, logdir, total_steps, noise=FLAGS.noise,
         save_every=FLAGS.save_every, eval_batches=eval_batches,
-        jit_compile=FLAGS.jit_compile, progress=FLAGS.progress,
+        progress=FLAGS.progress,
         seed=FLAGS.seed)
   except training.NonFiniteLossError as e:
     print(f'error: {e}', file=sys.stderr)

@@ -195,10 +195,11 @@ TRAINING_PRESETS = {
         description='paper/fork recipe: RMSProp lr 3e-5 decayed 0.96 per 10k '
                     'steps, 300 epochs, batch 100'),
     # DEVIATION from the paper, for a 2-core CPU: 10x the learning rate (the
-    # original code itself trains stably at 3e-4), about 2 hours of training.
+    # original code itself trains stably at 3e-4) and 80 epochs, about 2 hours
+    # at the measured 0.13 s per step on an otherwise idle 2-core CPU.
     'cpu': TrainingPreset(
-        'cpu', learning_rate=3e-4, lr_decay=True, epochs=40, batch_size=100,
-        description='CPU budget recipe (deviation): lr 3e-4, 40 epochs'),
+        'cpu', learning_rate=3e-4, lr_decay=True, epochs=80, batch_size=100,
+        description='CPU budget recipe (deviation): lr 3e-4, 80 epochs'),
 }
 
 
