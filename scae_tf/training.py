@@ -194,6 +194,14 @@ def train_loop(model, optimizer, stream, logdir, total_steps, noise=True,
   def save():
     path = manager.save(checkpoint_number=int(optimizer.step.numpy()))
     checkpoints.save_config(model.config, path)
+    # The manager deletes old checkpoints; delete their configs with them.
+    kept = set(manager.checkpoints)
+    for name in os.listdir(manager.directory):
+      if name.endswith(checkpoints.CONFIG_SUFFIX):
+        prefix = os.path.join(manager.directory,
+                              name[:-len(checkpoints.CONFIG_SUFFIX)])
+        if prefix not in kept:
+          os.remove(prefix + checkpoints.CONFIG_SUFFIX)
     return path
 
   start = int(optimizer.step.numpy())

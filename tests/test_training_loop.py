@@ -45,6 +45,10 @@ def test_resume_in_process_equals_uninterrupted(tmp_path):
   _tiny_run(tmp_path / 'b', 7, save_every=5)        # stops after step 7
   resumed, opt = _tiny_run(tmp_path / 'b', 12, save_every=5)
   assert int(opt.step.numpy()) == 12
+  configs_left = sorted(p.name for p in (tmp_path / 'b' / 'ckpt').glob(
+      '*.config.json'))
+  assert configs_left == ['ckpt-10.config.json', 'ckpt-12.config.json',
+                          'ckpt-7.config.json']
   for a, b in zip(full.variables, resumed.variables):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
   logged = [json.loads(l) for l in open(tmp_path / 'b' / 'log.jsonl')]
