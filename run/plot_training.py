@@ -4,7 +4,8 @@
       --out=training.png
 
 Panels: loss, probe accuracy on training batches (moving average) and on the
-test split (per epoch), each against steps; and test probe accuracy against
+test split (per epoch, with the k-means test accuracy when the run used
+--kmeans_every_epoch), each against steps; and test probe accuracy against
 wall-clock hours.
 """
 
@@ -23,13 +24,18 @@ FLAGS = flags.FLAGS
 
 
 def read_log(run_dir):
-  """(train records, eval records) of a run's log.jsonl."""
-  train, evals = [], []
+  """(train, probe eval, k-means eval) records of a run's log.jsonl."""
+  train, evals, kmeans = [], [], []
   with open(os.path.join(run_dir, 'log.jsonl')) as f:
     for line in f:
       record = json.loads(line)
-      (evals if record.get('eval') else train).append(record)
-  return train, evals
+      if record.get('kmeans'):
+        kmeans.append(record)
+      elif record.get('eval'):
+        evals.append(record)
+      else:
+        train.append(record)
+  return train, evals, kmeans
 
 
 def moving_average(values, window):
@@ -50,7 +56,7 @@ def main(argv):
   labels = FLAGS.labels or [os.path.basename(r.rstrip('/')) for r in FLAGS.runs]
   fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
   for run_dir, label in zip(FLAGS.runs, labels):
-    train, evals = read_log(run_dir)
+    train, evals, kmeans = read_log(run_dir)
     steps = [r['step'] for r in train]
     w = min(FLAGS.smooth, max(1, len(train)))
     axes[0].plot(steps, [r['loss'] for r in train], label=label, lw=.8)
@@ -64,6 +70,10 @@ def main(argv):
       axes[3].plot([r['wall_time'] / 3600 for r in evals],
                    [r[key] for r in evals], style,
                    label=f'{label} {key.split("_")[0]}')
+    for key, style in (('kmeans_prior_test_acc', 'v:'),
+                       ('kmeans_posterior_test_acc', '^:')):
+      axes[2].plot([r['step'] for r in kmeans], [r[key] for r in kmeans],
+                   style, label=f'{label} k-means {key.split("_")[1]}')
   axes[0].set(title='training loss', xlabel='step', ylim=(None, None))
   axes[1].set(title=f'probe accuracy, training batches (avg of {FLAGS.smooth} '
               'logs)', xlabel='step', ylim=(0, 1))
