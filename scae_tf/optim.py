@@ -6,7 +6,8 @@ run diverge from the reference unless it is matched exactly:
 
 * the mean-square slot starts at ONE (not zero);
 * epsilon sits inside the square root;
-* the kernel's update order (reproduced here bit for bit):
+* the kernel's update order, which we follow (the textbook form
+  ms = .9 ms + .1 g^2 rounds differently):
     ms  <- ms + (g * g - ms) * (1 - decay)
     mom <- momentum * mom + (g * lr) / sqrt(ms + eps)
     var <- var - mom
