@@ -148,6 +148,16 @@ def _grads(fn, args, g):
   return out, tape.gradient(loss, args)
 
 
+def _central_differences(f, x, eps=1e-6):
+  """Element-wise central differences of the scalar f at x (float64)."""
+  num = np.zeros_like(x)
+  for idx in np.ndindex(*x.shape):
+    e = np.zeros_like(x)
+    e[idx] = eps
+    num[idx] = (f(x + e) - f(x - e)) / (2 * eps)
+  return num
+
+
 # ---------------------------------------------------------------------------
 # resample.
 # ---------------------------------------------------------------------------
@@ -202,11 +212,7 @@ def test_resample_finite_differences_float64():
 
   _, (ddata, dwarp) = _grads(resampler.resample, (data, warp), g)
   eps = 1e-6
-  num_dwarp = np.zeros_like(warp)
-  for idx in np.ndindex(*warp.shape):
-    e = np.zeros_like(warp)
-    e[idx] = eps
-    num_dwarp[idx] = (loss(data, warp + e) - loss(data, warp - e)) / (2 * eps)
+  num_dwarp = _central_differences(lambda w: loss(data, w), warp, eps)
   np.testing.assert_allclose(dwarp, num_dwarp, rtol=1e-6, atol=1e-8)
   # The output is linear in the data: one probe direction is enough.
   v = rng.randn(*data.shape)
@@ -316,11 +322,7 @@ def test_warp_templates_pose_gradient_finite_differences_float64():
   _, (dt, dp) = _grads(lambda t, p: resampler.warp_templates(t, p, canvas),
                        (templates, pose), g)
   eps = 1e-6
-  num = np.zeros_like(pose)
-  for idx in np.ndindex(*pose.shape):
-    e = np.zeros_like(pose)
-    e[idx] = eps
-    num[idx] = (loss(templates, pose + e) - loss(templates, pose - e)) / (2 * eps)
+  num = _central_differences(lambda p: loss(templates, p), pose, eps)
   np.testing.assert_allclose(dp, num, rtol=1e-5, atol=1e-7)
   v = rng.randn(*templates.shape)
   num_t = (loss(templates + eps * v, pose) - loss(templates - eps * v, pose)) / (2 * eps)
