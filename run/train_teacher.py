@@ -102,7 +102,7 @@ def main(argv):
                              preprocess=FLAGS.preprocess,
                              data_dir=FLAGS.data_dir)
 
-  def kmeans_curve(step):
+  def kmeans_curve(step, wall_time):
     from scae_tf import kmeans  # pylint: disable=g-import-not-at-top
     feats = {}
     for split in ('train', 'test'):
@@ -110,7 +110,7 @@ def main(argv):
           FLAGS.dataset, split, 500, preprocess=FLAGS.preprocess,
           data_dir=FLAGS.data_dir))
     record = dict(step=step, epoch=step // stream.steps_per_epoch, eval=True,
-                  kmeans=True)
+                  kmeans=True, wall_time=wall_time)
     for kind in ('prior', 'posterior'):
       clf = kmeans.fit_kmeans_classifier(feats['train'],
                                          feats['train']['labels'],

@@ -136,15 +136,22 @@ class JsonlLog:
       f.write(json.dumps(record) + '\n')
 
   def truncate_after(self, step):
-    """Drops records past `step`: a resumed run redoes those steps."""
+    """Drops records past `step`: a resumed run redoes those steps.
+
+    Returns the largest `wall_time` among the kept records (0 if none), so a
+    resumed run's clock continues where the interrupted one stopped instead
+    of restarting at zero and folding two runs onto one time axis.
+    """
     if not os.path.exists(self.path):
-      return
+      return 0.0
     with open(self.path) as f:
       keep = [line for line in f if json.loads(line)['step'] <= step]
     tmp = self.path + '.tmp'
     with open(tmp, 'w') as f:
       f.writelines(keep)
     os.replace(tmp, self.path)
+    return max((json.loads(line).get('wall_time', 0.0) for line in keep),
+               default=0.0)
 
 
 def probe_accuracy(model, batches):
@@ -174,6 +181,8 @@ def train_loop(model, optimizer, stream, logdir, total_steps, noise=True,
       split, for the per-epoch probe accuracy; or None.
     train_step: a custom compiled step(images, labels) -> metrics dict
       (defences); defaults to `make_train_step(model, optimizer, noise)`.
+    on_epoch_end: optional callable(step, wall_time) run after each epoch's
+      probe and before its checkpoint (e.g. the k-means curve).
   Returns the last metrics dict.
 
   Checkpoints (model + optimiser, whose step is the data position) are saved
@@ -205,12 +214,12 @@ def train_loop(model, optimizer, stream, logdir, total_steps, noise=True,
     return path
 
   start = int(optimizer.step.numpy())
-  log.truncate_after(start)
+  elapsed = log.truncate_after(start)
   spe = stream.steps_per_epoch
   metrics = {}
   bar = tqdm(total=total_steps, initial=start, disable=not progress,
              unit='step', dynamic_ncols=True)
-  t0 = time.time()
+  t0 = time.time() - elapsed
   try:
     for images, labels in stream.batches(start):
       step = int(optimizer.step.numpy())
@@ -246,7 +255,7 @@ def train_loop(model, optimizer, stream, logdir, total_steps, noise=True,
         bar.write(f'epoch {step // spe}: ' + ', '.join(
             f'{k} {v:.4f}' for k, v in acc.items()))
       if epoch_end and on_epoch_end is not None:
-        on_epoch_end(step)
+        on_epoch_end(step, time.time() - t0)
       if step % save_every == 0 or epoch_end or step == total_steps:
         save()
   finally:

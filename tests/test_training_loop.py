@@ -147,3 +147,14 @@ def test_teacher_survives_sigkill(tmp_path):
   resumed_log = {r['step']: r['loss'] for r in map(
       json.loads, open(killed / 'log.jsonl'))}
   assert resumed_log[40] == full_log[40]
+
+
+def test_log_truncation_keeps_the_clock_of_the_kept_records(tmp_path):
+  log = training.JsonlLog(str(tmp_path / 'log.jsonl'))
+  assert log.truncate_after(0) == 0.0  # no log yet: a fresh run
+  for step, wall in [(10, 5.0), (20, 9.5), (20, 11.0), (30, 14.0)]:
+    log.write(dict(step=step, wall_time=wall))
+  # A run resumed at step 20 redoes step 30 and continues the clock at 11 s.
+  assert log.truncate_after(20) == 11.0
+  with open(log.path) as f:
+    assert [json.loads(line)['step'] for line in f] == [10, 20, 20]
