@@ -14,6 +14,7 @@ import tensorflow as tf
 from scae_tf import math_ops
 from scae_tf import neural
 from scae_tf.likelihoods import ImageMixture
+from scae_tf.resampler import in_xla_context
 from scae_tf.resampler import warp_templates
 
 
@@ -202,6 +203,12 @@ class TemplateDecoder(snt.Module):
         jit_compile=True, autograph=False)
 
   def _fused_log_prob(self, warped, color, presence, target):
+    if in_xla_context():
+      # Already one XLA cluster. A nested compiled function would hand its
+      # shape tensors to its gradient as call outputs, which XLA must then
+      # treat as compile-time constants: the images and every upstream
+      # weight become constants and each step recompiles (~20 s).
+      return self._compose(warped, color, presence).pdf.log_prob(target)
     self._build_fused()
     return self._fused(warped, color, presence, target)
 

@@ -33,7 +33,7 @@ except ImportError:  # pragma: no cover
 __all__ = ['resample', 'affine_grid', 'inverse_affine_grid', 'warp_templates']
 
 
-def _in_xla_context():
+def in_xla_context():
   """True while tracing for XLA (e.g. inside tf.function(jit_compile=True))."""
   if _cfu is None:
     return False
@@ -202,7 +202,7 @@ def _resample_points(data, warp):
 
   def grad(g):
     gwarp, updates, row = _resample_bwd(_slope_table(data), warp, g, h, w)
-    if _in_xla_context():
+    if in_xla_context():
       return _data_grad_dense(warp, g, h, w, tf.shape(data)[0]), gwarp
     return _data_grad(updates, row, data), gwarp
 

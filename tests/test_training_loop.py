@@ -158,3 +158,25 @@ def test_log_truncation_keeps_the_clock_of_the_kept_records(tmp_path):
   assert log.truncate_after(20) == 11.0
   with open(log.path) as f:
     assert [json.loads(line)['step'] for line in f] == [10, 20, 20]
+
+
+def test_xla_train_step_takes_the_images_as_a_runtime_argument():
+  # Regression: a compiled function nested in the jit-compiled step (the fused
+  # mixture likelihood) made XLA fold the images and weights into the program
+  # as constants, so every step recompiled (~20 s a step at batch 100).
+  tf.random.set_seed(0)
+  model = SCAE(TINY)
+  shape = [TINY.batch_size, TINY.canvas_size, TINY.canvas_size,
+           TINY.n_channels]
+  images = tf.random.uniform(shape)
+  labels = tf.zeros([TINY.batch_size], tf.int64)
+  model(images)
+  opt = TF1RMSProp.for_config(model.trainable_variables, TINY)
+  step = training.make_train_step(model, opt, jit_compile=True, seed=0)
+  hlo = step.experimental_get_compiler_ir(images, labels)(stage='hlo')
+  entry = hlo[hlo.index('\nENTRY'):].split('\n}')[0]
+  params = [line for line in entry.split('\n') if ' parameter(' in line]
+  image_param = 'f32[' + ','.join(map(str, shape)) + ']'
+  assert any(image_param in line for line in params), params[:3]
+  # Every trainable weight is a runtime argument too.
+  assert len(params) >= 1 + len(model.trainable_variables)
