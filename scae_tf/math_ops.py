@@ -56,6 +56,24 @@ def l2_loss(tensor):
   return tf.nn.l2_loss(tensor)
 
 
+def compose_affine(outer, inner):
+  """Top two rows of `outer @ inner` for affine transforms as [..., 6].
+
+  Both are the row-major top rows of homogeneous 3x3 matrices whose last row
+  is (0, 0, 1), and they broadcast against each other. Equal to the 3x3
+  matmul upstream does (the products with that last row are exact zeros and
+  ones) without a batched matmul of millions of 3x3 matrices, which costs
+  more than all the rest of the object-capsule layer on CPU.
+  """
+  shape = lambda t: tf.concat([tf.shape(t)[:-1], [2, 3]], 0)
+  a = tf.reshape(outer, shape(outer))
+  b = tf.reshape(inner, shape(inner))
+  # Row i of the result: a[i, 0] * b[0] + a[i, 1] * b[1] + a[i, 2] * (0, 0, 1).
+  linear = a[..., 0:1] * b[..., None, 0, :] + a[..., 1:2] * b[..., None, 1, :]
+  composed = tf.concat([linear[..., :2], linear[..., 2:] + a[..., 2:]], -1)
+  return tf.reshape(composed, tf.concat([tf.shape(composed)[:-2], [6]], 0))
+
+
 def geometric_transform(pose_tensor, as_matrix=False):
   """Maps 6 unconstrained numbers to an affine transform (upstream, nonlinear).
 

@@ -74,9 +74,15 @@ class BatchLinear(snt.Module):
               if use_bias else None)
 
   def __call__(self, x):
-    y = tf.einsum('bkd,kdn->bkn', x, self.weights[0])
+    return tf.transpose(self.apply_k_major(tf.transpose(x, [1, 0, 2])),
+                        [1, 0, 2])
+
+  def apply_k_major(self, x):
+    """The same map on [k, B, d] -> [k, B, n]: one batched matmul, no
+    transposes (an einsum over [B, k, d] transposes in and out each time)."""
+    y = tf.matmul(x, tf.reshape(self.weights, self.weights.shape[1:]))
     if self.b is not None:
-      y += self.b
+      y += self.b[:, None]
     return y
 
 
@@ -98,9 +104,11 @@ class BatchMLP(snt.Module):
     ]
 
   def __call__(self, x):
+    # Work capsule-major throughout: two transposes per MLP, not per layer.
+    x = tf.transpose(x, [1, 0, 2])
     for layer in self.layers[:-1]:
-      x = tf.nn.relu(layer(x))
-    return self.layers[-1](x)
+      x = tf.nn.relu(layer.apply_k_major(x))
+    return tf.transpose(self.layers[-1].apply_k_major(x), [1, 0, 2])
 
 
 class LayerNorm(snt.Module):

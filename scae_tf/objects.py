@@ -119,13 +119,10 @@ class ObjectCapsules(snt.Module):
           self.noise_type, self.noise_scale, tf.shape(pres_logit_per_vote),
           seeds[1])
 
-    ccr = math_ops.geometric_transform(ccr, as_matrix=True)
-    cpr = math_ops.geometric_transform(cpr_dynamic + self.cpr_static,
-                                       as_matrix=True)
-    votes = tf.matmul(tf.broadcast_to(ccr, tf.shape(cpr)), cpr)
-    # The vote is the top two rows of the 3x3 matrix: AffineGridWarper order.
-    votes = tf.reshape(votes[..., :-1, :],
-                       [batch_size, self.n_caps, self.n_votes, 6])
+    # The vote is the top two rows of ccr @ cpr: AffineGridWarper order.
+    votes = math_ops.compose_affine(
+        math_ops.geometric_transform(ccr),
+        math_ops.geometric_transform(cpr_dynamic + self.cpr_static))
 
     pres_per_vote = (tf.nn.sigmoid(pres_logit_per_caps)
                      * tf.nn.sigmoid(pres_logit_per_vote))

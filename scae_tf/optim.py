@@ -6,8 +6,8 @@ run diverge from the reference unless it is matched exactly:
 
 * the mean-square slot starts at ONE (not zero);
 * epsilon sits inside the square root;
-* the kernel's update order, which we follow (the textbook form
-  ms = .9 ms + .1 g^2 rounds differently):
+* the kernel's update order (the textbook form ms = .9 ms + .1 g^2 rounds
+  differently); we call that same kernel, `ResourceApplyRMSProp`:
     ms  <- ms + (g * g - ms) * (1 - decay)
     mom <- momentum * mom + (g * lr) / sqrt(ms + eps)
     var <- var - mom
@@ -80,17 +80,20 @@ class TF1RMSProp(snt.Module):
     Returns the learning rate used.
     """
     lr = self.current_learning_rate()
-    # TF1 forms (1 - rho) in float32: 1 - float32(0.9) != float32(0.1).
-    one_minus_decay = 1. - tf.constant(self.decay, tf.float32)
+    rho = tf.constant(self.decay, tf.float32)
+    momentum = tf.constant(self.momentum, tf.float32)
+    epsilon = tf.constant(self.epsilon, tf.float32)
     for g, var, ms, mom in zip(gradients, self.variables_, self.ms,
                                self.mom):
       if g is None:
         continue
       if isinstance(g, tf.IndexedSlices):
         g = tf.convert_to_tensor(g)
-      ms.assign_add((g * g - ms) * one_minus_decay)
-      mom.assign(self.momentum * mom + (g * lr) / tf.sqrt(ms + self.epsilon))
-      var.assign_sub(mom)
+      # The kernel TF1's RMSPropOptimizer ran: one fused op per variable
+      # instead of eight, and the original's rounding.
+      tf.raw_ops.ResourceApplyRMSProp(
+          var=var.handle, ms=ms.handle, mom=mom.handle, lr=lr, rho=rho,
+          momentum=momentum, epsilon=epsilon, grad=g)
     self.step.assign_add(1)
     return lr
 
