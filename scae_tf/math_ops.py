@@ -56,22 +56,59 @@ def l2_loss(tensor):
   return tf.nn.l2_loss(tensor)
 
 
+def _to_planes(params):
+  """[..., n] -> n tensors [...]: one contiguous plane per parameter.
+
+  Slicing a size-6 last axis (tf.split) and concatenating it back are strided
+  copies, and with their gradients they cost more on CPU than the arithmetic
+  between them; one transpose to parameter-major order and back is cheap.
+  """
+  rank = params.shape.rank
+  return tf.unstack(tf.transpose(params, [rank - 1] + list(range(rank - 1))))
+
+
+def _from_planes(planes):
+  """Inverse of `_to_planes`."""
+  stacked = tf.stack(planes)
+  rank = stacked.shape.rank
+  return tf.transpose(stacked, list(range(1, rank)) + [0])
+
+
+def _affine_planes(scale_x, scale_y, theta, shear, trans_x, trans_y):
+  """Upstream's nonlinear map from 6 numbers to the top rows of an affine
+  matrix, (a, b, tx, c, d, ty), one tensor per entry."""
+  scale_x, scale_y = (tf.nn.sigmoid(i) + 1e-2 for i in (scale_x, scale_y))
+  trans_x, trans_y, shear = (
+      tf.nn.tanh(i * 5.) for i in (trans_x, trans_y, shear))
+  theta *= 2. * math.pi
+  c, s = tf.cos(theta), tf.sin(theta)
+  return [scale_x * c + shear * scale_y * s, -scale_x * s + shear * scale_y * c,
+          trans_x, scale_y * s, scale_y * c, trans_y]
+
+
+def _compose_planes(a, b):
+  """Top rows of A @ B for homogeneous affine A, B given as 6 planes each.
+
+  Entry (i, j) of the 3x3 product is a[i,0] b[0,j] + a[i,1] b[1,j] +
+  a[i,2] b[2,j] with b's last row (0, 0, 1): the products with it are exact
+  zeros and ones, so this is the 3x3 matmul upstream does.
+  """
+  out = []
+  for row in (a[0:3], a[3:6]):
+    for j in range(3):
+      entry = row[0] * b[j] + row[1] * b[3 + j]
+      out.append(entry + row[2] if j == 2 else entry)
+  return out
+
+
 def compose_affine(outer, inner):
   """Top two rows of `outer @ inner` for affine transforms as [..., 6].
 
   Both are the row-major top rows of homogeneous 3x3 matrices whose last row
   is (0, 0, 1), and they broadcast against each other. Equal to the 3x3
-  matmul upstream does (the products with that last row are exact zeros and
-  ones) without a batched matmul of millions of 3x3 matrices, which costs
-  more than all the rest of the object-capsule layer on CPU.
+  matmul upstream does without a batched matmul of millions of 3x3 matrices.
   """
-  shape = lambda t: tf.concat([tf.shape(t)[:-1], [2, 3]], 0)
-  a = tf.reshape(outer, shape(outer))
-  b = tf.reshape(inner, shape(inner))
-  # Row i of the result: a[i, 0] * b[0] + a[i, 1] * b[1] + a[i, 2] * (0, 0, 1).
-  linear = a[..., 0:1] * b[..., None, 0, :] + a[..., 1:2] * b[..., None, 1, :]
-  composed = tf.concat([linear[..., :2], linear[..., 2:] + a[..., 2:]], -1)
-  return tf.reshape(composed, tf.concat([tf.shape(composed)[:-2], [6]], 0))
+  return _from_planes(_compose_planes(_to_planes(outer), _to_planes(inner)))
 
 
 def geometric_transform(pose_tensor, as_matrix=False):
@@ -86,22 +123,18 @@ def geometric_transform(pose_tensor, as_matrix=False):
     as_matrix: return [..., 3, 3] homogeneous matrices instead of the
       [..., 6] row-major top two rows (snt.AffineGridWarper order).
   """
-  scale_x, scale_y, theta, shear, trans_x, trans_y = tf.split(
-      pose_tensor, 6, -1)
-  scale_x, scale_y = (tf.nn.sigmoid(i) + 1e-2 for i in (scale_x, scale_y))
-  trans_x, trans_y, shear = (
-      tf.nn.tanh(i * 5.) for i in (trans_x, trans_y, shear))
-  theta *= 2. * math.pi
-  c, s = tf.cos(theta), tf.sin(theta)
-
-  pose = tf.concat([
-      scale_x * c + shear * scale_y * s, -scale_x * s + shear * scale_y * c,
-      trans_x, scale_y * s, scale_y * c, trans_y
-  ], -1)
-
+  pose = _from_planes(_affine_planes(*_to_planes(pose_tensor)))
   if as_matrix:
     rows = tf.reshape(pose, tf.concat([tf.shape(pose)[:-1], [2, 3]], 0))
     zeros = tf.zeros_like(rows[..., :1, 0])
     last = tf.stack([zeros, zeros, zeros + 1], -1)
     pose = tf.concat([rows, last], -2)
   return pose
+
+
+def transformed_votes(object_params, part_params):
+  """Votes OV o OP as [..., 6]: both transforms built from their 6 raw
+  parameters and composed without leaving the parameter-major layout."""
+  return _from_planes(_compose_planes(
+      _affine_planes(*_to_planes(object_params)),
+      _affine_planes(*_to_planes(part_params))))

@@ -120,9 +120,7 @@ class ObjectCapsules(snt.Module):
           seeds[1])
 
     # The vote is the top two rows of ccr @ cpr: AffineGridWarper order.
-    votes = math_ops.compose_affine(
-        math_ops.geometric_transform(ccr),
-        math_ops.geometric_transform(cpr_dynamic + self.cpr_static))
+    votes = math_ops.transformed_votes(ccr, cpr_dynamic + self.cpr_static)
 
     pres_per_vote = (tf.nn.sigmoid(pres_logit_per_caps)
                      * tf.nn.sigmoid(pres_logit_per_vote))

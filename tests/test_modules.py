@@ -221,3 +221,18 @@ def test_configs():
     configs.MNIST.replace(template_nonlin='swish')
   quiet = configs.MNIST.without_noise()
   assert quiet.obj_decoder_noise_type is None
+
+
+def test_affine_composition_equals_the_3x3_product():
+  rng = np.random.RandomState(3)
+  outer = tf.constant(rng.randn(4, 1, 6).astype(np.float32))
+  inner = tf.constant(rng.randn(4, 5, 6).astype(np.float32))
+  a = math_ops.geometric_transform(outer, as_matrix=True)
+  b = math_ops.geometric_transform(inner, as_matrix=True)
+  product = tf.reshape(tf.matmul(tf.broadcast_to(a, b.shape), b)[..., :2, :],
+                       [4, 5, 6])
+  composed = math_ops.compose_affine(math_ops.geometric_transform(outer),
+                                     math_ops.geometric_transform(inner))
+  np.testing.assert_allclose(composed, product, rtol=1e-6, atol=1e-7)
+  np.testing.assert_array_equal(
+      math_ops.transformed_votes(outer, inner), composed)
