@@ -74,12 +74,17 @@ def main(argv):
                        ('kmeans_posterior_test_acc', '^:')):
       axes[2].plot([r['step'] for r in kmeans], [r[key] for r in kmeans],
                    style, label=f'{label} k-means {key.split("_")[1]}')
+      timed = [r for r in kmeans if 'wall_time' in r]  # older logs lack it
+      axes[3].plot([r['wall_time'] / 3600 for r in timed],
+                   [r[key] for r in timed], style,
+                   label=f'{label} k-means {key.split("_")[1]}')
   axes[0].set(title='training loss', xlabel='step', ylim=(None, None))
   axes[1].set(title=f'probe accuracy, training batches (avg of {FLAGS.smooth} '
               'logs)', xlabel='step', ylim=(0, 1))
-  axes[2].set(title='probe accuracy, test split', xlabel='step', ylim=(0, 1))
-  axes[3].set(title='probe accuracy, test split', xlabel='wall-clock hours',
+  axes[2].set(title='test accuracy: probes and k-means', xlabel='step',
               ylim=(0, 1))
+  axes[3].set(title='test accuracy: probes and k-means',
+              xlabel='wall-clock hours', ylim=(0, 1))
   for ax in axes:
     ax.grid(alpha=.3)
     ax.legend(fontsize=7)
