@@ -34,6 +34,8 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
+from scae_tf import cli
+
 DATASETS = ('mnist', 'fashion_mnist')
 PREPROCESS = ('resize', 'pad_center', 'pad_shift')
 CLASSIFIERS = ('PriK', 'PosK', 'PriL', 'PosL')
@@ -251,8 +253,7 @@ def _attack():
 
 
 def main(argv):
-  if len(argv) > 1:
-    print(f'error: unexpected arguments {argv[1:]}', file=sys.stderr)
+  if cli.extra_args_error(argv):
     return 1
   try:
     _check_flags()

@@ -158,6 +158,11 @@ def _central_differences(f, x, eps=1e-6):
   return num
 
 
+def _directional_difference(f, x, v, eps=1e-6):
+  """Central difference of the scalar f at x along direction v."""
+  return (f(x + eps * v) - f(x - eps * v)) / (2 * eps)
+
+
 # ---------------------------------------------------------------------------
 # resample.
 # ---------------------------------------------------------------------------
@@ -216,7 +221,7 @@ def test_resample_finite_differences_float64():
   np.testing.assert_allclose(dwarp, num_dwarp, rtol=1e-6, atol=1e-8)
   # The output is linear in the data: one probe direction is enough.
   v = rng.randn(*data.shape)
-  num = (loss(data + eps * v, warp) - loss(data - eps * v, warp)) / (2 * eps)
+  num = _directional_difference(lambda d: loss(d, warp), data, v, eps)
   np.testing.assert_allclose(np.sum(ddata * v), num, rtol=1e-6)
 
 
@@ -325,7 +330,7 @@ def test_warp_templates_pose_gradient_finite_differences_float64():
   num = _central_differences(lambda p: loss(templates, p), pose, eps)
   np.testing.assert_allclose(dp, num, rtol=1e-5, atol=1e-7)
   v = rng.randn(*templates.shape)
-  num_t = (loss(templates + eps * v, pose) - loss(templates - eps * v, pose)) / (2 * eps)
+  num_t = _directional_difference(lambda t: loss(t, pose), templates, v, eps)
   np.testing.assert_allclose(np.sum(dt * v), num_t, rtol=1e-6)
 
 
