@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf
 
+from scae_tf import kernels
 from scae_tf import resampler
 
 N, TEMPLATE, CHANNELS, CANVAS = 2400, (11, 11), 2, (40, 40)
@@ -75,14 +76,25 @@ def tent_einsum(templates, pose):
 
 
 def warp_templates(templates, pose):
-  """scae_tf.resampler.warp_templates (what the decoder calls)."""
+  """scae_tf.resampler.warp_templates (what the decoder calls): the native
+  kernel when it is available and outside XLA, else the pure-TF path."""
   return resampler.warp_templates(templates, pose, CANVAS)
+
+
+def warp_templates_pure_tf(templates, pose):
+  """warp_templates forced onto the pure-TF path (the fallback)."""
+  grid = resampler.inverse_affine_grid(pose, CANVAS, TEMPLATE)
+  n = tf.shape(grid)[0]
+  out = resampler._resample_points_tf(  # pylint: disable=protected-access
+      templates, tf.reshape(grid, [n, -1, 2]))
+  return tf.reshape(out, [n, *CANVAS, templates.shape[-1]])
 
 
 VARIANTS = {
     'naive_gather_nd': naive_gather_nd,
     'tent_einsum': tent_einsum,
     'warp_templates': warp_templates,
+    'warp_templates_pure_tf': warp_templates_pure_tf,
 }
 
 
@@ -151,6 +163,7 @@ def main():
            'all_inside': scae_like_poses(rng, N, scale=(1.3, 1.6)) * np.float32(
                [1, 1, 0, 1, 1, 0])}
   result = {'config': {'N': N, 'template': TEMPLATE, 'channels': CHANNELS,
+                       'native_kernel': kernels.native_status(),
                        'canvas': CANVAS, 'threads': os.cpu_count(),
                        'load_avg_at_start': os.getloadavg()[0]}}
   for name, pose in poses.items():
@@ -163,7 +176,7 @@ def main():
     result[f'cnn_fwd_bwd_jit{int(jit)}'] = measure(cnn_step(jit), args.repeats)
   for variant in args.variants.split(','):
     for pose_name, pose in poses.items():
-      if pose_name != 'scae_like' and variant != 'warp_templates':
+      if pose_name != 'scae_like' and not variant.startswith('warp_templates'):
         continue
       for jit in (False, True):
         fwd, fwd_bwd = warp_steps(VARIANTS[variant], templates, tf.constant(pose),

@@ -15,6 +15,8 @@ with and without XLA (`jit_compile`), for
   * cnn_fwd_bwd: the part CNN alone, forward + backward, the yardstick of
     the speed target (train_step <= 3 x cnn_fwd_bwd).
 Inputs are random images; the weights are a fresh init of the config.
+`native_resampler` says whether the compiled resampler kernel was used
+(scae_tf/kernels; SCAE_TF_NATIVE=0 times the pure-TF fallback).
 """
 
 import json
@@ -107,6 +109,7 @@ def main(argv):
   del argv
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from scae_tf import configs  # pylint: disable=g-import-not-at-top
+  from scae_tf import kernels  # pylint: disable=g-import-not-at-top
   from scae_tf.model import SCAE  # pylint: disable=g-import-not-at-top
   from scae_tf.optim import TF1RMSProp  # pylint: disable=g-import-not-at-top
 
@@ -122,6 +125,7 @@ def main(argv):
                 machine=platform.processor() or platform.machine(),
                 cpu_count=os.cpu_count(),
                 devices=[d.device_type for d in tf.config.list_physical_devices()],
+                native_resampler=kernels.native_status(),
                 seconds={})
   for mode in FLAGS.xla:
     if mode not in ('on', 'off'):

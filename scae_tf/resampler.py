@@ -10,20 +10,32 @@ and :func:`warp_templates`, the composition the template decoder calls.
 
 Speed.  The decoder warps N = batch x templates (2400 for MNIST) 11 x 11
 templates onto a 40 x 40 canvas: ~4M bilinear samples per step, forward and
-backward.  As plain TF ops every step materialises an [N, P] tensor and the
-whole costs ~10x the part CNN, so the per-point work (weights, gathers, the
-gradient w.r.t. the sample points) runs in small XLA-compiled functions, each
-fusing into one loop.  The gradient w.r.t. the image is a scatter-add, which
-XLA:CPU executes as a serial loop (~15x slower than TF's kernel), so it is done
-with `tf.math.unsorted_segment_sum` between the compiled pieces.  Inside an
-enclosing `jit_compile=True` function everything is XLA; there a dense
-matmul replaces the scatter (correct, but ~2x slower than the default path; see
-run/bench_resampler.py).  Each sample point reads (and scatters to) ONE row of a
-table holding the 2x2 neighbourhood of every cell of the zero-padded image,
-rather than four pixels.
+backward.  Three implementations, one semantics:
+
+* the native kernel (scae_tf/kernels/resampler_op.cc, compiled on first use):
+  used whenever it is available and we are not inside XLA.  Its forward pass
+  and warp gradient round exactly as the contrib kernel; the template
+  gradient adds each point's four updates straight into a per-warp buffer.
+  A training step costs ~20 % less than with the path below, almost all of
+  it in the backward pass (RESULTS.md section 2).
+* the pure-TF path (the fallback where no C++ compiler is found): the
+  per-point work (weights, gathers, the gradient w.r.t. the sample points)
+  runs in small XLA-compiled functions, each fusing into one loop.  The
+  gradient w.r.t. the image is a scatter-add, which XLA:CPU executes as a
+  serial loop (~15x slower than TF's kernel), so it is done with
+  `tf.math.unsorted_segment_sum` between the compiled pieces.  Each sample
+  point reads (and scatters to) ONE row of a table holding the 2x2
+  neighbourhood of every cell of the zero-padded image, rather than four
+  pixels.  XLA may fuse multiply-adds, so results can differ from the
+  contrib kernel in the last bit.
+* inside an enclosing `jit_compile=True` function everything is XLA and a
+  dense matmul replaces the scatter (correct, but slower on CPU; see
+  run/bench_resampler.py).
 """
 import numpy as np
 import tensorflow as tf
+
+from scae_tf import kernels
 
 try:  # Private, but the only way to know whether we are being traced for XLA.
   from tensorflow.python.ops import control_flow_util as _cfu
@@ -196,7 +208,7 @@ def _data_grad_dense(warp, grad, h, w, n_data):
 
 
 @tf.custom_gradient
-def _resample_points(data, warp):
+def _resample_points_tf(data, warp):
   _, h, w, _ = _static_shape(data)
   out = _resample_fwd(_value_table(data), warp, h, w)
 
@@ -207,6 +219,23 @@ def _resample_points(data, warp):
     return _data_grad(updates, row, data), gwarp
 
   return out, grad
+
+
+@tf.custom_gradient
+def _resample_points_native(data, warp):
+  ops = kernels.resampler_ops()
+
+  def grad(g):
+    return ops.scae_resample_grad(data, warp, g)
+
+  return ops.scae_resample(data, warp), grad
+
+
+def _resample_points(data, warp):
+  """[N, H, W, C], [M, P, 2] -> [M, P, C] with the fastest correct kernel."""
+  if not in_xla_context() and kernels.resampler_ops() is not None:
+    return _resample_points_native(data, warp)
+  return _resample_points_tf(data, warp)
 
 
 def resample(data, warp):

@@ -4,13 +4,34 @@ The references below follow the TF1 sources directly (contrib resampler CPU
 kernel and its gradient kernel; Sonnet 1 AffineGridWarper and its inverse),
 one sample point at a time, without sharing code with the module.
 """
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from scae_tf import kernels
 from scae_tf import resampler
 
 RTOL, ATOL = 1e-5, 1e-6
+
+
+def _require_native():
+  if kernels.resampler_ops() is None:
+    reason = f'native resampler kernel: {kernels.native_status()}'
+    if os.environ.get('SCAE_REQUIRE_NATIVE') == '1':
+      pytest.fail(reason + ' (SCAE_REQUIRE_NATIVE=1)')
+    pytest.skip(reason)
+
+
+@pytest.fixture(params=['native', 'tf'])
+def backend(request, monkeypatch):
+  """Runs a test with the compiled kernel and with the pure-TF fallback."""
+  if request.param == 'native':
+    _require_native()
+  else:
+    monkeypatch.setattr(kernels, 'resampler_ops', lambda: None)
+  return request.param
 
 
 # ---------------------------------------------------------------------------
@@ -169,7 +190,7 @@ def _directional_difference(f, x, v, eps=1e-6):
 
 @pytest.mark.parametrize('channels', [1, 2, 3])
 @pytest.mark.parametrize('jit', [False, True])
-def test_resample_matches_kernel(channels, jit):
+def test_resample_matches_kernel(channels, jit, backend):
   rng = np.random.RandomState(channels)
   n, h, w = 3, 5, 7
   data = rng.randn(n, h, w, channels).astype(np.float32)
@@ -190,7 +211,82 @@ def test_resample_matches_kernel(channels, jit):
   assert np.all(dwarp.numpy()[outside] == 0)
 
 
-def test_resample_integer_coordinates_use_floor_neighbour():
+@pytest.mark.parametrize('channels', [1, 2, 3])
+def test_native_kernel_rounds_as_the_contrib_kernel(channels):
+  """Forward and warp gradient bit for bit; the data gradient sums the
+  same products in another order."""
+  _require_native()
+  rng = np.random.RandomState(10 + channels)
+  n, h, w = 3, 6, 5
+  data = rng.randn(n, h, w, channels).astype(np.float32)
+  warp = edge_case_warp(rng, n, 300, h, w)
+  g = rng.randn(n, 300, channels).astype(np.float32)
+  ops = kernels.resampler_ops()
+  np.testing.assert_array_equal(ops.scae_resample(data, warp),
+                                np_resample(data, warp))
+  ddata, dwarp = ops.scae_resample_grad(data, warp, g)
+  ref_ddata, ref_dwarp = np_resample_grad(data, warp, g)
+  np.testing.assert_array_equal(dwarp, ref_dwarp)
+  np.testing.assert_allclose(ddata, ref_ddata, 1e-6, 1e-6)
+
+
+def test_native_kernel_sums_shared_images_in_warp_order():
+  """Warp rows sharing an image add their gradients in row order, so the
+  result does not depend on how the rows were split across threads."""
+  _require_native()
+  rng = np.random.RandomState(11)
+  data = rng.rand(2, 4, 4, 1).astype(np.float32)
+  warp = rng.uniform(-1, 4, size=(2 * 50, 64, 2)).astype(np.float32)
+  g = rng.randn(100, 64, 1).astype(np.float32)
+  ddata, _ = kernels.resampler_ops().scae_resample_grad(data, warp, g)
+  per_row = [np_resample_grad(data[m % 2:m % 2 + 1], warp[m:m + 1],
+                              g[m:m + 1])[0][0] for m in range(100)]
+  for n in range(2):
+    expected = per_row[n].copy()
+    for m in range(n + 2, 100, 2):
+      expected += per_row[m]
+    np.testing.assert_allclose(ddata[n], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_native_kernel_rejects_mismatched_batches():
+  _require_native()
+  ops = kernels.resampler_ops()
+  with pytest.raises(tf.errors.InvalidArgumentError, match='multiple'):
+    ops.scae_resample(tf.zeros([3, 4, 4, 1]), tf.zeros([4, 5, 2]))
+  with pytest.raises(tf.errors.InvalidArgumentError, match='grad_output'):
+    ops.scae_resample_grad(tf.zeros([2, 4, 4, 1]), tf.zeros([4, 5, 2]),
+                           tf.zeros([4, 5, 2]))
+
+
+def test_missing_compiler_falls_back_with_a_warning(monkeypatch, tmp_path):
+  monkeypatch.setenv('CXX', str(tmp_path / 'no-such-compiler'))
+  monkeypatch.setenv('SCAE_TF_KERNEL_CACHE', str(tmp_path / 'cache'))
+  with pytest.raises(RuntimeError, match='no C.. compiler'):
+    kernels.build()
+  kernels.resampler_ops.cache_clear()
+  try:
+    with pytest.warns(RuntimeWarning, match='pure-TF path'):
+      assert kernels.resampler_ops() is None
+    assert kernels.native_status().startswith('unavailable: no C++ compiler')
+    # The fallback still computes the kernel.
+    data = np.random.RandomState(0).rand(1, 3, 3, 1).astype(np.float32)
+    warp = np.array([[[0.5, 1.25], [2.5, -0.5]]], np.float32)
+    np.testing.assert_allclose(resampler.resample(data, warp),
+                               np_resample(data, warp), RTOL, ATOL)
+  finally:
+    kernels.resampler_ops.cache_clear()
+
+
+def test_build_is_cached(tmp_path):
+  _require_native()
+  first = kernels.build(tmp_path)
+  mtime = first.stat().st_mtime_ns
+  assert kernels.build(tmp_path) == first
+  assert first.stat().st_mtime_ns == mtime
+  assert [p.name for p in tmp_path.iterdir()] == [first.name]
+
+
+def test_resample_integer_coordinates_use_floor_neighbour(backend):
   # At x = 1 exactly, the kernel differentiates towards column 2 (cx).
   data = np.zeros((1, 1, 4, 1), np.float32)
   data[0, 0, :, 0] = [0., 1., 5., 6.]
@@ -200,7 +296,7 @@ def test_resample_integer_coordinates_use_floor_neighbour():
   np.testing.assert_allclose(dwarp[0, :, 0], [5. - 1., 0., 0. - 6.])
 
 
-def test_resample_finite_differences_float64():
+def test_resample_finite_differences_float64(backend):
   rng = np.random.RandomState(7)
   n, h, w, c = 2, 4, 6, 2
   data = rng.randn(n, h, w, c)
@@ -288,7 +384,7 @@ def test_inverse_affine_grid_round_trip():
 # ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize('jit', [False, True])
-def test_warp_templates_equals_resample_of_inverse_grid(jit):
+def test_warp_templates_equals_resample_of_inverse_grid(jit, backend):
   rng = np.random.RandomState(3)
   n, h, w, c, canvas = 6, 11, 11, 2, (40, 40)
   templates = rng.rand(n, h, w, c).astype(np.float32)
@@ -314,7 +410,7 @@ def test_warp_templates_equals_resample_of_inverse_grid(jit):
                              1e-4, 1e-4)
 
 
-def test_warp_templates_pose_gradient_finite_differences_float64():
+def test_warp_templates_pose_gradient_finite_differences_float64(backend):
   rng = np.random.RandomState(5)
   n, h, w, c, canvas = 2, 5, 6, 2, (9, 7)  # Non-square everywhere.
   templates = rng.rand(n, h, w, c)
@@ -335,7 +431,7 @@ def test_warp_templates_pose_gradient_finite_differences_float64():
 
 
 @pytest.mark.parametrize('jit', [False, True])
-def test_shared_data_equals_tiled_data(jit):
+def test_shared_data_equals_tiled_data(jit, backend):
   """data [N] with warp [M * N]: row m samples image m % N, as tiling would."""
   rng = np.random.RandomState(3)
   data = tf.constant(rng.rand(3, 5, 4, 2).astype(np.float32))
