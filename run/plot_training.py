@@ -7,6 +7,9 @@ Panels: loss, probe accuracy on training batches (moving average) and on the
 test split (per epoch, with the k-means test accuracy when the run used
 --kmeans_every_epoch), each against steps; and test probe accuracy against
 wall-clock hours.
+
+With --table it also prints, per run, a Markdown table of the per-epoch test
+evaluations (k-means and probes), as RESULTS.md shows them.
 """
 
 import json
@@ -19,6 +22,7 @@ flags.DEFINE_list('runs', None, 'Run directories (each with a log.jsonl).')
 flags.DEFINE_list('labels', None, 'Legend labels (default: directory names).')
 flags.DEFINE_string('out', 'training.png', 'Output PNG.')
 flags.DEFINE_integer('smooth', 20, 'Moving-average window (log records).')
+flags.DEFINE_bool('table', False, 'Also print per-epoch Markdown tables.')
 flags.mark_flag_as_required('runs')
 FLAGS = flags.FLAGS
 
@@ -36,6 +40,27 @@ def read_log(run_dir):
       else:
         train.append(record)
   return train, evals, kmeans
+
+
+def epoch_table(evals, kmeans):
+  """Markdown rows: epoch, step, wall h, k-means prior / posterior, probes.
+
+  Joins the probe and k-means records of the same step; an epoch without a
+  k-means record shows '-' there.
+  """
+  pct = lambda r, key: f'{100 * r[key]:.2f} %' if r and key in r else '-'
+  by_step = {r['step']: r for r in kmeans}
+  lines = ['| epoch | step | wall h | k-means prior | k-means posterior '
+           '| probe prior | probe posterior |', '|---|---|---|---|---|---|---|']
+  for r in evals:
+    k = by_step.get(r['step'])
+    wall = f'{r["wall_time"] / 3600:.2f}' if 'wall_time' in r else '-'
+    lines.append(
+        f'| {r["epoch"]:g} | {r["step"]} | {wall} '
+        f'| {pct(k, "kmeans_prior_test_acc")} '
+        f'| {pct(k, "kmeans_posterior_test_acc")} '
+        f'| {pct(r, "prior_probe_acc")} | {pct(r, "posterior_probe_acc")} |')
+  return '\n'.join(lines)
 
 
 def moving_average(values, window):
@@ -57,6 +82,8 @@ def main(argv):
   fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
   for run_dir, label in zip(FLAGS.runs, labels):
     train, evals, kmeans = read_log(run_dir)
+    if FLAGS.table:
+      print(f'{label}:\n{epoch_table(evals, kmeans)}\n')
     steps = [r['step'] for r in train]
     w = min(FLAGS.smooth, max(1, len(train)))
     axes[0].plot(steps, [r['loss'] for r in train], label=label, lw=.8)

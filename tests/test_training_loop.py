@@ -180,3 +180,29 @@ def test_xla_train_step_takes_the_images_as_a_runtime_argument():
   assert any(image_param in line for line in params), params[:3]
   # Every trainable weight is a runtime argument too.
   assert len(params) >= 1 + len(model.trainable_variables)
+
+
+def test_plot_training_prints_the_epoch_table(tmp_path):
+  run_dir = tmp_path / 'run'
+  run_dir.mkdir()
+  records = [
+      dict(step=10, epoch=0.5, wall_time=30., loss=5., prior_cls_acc=.1,
+           posterior_cls_acc=.2),
+      dict(step=20, epoch=1, eval=True, wall_time=3600., prior_probe_acc=.5,
+           posterior_probe_acc=.625),
+      dict(step=20, epoch=1, eval=True, kmeans=True, wall_time=3700.,
+           kmeans_prior_test_acc=.4, kmeans_posterior_test_acc=.45),
+      dict(step=40, epoch=2, eval=True, wall_time=7200., prior_probe_acc=.75,
+           posterior_probe_acc=.8),
+  ]
+  (run_dir / 'log.jsonl').write_text(
+      ''.join(json.dumps(r) + '\n' for r in records))
+  out = subprocess.run(
+      [sys.executable, str(REPO / 'run' / 'plot_training.py'),
+       f'--runs={run_dir}', '--table', f'--out={tmp_path / "curves.png"}'],
+      capture_output=True, text=True, check=True).stdout
+  rows = [line for line in out.splitlines() if line.startswith('| ')]
+  assert rows[1:] == [
+      '| 1 | 20 | 1.00 | 40.00 % | 45.00 % | 50.00 % | 62.50 % |',
+      '| 2 | 40 | 2.00 | - | - | 75.00 % | 80.00 % |']
+  assert (tmp_path / 'curves.png').stat().st_size > 0
