@@ -13,7 +13,8 @@ templates onto a 40 x 40 canvas: ~4M bilinear samples per step, forward and
 backward.  Three implementations, one semantics:
 
 * the native kernel (scae_tf/kernels/resampler_op.cc, compiled on first use):
-  used whenever it is available and we are not inside XLA.  Its forward pass
+  used whenever it is available, no GPU is visible and we are not inside
+  XLA.  Its forward pass
   and warp gradient round exactly as the contrib kernel; the template
   gradient adds each point's four updates straight into a per-warp buffer.
   A training step costs ~20 % less than with the path below, almost all of
@@ -231,9 +232,18 @@ def _resample_points_native(data, warp):
   return ops.scae_resample(data, warp), grad
 
 
+def _gpu_visible():
+  return bool(tf.config.list_logical_devices('GPU'))
+
+
 def _resample_points(data, warp):
-  """[N, H, W, C], [M, P, 2] -> [M, P, C] with the fastest correct kernel."""
-  if not in_xla_context() and kernels.resampler_ops() is not None:
+  """[N, H, W, C], [M, P, 2] -> [M, P, C] with the fastest correct kernel.
+
+  The native kernel exists for the CPU only: with a GPU, placing it would
+  copy every warp to the host and back, so the XLA path is used there.
+  """
+  if (not in_xla_context() and not _gpu_visible()
+      and kernels.resampler_ops() is not None):
     return _resample_points_native(data, warp)
   return _resample_points_tf(data, warp)
 

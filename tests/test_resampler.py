@@ -277,6 +277,38 @@ def test_missing_compiler_falls_back_with_a_warning(monkeypatch, tmp_path):
     kernels.resampler_ops.cache_clear()
 
 
+def _contrib_exact(resample_fn):
+  """Whether resample_fn rounds as the contrib kernel on 3000 points."""
+  rng = np.random.RandomState(12)
+  data = rng.rand(2, 11, 11, 2).astype(np.float32)
+  warp = rng.uniform(-1.5, 11.5, size=(2, 1500, 2)).astype(np.float32)
+  return np.array_equal(resample_fn(data, warp), np_resample(data, warp))
+
+
+def test_resample_dispatches_to_the_native_kernel(monkeypatch):
+  _require_native()
+  assert _contrib_exact(resampler.resample)
+  # The XLA-fused fallback rounds differently on these points, so the check
+  # above does tell the two paths apart.
+  monkeypatch.setattr(kernels, 'resampler_ops', lambda: None)
+  assert not _contrib_exact(resampler.resample)
+
+
+def test_native_kernel_is_not_used_with_a_gpu(monkeypatch):
+  """A CPU-only op would drag every warp to the host and back."""
+  _require_native()
+
+  def fail(*_):
+    raise AssertionError('native kernel used although a GPU is visible')
+
+  monkeypatch.setattr(resampler, '_gpu_visible', lambda: True)
+  monkeypatch.setattr(resampler, '_resample_points_native', fail)
+  data = np.random.RandomState(0).rand(1, 3, 3, 1).astype(np.float32)
+  warp = np.array([[[0.5, 1.25], [2.5, -0.5]]], np.float32)
+  np.testing.assert_allclose(resampler.resample(data, warp),
+                             np_resample(data, warp), RTOL, ATOL)
+
+
 def test_build_is_cached(tmp_path):
   _require_native()
   first = kernels.build(tmp_path)
