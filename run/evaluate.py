@@ -18,7 +18,8 @@ clusters matched to labels on train (see `scae_tf/kmeans.py`):
 
 Accuracies are reported on test, train+test (as the fork reports them) and
 train, plus test with the clusters re-matched on test (upstream's protocol),
-and the linear probes' accuracies. Writes, beside the checkpoint unless
+and the linear probes' accuracies. `--seeds=1,2,3` also refits the k-means with
+those seeds and reports the spread of the test accuracy. Writes, beside the checkpoint unless
 --out=PREFIX is given:
   <prefix>.kmeans_<prior|posterior>_<metric>.npz   the k-means classifiers
                                                    (`KMeansClassifier.load`)
@@ -65,6 +66,9 @@ flags.DEFINE_integer('k', None, 'Number of clusters (default: number of '
                      'classes).')
 flags.DEFINE_integer('n_iter', 1000, 'k-means training steps / iterations.')
 flags.DEFINE_integer('n_init', 10, 'scikit-learn restarts (euclidean).')
+flags.DEFINE_list('seeds', [], 'More k-means seeds: refit with each and '
+                  'report the test accuracies and their min / mean / max '
+                  '(together with --seed) under "seed_spread".')
 flags.DEFINE_string('out', None,
                     'Output prefix (default: the checkpoint prefix).')
 flags.mark_flag_as_required('checkpoint')
@@ -85,6 +89,10 @@ def _check_flags():
   for name in ('batch_size', 'n_iter', 'n_init'):
     if getattr(FLAGS, name) < 1:
       raise UsageError(f'--{name} must be positive.')
+  try:
+    [int(s) for s in FLAGS.seeds]
+  except ValueError:
+    raise UsageError(f'--seeds takes integers, got {FLAGS.seeds}.') from None
   for name in ('max_examples', 'k'):
     value = getattr(FLAGS, name)
     if value is not None and value < 1:
@@ -191,6 +199,15 @@ def main(argv):
       seed=FLAGS.seed, n_classes=config.num_classes, n_init=FLAGS.n_init,
       checkpoint=prefix, log=_log)
   seconds['kmeans'] = round(time.time() - t, 2)
+  spread = None
+  if FLAGS.seeds:
+    t = time.time()
+    spread = kmeans.seed_spread(
+        feats['train'], labels['train'], feats['test'], labels['test'],
+        seeds=[FLAGS.seed] + [int(s) for s in FLAGS.seeds],
+        metrics=KMEANS[FLAGS.kmeans], log=_log, k=k, n_iter=FLAGS.n_iter,
+        n_classes=config.num_classes, n_init=FLAGS.n_init)
+    seconds['seed_spread'] = round(time.time() - t, 2)
 
   out = FLAGS.out or prefix
   saved = {}
@@ -208,7 +225,8 @@ def main(argv):
       kmeans=dict(variants=list(KMEANS[FLAGS.kmeans]), k=k,
                   n_iter=FLAGS.n_iter, n_init=FLAGS.n_init,
                   cluster_to_label_fitted_on='train'),
-      results=results, classifiers=saved, seconds=seconds)
+      results=results, seed_spread=spread, classifiers=saved,
+      seconds=seconds)
   json_path = f'{out}.eval.json'
   tmp = json_path + '.tmp'
   with open(tmp, 'w') as f:
@@ -217,6 +235,11 @@ def main(argv):
   report['eval_json'] = json_path
 
   print(kmeans.format_results(results))
+  for metric, per_kind in (spread or {}).items():
+    for kind, r in per_kind.items():
+      print(f'k-means {metric} / {kind} test accuracy over seeds '
+            f'{list(r["per_seed"])}: min {r["min"]:.4f} mean {r["mean"]:.4f} '
+            f'max {r["max"]:.4f}')
   print()
   print(json.dumps(report, indent=1))
   return 0

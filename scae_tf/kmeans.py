@@ -717,6 +717,37 @@ def evaluate_kmeans(train_features: Dict[str, np.ndarray], train_labels,
   return results, classifiers
 
 
+def seed_spread(train_features: Dict[str, np.ndarray], train_labels,
+                test_features: Dict[str, np.ndarray], test_labels,
+                seeds: Sequence[int], metrics: Sequence[str] = ('cosine',),
+                kinds: Sequence[str] = FEATURE_KINDS, log=None,
+                **fit_kwargs):
+  """Test accuracy of k-means refitted with each seed (map fitted on train).
+
+  One k-means++ fit can merge two classes (the fork fits once, so a single
+  number may be unlucky); this shows how far the seed moves the result.
+
+  Returns {metric: {kind: {'per_seed': {seed: acc}, 'min', 'mean', 'max'}}}.
+  """
+  test_labels = np.asarray(test_labels, np.int64).reshape(-1)
+  spread = {}
+  for metric in metrics:
+    spread[metric] = {}
+    for kind in kinds:
+      per_seed = {}
+      for seed in seeds:
+        if log is not None:
+          log(f'k-means ({metric}) on {kind} features, seed {seed}...')
+        clf = fit_kmeans_classifier(train_features[kind], train_labels,
+                                    metric=metric, feature=kind, seed=seed,
+                                    **fit_kwargs)
+        per_seed[int(seed)] = clf.accuracy(test_features[kind], test_labels)
+      accs = list(per_seed.values())
+      spread[metric][kind] = dict(per_seed=per_seed, min=min(accs),
+                                  mean=float(np.mean(accs)), max=max(accs))
+  return spread
+
+
 def format_results(results) -> str:
   """A readable table of `evaluate_kmeans` results."""
   lines = [f"examples: train={results['n_train']} test={results['n_test']}",

@@ -251,6 +251,24 @@ def test_evaluate_kmeans_report():
   assert 'k-means cosine / prior' in kmeans.format_results(results)
 
 
+def test_seed_spread_refits_per_seed():
+  # Overlapping blobs, so that the seed matters.
+  x, y = blobs(noise=0.4)
+  xt, yt = blobs(noise=0.4, seed=3)
+  train, test = dict(prior=x), dict(prior=xt)
+  spread = kmeans.seed_spread(train, y, test, yt, seeds=[0, 3, 4],
+                              kinds=('prior',), k=5, n_iter=30)
+  r = spread['cosine']['prior']
+  expected = {s: kmeans.fit_kmeans_classifier(
+      x, y, k=5, n_iter=30, seed=s).accuracy(xt, yt) for s in (0, 3, 4)}
+  assert r['per_seed'] == expected
+  assert r['min'] == min(expected.values())
+  assert r['max'] == max(expected.values())
+  assert r['mean'] == pytest.approx(np.mean(list(expected.values())))
+  assert r['min'] < r['max']
+  json.dumps(spread)
+
+
 def test_collect_features_tiny_model():
   config = configs.tiny_config()
   model = SCAE(config)
