@@ -20,6 +20,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import sys
 import tempfile
 import warnings
 
@@ -65,6 +66,8 @@ def build(cache_dir=None):
   if shutil.which(cxx) is None:
     raise RuntimeError(f'no C++ compiler {cxx!r} on the PATH (set CXX)')
   cache_dir.mkdir(parents=True, exist_ok=True)
+  print(f'scae_tf: compiling the native resampler kernel into {target} '
+        '(once per TensorFlow version, ~15 s)', file=sys.stderr, flush=True)
   # Build beside the target and rename: concurrent builds cannot leave a
   # half-written library behind.
   fd, tmp = tempfile.mkstemp(suffix='.so', dir=cache_dir)
