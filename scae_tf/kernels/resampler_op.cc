@@ -229,115 +229,114 @@ void SampleGradRow(const T* img, const T* warp, const T* grad, const Dims& d,
   }
 }
 
-template <typename T>
-class ResampleOp : public OpKernel {
+// Both ops: validate data and warp, pad the images, then run `Op`.
+template <typename T, void (*Op)(OpKernelContext*, const Dims&, const T*)>
+class ResamplerKernel : public OpKernel {
  public:
-  explicit ResampleOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  explicit ResamplerKernel(OpKernelConstruction* ctx) : OpKernel(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
     Dims d;
     Tensor padded_t;
     OP_REQUIRES_OK(ctx, Prepare<T>(ctx, &d, &padded_t));
-    Tensor* out_t = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(
-                            0, TensorShape({d.n_warp, d.n_points, d.c}),
-                            &out_t));
-    const T* padded = padded_t.flat<T>().data();
-    const T* warp = ctx->input(1).flat<T>().data();
-    T* out = out_t->flat<T>().data();
-    Shard<T>(ctx, d.n_warp, RowCost(d), [&](int64 begin, int64 end) {
-      WithChannels(d.c, [&](auto channels) {
-        for (int64 m = begin; m < end; ++m) {
-          SampleRow<T, decltype(channels)::value>(
-              padded + (m % d.n_data) * d.padded_size(),
-              warp + m * d.n_points * 2, d, out + m * d.n_points * d.c);
-        }
-      });
-    });
+    Op(ctx, d, padded_t.flat<T>().data());
   }
 };
 
+// ScaeResample: output [M, P, C].
 template <typename T>
-class ResampleGradOp : public OpKernel {
- public:
-  explicit ResampleGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
-
-  void Compute(OpKernelContext* ctx) override {
-    Dims d;
-    Tensor padded_t, per_row_t;
-    OP_REQUIRES_OK(ctx, Prepare<T>(ctx, &d, &padded_t));
-    const Tensor& grad_t = ctx->input(2);
-    OP_REQUIRES(ctx,
-                grad_t.dims() == 3 && grad_t.dim_size(0) == d.n_warp &&
-                    grad_t.dim_size(1) == d.n_points &&
-                    grad_t.dim_size(2) == d.c,
-                InvalidArgument("grad_output must be [M, P, C] = [", d.n_warp,
-                                ", ", d.n_points, ", ", d.c, "], got shape ",
-                                grad_t.shape().DebugString()));
-    Tensor* grad_data_t = nullptr;
-    Tensor* grad_warp_t = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(0).shape(),
-                                             &grad_data_t));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, ctx->input(1).shape(),
-                                             &grad_warp_t));
-    // The padded images, then one padded gradient image per warp row (the
-    // contrib kernel's tiled data): rows can run on any thread and still be
-    // summed in a fixed order.
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(
-                            ::tensorflow::DataTypeToEnum<T>::value,
-                            TensorShape({d.n_warp, d.padded_size()}),
-                            &per_row_t));
-    const T* padded = padded_t.flat<T>().data();
-    T* per_row = per_row_t.flat<T>().data();
-    const T* warp = ctx->input(1).flat<T>().data();
-    const T* grad = grad_t.flat<T>().data();
-    T* grad_warp = grad_warp_t->flat<T>().data();
-
-    Shard<T>(ctx, d.n_warp, 2 * RowCost(d), [&](int64 begin, int64 end) {
-      WithChannels(d.c, [&](auto channels) {
-        for (int64 m = begin; m < end; ++m) {
-          T* gimg = per_row + m * d.padded_size();
-          for (int64 i = 0; i < d.padded_size(); ++i) gimg[i] = T(0);
-          SampleGradRow<T, decltype(channels)::value>(
-              padded + (m % d.n_data) * d.padded_size(),
-              warp + m * d.n_points * 2, grad + m * d.n_points * d.c, d, gimg,
-              grad_warp + m * d.n_points * 2);
-        }
-      });
-    });
-
-    // grad_data[n] = the interior of sum over r of per_row[r * N + n], with
-    // r ascending. The padding collected the updates of neighbours outside
-    // the image, which the contrib kernel drops.
-    T* grad_data = grad_data_t->flat<T>().data();
-    const int64 repeats = d.n_warp / d.n_data;
-    Shard<T>(ctx, d.n_data, repeats * d.padded_size(),
-             [&](int64 begin, int64 end) {
-      std::vector<T> sum(d.padded_size());
-      for (int64 n = begin; n < end; ++n) {
-        const T* first = per_row + n * d.padded_size();
-        for (int64 i = 0; i < d.padded_size(); ++i) sum[i] = first[i];
-        for (int64 r = 1; r < repeats; ++r) {
-          const T* src = per_row + (r * d.n_data + n) * d.padded_size();
-          for (int64 i = 0; i < d.padded_size(); ++i) sum[i] += src[i];
-        }
-        for (int64 row = 0; row < d.h; ++row) {
-          const T* src = sum.data() + ((row + 1) * d.pw() + 1) * d.c;
-          T* dst = grad_data + (n * d.h + row) * d.w * d.c;
-          for (int64 i = 0; i < d.w * d.c; ++i) dst[i] = src[i];
-        }
+void Resample(OpKernelContext* ctx, const Dims& d, const T* padded) {
+  Tensor* out_t = nullptr;
+  OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                          0, TensorShape({d.n_warp, d.n_points, d.c}),
+                          &out_t));
+  const T* warp = ctx->input(1).flat<T>().data();
+  T* out = out_t->flat<T>().data();
+  Shard<T>(ctx, d.n_warp, RowCost(d), [&](int64 begin, int64 end) {
+    WithChannels(d.c, [&](auto channels) {
+      for (int64 m = begin; m < end; ++m) {
+        SampleRow<T, decltype(channels)::value>(
+            padded + (m % d.n_data) * d.padded_size(),
+            warp + m * d.n_points * 2, d, out + m * d.n_points * d.c);
       }
     });
-  }
-};
+  });
+}
 
-#define REGISTER(T)                                                    \
-  REGISTER_KERNEL_BUILDER(                                             \
-      Name("ScaeResample").Device(DEVICE_CPU).TypeConstraint<T>("T"),  \
-      ResampleOp<T>);                                                  \
-  REGISTER_KERNEL_BUILDER(                                             \
+// ScaeResampleGrad: grad_data [N, H, W, C] and grad_warp [M, P, 2].
+template <typename T>
+void ResampleGrad(OpKernelContext* ctx, const Dims& d, const T* padded) {
+  const Tensor& grad_t = ctx->input(2);
+  OP_REQUIRES(ctx,
+              grad_t.dims() == 3 && grad_t.dim_size(0) == d.n_warp &&
+                  grad_t.dim_size(1) == d.n_points &&
+                  grad_t.dim_size(2) == d.c,
+              InvalidArgument("grad_output must be [M, P, C] = [", d.n_warp,
+                              ", ", d.n_points, ", ", d.c, "], got shape ",
+                              grad_t.shape().DebugString()));
+  Tensor* grad_data_t = nullptr;
+  Tensor* grad_warp_t = nullptr;
+  OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(0).shape(),
+                                           &grad_data_t));
+  OP_REQUIRES_OK(ctx, ctx->allocate_output(1, ctx->input(1).shape(),
+                                           &grad_warp_t));
+  // One padded gradient image per warp row (the contrib kernel's tiled
+  // data): rows can run on any thread and still be summed in a fixed order.
+  Tensor per_row_t;
+  OP_REQUIRES_OK(ctx, ctx->allocate_temp(
+                          ::tensorflow::DataTypeToEnum<T>::value,
+                          TensorShape({d.n_warp, d.padded_size()}),
+                          &per_row_t));
+  T* per_row = per_row_t.flat<T>().data();
+  const T* warp = ctx->input(1).flat<T>().data();
+  const T* grad = grad_t.flat<T>().data();
+  T* grad_warp = grad_warp_t->flat<T>().data();
+
+  Shard<T>(ctx, d.n_warp, 2 * RowCost(d), [&](int64 begin, int64 end) {
+    WithChannels(d.c, [&](auto channels) {
+      for (int64 m = begin; m < end; ++m) {
+        T* gimg = per_row + m * d.padded_size();
+        for (int64 i = 0; i < d.padded_size(); ++i) gimg[i] = T(0);
+        SampleGradRow<T, decltype(channels)::value>(
+            padded + (m % d.n_data) * d.padded_size(),
+            warp + m * d.n_points * 2, grad + m * d.n_points * d.c, d, gimg,
+            grad_warp + m * d.n_points * 2);
+      }
+    });
+  });
+
+  // grad_data[n] = the interior of sum over r of per_row[r * N + n], with
+  // r ascending. The padding collected the updates of neighbours outside
+  // the image, which the contrib kernel drops.
+  T* grad_data = grad_data_t->flat<T>().data();
+  const int64 repeats = d.n_warp / d.n_data;
+  Shard<T>(ctx, d.n_data, repeats * d.padded_size(),
+           [&](int64 begin, int64 end) {
+    std::vector<T> sum(d.padded_size());
+    for (int64 n = begin; n < end; ++n) {
+      const T* first = per_row + n * d.padded_size();
+      for (int64 i = 0; i < d.padded_size(); ++i) sum[i] = first[i];
+      for (int64 r = 1; r < repeats; ++r) {
+        const T* src = per_row + (r * d.n_data + n) * d.padded_size();
+        for (int64 i = 0; i < d.padded_size(); ++i) sum[i] += src[i];
+      }
+      for (int64 row = 0; row < d.h; ++row) {
+        const T* src = sum.data() + ((row + 1) * d.pw() + 1) * d.c;
+        T* dst = grad_data + (n * d.h + row) * d.w * d.c;
+        for (int64 i = 0; i < d.w * d.c; ++i) dst[i] = src[i];
+      }
+    }
+  });
+}
+
+// (Parenthesised: the template arguments' comma would split the macro's.)
+#define REGISTER(T)                                                       \
+  REGISTER_KERNEL_BUILDER(                                                \
+      Name("ScaeResample").Device(DEVICE_CPU).TypeConstraint<T>("T"),     \
+      (ResamplerKernel<T, Resample<T>>));                                 \
+  REGISTER_KERNEL_BUILDER(                                                \
       Name("ScaeResampleGrad").Device(DEVICE_CPU).TypeConstraint<T>("T"), \
-      ResampleGradOp<T>);
+      (ResamplerKernel<T, ResampleGrad<T>>));
 REGISTER(float);
 REGISTER(double);
 #undef REGISTER
