@@ -19,7 +19,9 @@ clusters matched to labels on train (see `scae_tf/kmeans.py`):
 Accuracies are reported on test, train+test (as the fork reports them) and
 train, plus test with the clusters re-matched on test (upstream's protocol),
 and the linear probes' accuracies. `--seeds=1,2,3` also refits the k-means with
-those seeds and reports the spread of the test accuracy. Writes, beside the checkpoint unless
+those seeds and reports the spread of the test accuracy, and the accuracy of
+the fit with the smallest mean distance to its train features (the fit that
+keeping the best of several k-means restarts would choose). Writes, beside the checkpoint unless
 --out=PREFIX is given:
   <prefix>.kmeans_<prior|posterior>_<metric>.npz   the k-means classifiers
                                                    (`KMeansClassifier.load`)
@@ -67,7 +69,8 @@ flags.DEFINE_integer('k', None, 'Number of clusters (default: number of '
 flags.DEFINE_integer('n_iter', 1000, 'k-means training steps / iterations.')
 flags.DEFINE_integer('n_init', 10, 'scikit-learn restarts (euclidean).')
 flags.DEFINE_list('seeds', [], 'More k-means seeds: refit with each and '
-                  'report the test accuracies and their min / mean / max '
+                  'report the test accuracies, their min / mean / max and '
+                  'the accuracy of the fit with the best k-means objective '
                   '(together with --seed) under "seed_spread".')
 flags.DEFINE_string('out', None,
                     'Output prefix (default: the checkpoint prefix).')
@@ -239,7 +242,9 @@ def main(argv):
     for kind, r in per_kind.items():
       print(f'k-means {metric} / {kind} test accuracy over seeds '
             f'{list(r["per_seed"])}: min {r["min"]:.4f} mean {r["mean"]:.4f} '
-            f'max {r["max"]:.4f}')
+            f'max {r["max"]:.4f}; the fit nearest its train features (seed '
+            f'{r["best_by_distance"]["seed"]}) gives '
+            f'{r["best_by_distance"]["test"]:.4f}')
   print()
   print(json.dumps(report, indent=1))
   return 0

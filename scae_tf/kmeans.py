@@ -493,6 +493,18 @@ class KMeansClassifier:
     """[N] int64 predicted labels (numpy). Accepts a `collect_features` dict."""
     return self.cluster_to_label[self.assign(features)]
 
+  def mean_distance(self, features) -> float:
+    """Mean distance of each row to its nearest centre: cosine distance
+    (1 - cosine similarity) or squared Euclidean distance. This is the
+    quantity k-means minimises, so it compares fits without labels."""
+    x = self._check(features).astype(np.float64)
+    c = self.centers.astype(np.float64)
+    if self.metric == 'cosine':
+      return float(np.mean(1. - np.max(l2_normalize(x) @ c.T, axis=1)))
+    sq = (np.sum(x * x, 1)[:, None] - 2. * x @ c.T
+          + np.sum(c * c, 1)[None, :])
+    return float(np.mean(np.maximum(np.min(sq, axis=1), 0.)))
+
   def accuracy(self, features, labels) -> float:
     labels = np.asarray(labels).reshape(-1)
     return float(np.mean(self.predict(features) == labels))
@@ -726,15 +738,20 @@ def seed_spread(train_features: Dict[str, np.ndarray], train_labels,
 
   One k-means++ fit can merge two classes (the fork fits once, so a single
   number may be unlucky); this shows how far the seed moves the result.
+  Each fit's mean distance on the train features (`mean_distance`) is kept
+  too: the fit with the smallest one is what restarting k-means and keeping
+  the best objective would give, without looking at labels.
 
-  Returns {metric: {kind: {'per_seed': {seed: acc}, 'min', 'mean', 'max'}}}.
+  Returns {metric: {kind: {'per_seed': {seed: acc}, 'min', 'mean', 'max',
+  'train_distance': {seed: mean distance}, 'best_by_distance': {'seed',
+  'test'}}}}.
   """
   test_labels = np.asarray(test_labels, np.int64).reshape(-1)
   spread = {}
   for metric in metrics:
     spread[metric] = {}
     for kind in kinds:
-      per_seed = {}
+      per_seed, distance = {}, {}
       for seed in seeds:
         if log is not None:
           log(f'k-means ({metric}) on {kind} features, seed {seed}...')
@@ -742,9 +759,13 @@ def seed_spread(train_features: Dict[str, np.ndarray], train_labels,
                                     metric=metric, feature=kind, seed=seed,
                                     **fit_kwargs)
         per_seed[int(seed)] = clf.accuracy(test_features[kind], test_labels)
+        distance[int(seed)] = clf.mean_distance(train_features[kind])
       accs = list(per_seed.values())
-      spread[metric][kind] = dict(per_seed=per_seed, min=min(accs),
-                                  mean=float(np.mean(accs)), max=max(accs))
+      best = min(distance, key=distance.get)  # first seed among ties
+      spread[metric][kind] = dict(
+          per_seed=per_seed, min=min(accs), mean=float(np.mean(accs)),
+          max=max(accs), train_distance=distance,
+          best_by_distance=dict(seed=best, test=per_seed[best]))
   return spread
 
 

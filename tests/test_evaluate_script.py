@@ -50,9 +50,14 @@ def test_evaluate_writes_report_classifiers_and_seed_spread(tmp_path):
       assert list(spread['per_seed']) == ['0', '1']  # JSON keys
       # Seed 0 is the main fit: the same number.
       assert spread['per_seed']['0'] == acc
+      best = spread['best_by_distance']
+      distance = spread['train_distance']
+      assert distance[str(best['seed'])] == min(distance.values())
+      assert best['test'] == spread['per_seed'][str(best['seed'])]
       clf = KMeansClassifier.load(report['classifiers'][f'{kind}_{metric}'])
       assert clf.metric == metric and clf.k == 10
   assert 'over seeds [0, 1]' in proc.stdout
+  assert 'the fit nearest its train features (seed' in proc.stdout
 
 
 def test_evaluate_bad_flags_exit_1_and_write_nothing(tmp_path):

@@ -266,7 +266,27 @@ def test_seed_spread_refits_per_seed():
   assert r['max'] == max(expected.values())
   assert r['mean'] == pytest.approx(np.mean(list(expected.values())))
   assert r['min'] < r['max']
+  distance = {s: kmeans.fit_kmeans_classifier(
+      x, y, k=5, n_iter=30, seed=s).mean_distance(x) for s in (0, 3, 4)}
+  assert r['train_distance'] == distance
+  best = min(distance, key=distance.get)
+  assert r['best_by_distance'] == dict(seed=best, test=expected[best])
   json.dumps(spread)
+
+
+def test_mean_distance_hand_made():
+  feats = np.array([[2., 0.], [0., 3.], [1., 1.]])
+  cos = kmeans.KMeansClassifier(np.array([[1., 0.], [0., 1.]]), 'cosine',
+                                'prior', np.array([0, 1]))
+  # Cosine distances to the nearest axis: 0, 0 and 1 - 1/sqrt(2).
+  assert cos.mean_distance(feats) == pytest.approx((1 - 0.5 ** 0.5) / 3)
+  euc = kmeans.KMeansClassifier(np.array([[2., 0.], [0., 2.]]), 'euclidean',
+                                'prior', np.array([0, 1]))
+  # Squared distances: 0, 1 and min(1 + 1, 1 + 1) = 2.
+  assert euc.mean_distance(feats) == pytest.approx(1.)
+  assert euc.mean_distance(dict(prior=feats)) == pytest.approx(1.)
+  with pytest.raises(ValueError, match='Expected features'):
+    euc.mean_distance(np.zeros((3, 5)))
 
 
 def test_collect_features_tiny_model():
