@@ -47,14 +47,15 @@ def main(argv):
   if cli.extra_args_error(argv):
     return 2
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from scae_tf import configs, data, training  # pylint: disable=g-import-not-at-top
+  from scae_tf import configs, data, recipes, training  # pylint: disable=g-import-not-at-top
   from scae_tf.model import SCAE  # pylint: disable=g-import-not-at-top
   from scae_tf.optim import TF1RMSProp  # pylint: disable=g-import-not-at-top
 
   config = configs.get_config('mnist')
+  recipe = recipes.get_recipe(config.default_recipe)
   result = dict(dataset=FLAGS.dataset, steps=FLAGS.steps, modes={})
   for mode in FLAGS.preprocess:
-    stream = data.BatchStream(FLAGS.dataset, 'train', config.batch_size, mode,
+    stream = data.BatchStream(FLAGS.dataset, 'train', recipe.batch_size, mode,
                               data_dir=FLAGS.data_dir)
     start = time.perf_counter()
     for _ in stream.as_tf_dataset(0, stream.steps_per_epoch):
@@ -63,7 +64,7 @@ def main(argv):
 
     tf.random.set_seed(0)
     model = SCAE(config)
-    optimizer = TF1RMSProp.for_config(model.trainable_variables, config)
+    optimizer = TF1RMSProp.for_recipe(model.trainable_variables, recipe)
     step = training.make_train_step(model, optimizer, noise=True, seed=0)
     images, labels = stream.batch(0)
     images, labels = tf.constant(images), tf.constant(labels)

@@ -109,11 +109,13 @@ def main(argv):
   del argv
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from scae_tf import configs  # pylint: disable=g-import-not-at-top
+  from scae_tf import recipes  # pylint: disable=g-import-not-at-top
   from scae_tf import kernels  # pylint: disable=g-import-not-at-top
   from scae_tf.model import SCAE  # pylint: disable=g-import-not-at-top
   from scae_tf.optim import TF1RMSProp  # pylint: disable=g-import-not-at-top
 
-  config = configs.get_config(FLAGS.config).replace(
+  config = configs.get_config(FLAGS.config)
+  recipe = recipes.get_recipe(config.default_recipe).replace(
       batch_size=FLAGS.batch_size)
   tf.random.set_seed(0)
   images = tf.random.uniform([FLAGS.batch_size, config.canvas_size,
@@ -131,7 +133,7 @@ def main(argv):
     if mode not in ('on', 'off'):
       raise app.UsageError(f'--xla takes on/off, got {mode!r}')
     model = SCAE(config)
-    optimizer = TF1RMSProp.for_config(model.trainable_variables, config)
+    optimizer = TF1RMSProp.for_recipe(model.trainable_variables, recipe)
     fns = build_functions(model, optimizer, mode == 'on', FLAGS.noise)
     part = model.part_encoder(images)
     r = FLAGS.repeats

@@ -37,7 +37,9 @@ def main(argv):
   try:
     config = configs.get_config(FLAGS.config)
     model = SCAE(config)
-    optimizer = (TF1RMSProp.for_config(model.trainable_variables, config)
+    # Only the slots and the step are restored and saved; the recipe's
+    # hyper-parameters are chosen again by the run that continues.
+    optimizer = (TF1RMSProp(model.trainable_variables)
                  if FLAGS.with_optimizer else None)
     report = checkpoints.load_tf1_checkpoint(model, FLAGS.tf1, FLAGS.scope,
                                              optimizer=optimizer)

@@ -229,6 +229,13 @@ def save_config(config, prefix: str):
     json.dump(dataclasses.asdict(config), f, indent=1, sort_keys=True)
 
 
+# Written by versions before the model config and the training recipe were
+# split (`scae_tf.recipes`); they never changed the model.
+_LEGACY_TRAINING_FIELDS = ('batch_size', 'learning_rate', 'lr_decay_steps',
+                           'lr_decay_rate', 'rmsprop_decay',
+                           'rmsprop_momentum')
+
+
 def read_config(prefix: str):
   """The ScaeConfig saved beside a TF2 checkpoint, or None."""
   from scae_tf.configs import ScaeConfig  # pylint: disable=g-import-not-at-top
@@ -237,6 +244,8 @@ def read_config(prefix: str):
       fields = json.load(f)
   except FileNotFoundError:
     return None
+  for key in _LEGACY_TRAINING_FIELDS:
+    fields.pop(key, None)
   for key in ('part_cnn_channels', 'part_cnn_strides'):
     fields[key] = tuple(fields[key])
   return ScaeConfig(**fields)
@@ -257,9 +266,10 @@ def load_tf2_checkpoint(model, path: str, optimizer=None):
   CheckpointManager, refusing one of another architecture."""
   path = resolve_checkpoint(path)
   saved = read_config(path)
-  if saved is not None and _architecture(saved) != _architecture(model.config):
+  if saved is not None and (saved.architecture()
+                            != model.config.architecture()):
     diff = {k: (v, getattr(model.config, k))
-            for k, v in _architecture(saved).items()
+            for k, v in saved.architecture().items()
             if v != getattr(model.config, k)}
     raise CheckpointMismatchError(
         f'Checkpoint {path!r} was written for config {saved.name!r}, which '
@@ -283,12 +293,3 @@ def load_checkpoint(model, path: str, optimizer=None, scope=None):
   if is_tf1_checkpoint(path):
     return load_tf1_checkpoint(model, path, scope=scope, optimizer=optimizer)
   return load_tf2_checkpoint(model, path, optimizer=optimizer)
-
-
-def _architecture(config):
-  """Config fields that fix variable shapes or the computed function."""
-  skip = {'name', 'dataset', 'batch_size', 'learning_rate', 'lr_decay_steps',
-          'lr_decay_rate', 'rmsprop_decay', 'rmsprop_momentum',
-          'part_encoder_noise_scale', 'obj_decoder_noise_type',
-          'obj_decoder_noise_scale'}
-  return {k: v for k, v in dataclasses.asdict(config).items() if k not in skip}

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from scae_tf import math_ops
 from scae_tf import neural
+from scae_tf import replicas
 
 
 def capsule_entropy(caps_presence_prob, k=1.):
@@ -25,7 +26,7 @@ def capsule_entropy(caps_presence_prob, k=1.):
   """
   within = math_ops.normalize(caps_presence_prob, 1)
   within = math_ops.safe_ce(within, within * k)
-  between = math_ops.normalize(tf.reduce_sum(caps_presence_prob, 0), 0)
+  between = math_ops.normalize(replicas.batch_sum(caps_presence_prob), 0)
   between = math_ops.safe_ce(between, between * k)
   return within, between
 
@@ -42,19 +43,21 @@ def caps_pres_l2(caps_presence_prob, num_classes=10.,
 
   Each example should activate K / num_classes capsules (or the given
   constant), each capsule B / num_classes times per batch. The between term
-  is returned negated, as upstream does.
+  is returned negated, as upstream does. Under tf.distribute the between term
+  is that of the global batch (`scae_tf.replicas`).
   """
   batch_size = tf.cast(tf.shape(caps_presence_prob)[0], tf.float32)
   num_caps = float(caps_presence_prob.shape[1])
   if within_example_constant == 0.:
     within_example_constant = num_caps / num_classes
-  between_example_constant = batch_size / num_classes
+  between_example_constant = (replicas.batch_size(caps_presence_prob)
+                              / num_classes)
 
   within = math_ops.l2_loss(
       tf.reduce_sum(caps_presence_prob, 1) - within_example_constant
   ) / batch_size * 2.
   between = math_ops.l2_loss(
-      tf.reduce_sum(caps_presence_prob, 0) - between_example_constant
+      replicas.batch_sum(caps_presence_prob) - between_example_constant
   ) / num_caps * 2.
   return within, -between
 

@@ -43,7 +43,11 @@ class TF1RMSProp(snt.Module):
 
   def __init__(self, variables: Sequence[tf.Variable], learning_rate=3e-5,
                decay=0.9, momentum=0.9, epsilon=1e-6, decay_steps=10_000,
-               decay_rate=0.96, lr_decay=True, name='tf1_rmsprop'):
+               decay_rate=0.96, lr_decay=True, batch_size=None,
+               name='tf1_rmsprop'):
+    """`batch_size`: the batch `epsilon` was derived for, if it was (upstream
+    derives it from the batch); the training step then refuses other
+    batches."""
     super().__init__(name=name)
     self.learning_rate = learning_rate
     self.decay = decay
@@ -52,7 +56,12 @@ class TF1RMSProp(snt.Module):
     self.decay_steps = decay_steps
     self.decay_rate = decay_rate
     self.lr_decay = lr_decay
-    self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name='step')
+    self.batch_size = batch_size
+    # Under tf.distribute every replica applies the same all-reduced update
+    # to its own copy; the step is counted once.
+    self.step = tf.Variable(
+        0, dtype=tf.int64, trainable=False, name='step',
+        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
     self.variables_ = list(variables)
     self.ms = [tf.Variable(tf.ones_like(v), trainable=False, name='ms')
                for v in self.variables_]
@@ -60,14 +69,24 @@ class TF1RMSProp(snt.Module):
                 for v in self.variables_]
 
   @classmethod
-  def for_config(cls, variables, config, lr_decay=True, learning_rate=None):
-    return cls(variables,
-               learning_rate=(config.learning_rate if learning_rate is None
-                              else learning_rate),
-               decay=config.rmsprop_decay, momentum=config.rmsprop_momentum,
-               epsilon=config.rmsprop_epsilon,
-               decay_steps=config.lr_decay_steps,
-               decay_rate=config.lr_decay_rate, lr_decay=lr_decay)
+  def for_recipe(cls, variables, recipe):
+    """The optimiser of a `scae_tf.recipes.TrainingRecipe`."""
+    return cls(variables, learning_rate=recipe.learning_rate,
+               decay=recipe.rmsprop_decay, momentum=recipe.rmsprop_momentum,
+               epsilon=recipe.epsilon, decay_steps=recipe.lr_decay_steps,
+               decay_rate=recipe.lr_decay_rate, lr_decay=recipe.lr_decay,
+               batch_size=(recipe.batch_size if recipe.rmsprop_epsilon is None
+                           else None))
+
+  def check_batch(self, batch_size):
+    """Refuses a batch other than the one epsilon was derived for."""
+    if (self.batch_size is not None and batch_size is not None
+        and batch_size != self.batch_size):
+      raise ValueError(
+          f'RMSProp epsilon {self.epsilon:g} is upstream\'s 1e-2 / B^2 for '
+          f'batch {self.batch_size}, but the step is fed batch {batch_size}. '
+          'Build the optimiser for the batch you feed '
+          '(recipe.replace(batch_size=...)).')
 
   def current_learning_rate(self):
     return exponential_decay(self.step, self.learning_rate, self.decay_steps,

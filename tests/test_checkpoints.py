@@ -83,7 +83,7 @@ def test_tf1_checkpoint_with_optimizer_slots(tmp_path):
       tensors[name + '/RMSProp_1'] = np.full_like(w, 3.)
   path = _write_tf1_checkpoint(str(tmp_path / 'model.ckpt'), tensors)
   model = SCAE(config)
-  opt = TF1RMSProp.for_config(model.trainable_variables, config)
+  opt = TF1RMSProp(model.trainable_variables)
   checkpoints.load_tf1_checkpoint(model, path, optimizer=opt)
   assert int(opt.step.numpy()) == 42
   var_map = checkpoints.tf1_variable_map(model)
@@ -123,12 +123,12 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 def test_tf2_round_trip_and_config_guard(tmp_path):
   config = configs.tiny_config()
   model = SCAE(config)
-  opt = TF1RMSProp.for_config(model.trainable_variables, config)
+  opt = TF1RMSProp(model.trainable_variables)
   opt.step.assign(5)
   path = checkpoints.save_tf2_checkpoint(model, str(tmp_path / 'ckpt'), opt)
 
   other = SCAE(config)
-  other_opt = TF1RMSProp.for_config(other.trainable_variables, config)
+  other_opt = TF1RMSProp(other.trainable_variables)
   checkpoints.load_checkpoint(other, path, optimizer=other_opt)
   for a, b in zip(model.variables, other.variables):
     np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -15,6 +15,7 @@ from conftest import data_path, reference_path
 from scae_tf import checkpoints
 from scae_tf import configs
 from scae_tf import data
+from scae_tf import recipes
 from scae_tf.model import SCAE
 from scae_tf.optim import TF1RMSProp
 from scae_tf.training import make_train_step
@@ -23,9 +24,9 @@ pytestmark = pytest.mark.fixtures
 
 
 def _model_and_optimizer(ckpt, batch_size, with_slots=False):
-  config = configs.MNIST.without_noise().replace(batch_size=batch_size)
-  model = SCAE(config)
-  opt = TF1RMSProp.for_config(model.trainable_variables, config)
+  model = SCAE(configs.MNIST.without_noise())
+  recipe = recipes.get_recipe('paper').replace(batch_size=batch_size)
+  opt = TF1RMSProp.for_recipe(model.trainable_variables, recipe)
   checkpoints.load_tf1_checkpoint(model, str(reference_path(ckpt)),
                                   optimizer=opt if with_slots else None)
   return model, opt

@@ -18,8 +18,10 @@ from scae_tf import data
 from scae_tf import training
 from scae_tf.model import SCAE
 from scae_tf.optim import TF1RMSProp
+from scae_tf import recipes
 
 TINY = configs.tiny_config()
+TINY_RECIPE = recipes.get_recipe('paper').replace(batch_size=4)
 
 
 def _tiny_stream(seed=0):
@@ -34,7 +36,7 @@ def _tiny_run(logdir, steps, **kwargs):
   tf.random.set_seed(0)
   np.random.seed(0)
   model = SCAE(TINY)
-  opt = TF1RMSProp.for_config(model.trainable_variables, TINY)
+  opt = TF1RMSProp.for_recipe(model.trainable_variables, TINY_RECIPE)
   training.train_loop(model, opt, _tiny_stream(), str(logdir), steps,
                       progress=False, **kwargs)
   return model, opt
@@ -57,8 +59,8 @@ def test_resume_in_process_equals_uninterrupted(tmp_path):
 
 def test_nan_guard_keeps_last_good_checkpoint(tmp_path):
   model = SCAE(TINY)
-  opt = TF1RMSProp.for_config(model.trainable_variables, TINY)
-  good = training.make_train_step(model, opt)
+  opt = TF1RMSProp.for_recipe(model.trainable_variables, TINY_RECIPE)
+  good = training.make_train_step(model, opt, seed=0)
 
   def step_fn(images, labels):
     metrics = good(images, labels)
@@ -100,7 +102,7 @@ def _teacher(logdir, *flags):
 @pytest.mark.parametrize('flag, message', [
     ('--dataset=cifar100', 'Unknown dataset'),
     ('--config=imagenet', 'Unknown config'),
-    ('--preset=gpu_fast', 'Unknown preset'),
+    ('--recipe=gpu_fast', 'Unknown recipe'),
 ])
 def test_teacher_rejects_bad_names(tmp_path, flag, message):
   data_path('mnist')
@@ -108,6 +110,23 @@ def test_teacher_rejects_bad_names(tmp_path, flag, message):
                         text=True, timeout=300)
   assert proc.returncode == 1 and message in proc.stderr
   assert not (tmp_path / 'run').exists()
+
+
+def _kill_after_first_checkpoint(command, logdir, env):
+  """Starts `command`, SIGKILLs it once a checkpoint exists in `logdir`;
+  returns the checkpoint in force."""
+  proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE)
+  deadline = time.time() + 300
+  while (time.time() < deadline
+         and not tf.train.latest_checkpoint(str(logdir / 'ckpt'))):
+    time.sleep(.02)
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  interrupted_at = tf.train.latest_checkpoint(str(logdir / 'ckpt'))
+  assert interrupted_at
+  return interrupted_at
 
 
 def test_teacher_survives_sigkill(tmp_path):
@@ -120,17 +139,8 @@ def test_teacher_survives_sigkill(tmp_path):
                  capture_output=True, timeout=600)
 
   killed = tmp_path / 'killed'
-  proc = subprocess.Popen(_teacher(killed), env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-  deadline = time.time() + 300
-  while (time.time() < deadline
-         and not tf.train.latest_checkpoint(str(killed / 'ckpt'))):
-    time.sleep(.05)
-  os.kill(proc.pid, signal.SIGKILL)
-  proc.wait()
-  assert proc.returncode == -signal.SIGKILL
-  interrupted_at = tf.train.latest_checkpoint(str(killed / 'ckpt'))
-  assert interrupted_at and not interrupted_at.endswith('ckpt-40')
+  interrupted_at = _kill_after_first_checkpoint(_teacher(killed), killed, env)
+  assert not interrupted_at.endswith('ckpt-40')
 
   done = subprocess.run(_teacher(killed), env=env, capture_output=True,
                         text=True, timeout=600)
@@ -166,12 +176,12 @@ def test_xla_train_step_takes_the_images_as_a_runtime_argument():
   # as constants, so every step recompiled (~20 s a step at batch 100).
   tf.random.set_seed(0)
   model = SCAE(TINY)
-  shape = [TINY.batch_size, TINY.canvas_size, TINY.canvas_size,
+  shape = [TINY_RECIPE.batch_size, TINY.canvas_size, TINY.canvas_size,
            TINY.n_channels]
   images = tf.random.uniform(shape)
-  labels = tf.zeros([TINY.batch_size], tf.int64)
+  labels = tf.zeros([TINY_RECIPE.batch_size], tf.int64)
   model(images)
-  opt = TF1RMSProp.for_config(model.trainable_variables, TINY)
+  opt = TF1RMSProp.for_recipe(model.trainable_variables, TINY_RECIPE)
   step = training.make_train_step(model, opt, jit_compile=True, seed=0)
   hlo = step.experimental_get_compiler_ir(images, labels)(stage='hlo')
   entry = hlo[hlo.index('\nENTRY'):].split('\n}')[0]
@@ -206,3 +216,56 @@ def test_plot_training_prints_the_epoch_table(tmp_path):
       '| 1 | 20 | 1.00 | 40.00 % | 45.00 % | 50.00 % | 62.50 % |',
       '| 2 | 40 | 2.00 | - | - | 75.00 % | 80.00 % |']
   assert (tmp_path / 'curves.png').stat().st_size > 0
+
+
+def test_random_step_survives_sigkill(tmp_path):
+  """A step drawing from a checkpointed tf.random.Generator inside the
+  compiled function, killed with SIGKILL and resumed, ends bit-identical to
+  an uninterrupted run: generator state and counters are in the checkpoint.
+  """
+  script = str(REPO / 'tests' / 'helpers' / 'random_step_run.py')
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', PYTHONPATH=os.pathsep.join(
+      filter(None, (str(REPO), os.environ.get('PYTHONPATH')))))
+
+  def command(logdir):
+    return [sys.executable, script, str(logdir), '60']
+
+  subprocess.run(command(tmp_path / 'full'), check=True, env=env,
+                 capture_output=True, timeout=600)
+  killed = tmp_path / 'killed'
+  interrupted_at = _kill_after_first_checkpoint(command(killed), killed, env)
+  assert not interrupted_at.endswith('ckpt-60')
+  assert not (killed / 'final.npz').exists()
+  subprocess.run(command(killed), check=True, env=env, capture_output=True,
+                 timeout=600)
+  full = np.load(tmp_path / 'full' / 'final.npz')
+  resumed = np.load(killed / 'final.npz')
+  assert int(full['noisy_steps']) == int(resumed['noisy_steps']) == 60
+  np.testing.assert_array_equal(resumed['generator_state'],
+                                full['generator_state'])
+  np.testing.assert_array_equal(resumed['weights'], full['weights'])
+
+
+def test_teacher_under_a_strategy_and_its_errors(tmp_path):
+  data_path('mnist')
+  from scae_tf import teacher  # pylint: disable=g-import-not-at-top
+  overrides = teacher.RecipeOverrides(batch_size=8, train_steps=2)
+  messages = []
+  metrics = teacher.train_teacher(
+      'mnist', overrides=overrides, logdir=str(tmp_path / 'run'),
+      data_dir=str(DATA_DIR), strategy='mirrored', progress=False,
+      log=messages.append)
+  assert np.isfinite(metrics['loss'])
+  run = json.loads((tmp_path / 'run' / 'run.json').read_text())
+  assert run['replicas'] == 1 and run['recipe']['batch_size'] == 8
+  assert run['recipe']['deviation'] == ('paper recipe with batch_size=8, '
+                                        'epochs=None, train_steps=2')
+  assert any('DEVIATION' in m for m in messages)
+  assert tf.train.latest_checkpoint(str(tmp_path / 'run' / 'ckpt')).endswith(
+      'ckpt-2')
+  with pytest.raises(ValueError, match='Unknown strategy'):
+    teacher.train_teacher('mnist', strategy='tpu', logdir=str(tmp_path / 'x'))
+  with pytest.raises(ValueError, match='TF_CONFIG'):
+    teacher.train_teacher('mnist', strategy='multiworker',
+                          logdir=str(tmp_path / 'x'))
+  assert not (tmp_path / 'x').exists()

@@ -1,0 +1,30 @@
+"""The training engine: one step and one loop for every method.
+
+  step.py        `make_train_step(model, optimizer, loss_fn)`: a loss function
+                 in, a compiled (optionally distributed) optimiser step out;
+                 the SCAE objective is the default loss.
+  loop.py        `train_loop`: resumable, checkpointed, with evaluators and
+                 extra checkpointed state.
+  evaluators.py  per-epoch evaluations (probe accuracy, the k-means curve).
+  run_dir.py     a run's folder: its identity, its log, the logdir guard.
+  distribute.py  `tf.distribute` strategies by name.
+"""
+
+from scae_tf.training import distribute
+from scae_tf.training.distribute import make_strategy
+from scae_tf.training.distribute import STRATEGIES
+from scae_tf.training.evaluators import KMeansCurve
+from scae_tf.training.evaluators import probe_accuracy
+from scae_tf.training.evaluators import ProbeAccuracy
+from scae_tf.training.loop import NonFiniteLossError
+from scae_tf.training.loop import train_loop
+from scae_tf.training.run_dir import JsonlLog
+from scae_tf.training.run_dir import LOG_FILE
+from scae_tf.training.run_dir import prepare_logdir
+from scae_tf.training.run_dir import RUN_FILE
+from scae_tf.training.run_dir import run_settings
+from scae_tf.training.run_dir import RunMismatchError
+from scae_tf.training.step import make_train_step
+from scae_tf.training.step import METRICS
+from scae_tf.training.step import scae_objective
+from scae_tf.training.step import StepContext
