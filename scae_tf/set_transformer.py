@@ -33,8 +33,23 @@ def qkv_attention(queries, keys, values, presence=None):
   routing = tf.matmul(queries, keys, transpose_b=True)
   if presence is not None:
     routing -= (1. - presence[:, tf.newaxis]) * 1e32
-  routing = tf.nn.softmax(routing / math.sqrt(queries.shape[-1]), -1)
+  routing = _softmax(routing / math.sqrt(queries.shape[-1]))
   return tf.matmul(routing, values)
+
+
+def _softmax(logits):
+  """Softmax over the last axis, dividing by the sum.
+
+  Under the float presence mask every row is one-hot, and the original
+  computed the winner's weight as exactly 1, so queries and keys got exactly
+  zero gradient. `tf.nn.softmax` multiplies by a reciprocal instead, which on
+  some CPUs (Eigen's AVX2 path) gives 0.99999994 and small spurious
+  gradients; a true division gives 1 on every CPU.
+  """
+  shifted = logits - tf.stop_gradient(tf.reduce_max(logits, -1,
+                                                    keepdims=True))
+  e = tf.exp(shifted)
+  return e / tf.reduce_sum(e, -1, keepdims=True)
 
 
 class MultiHeadQKVAttention(snt.Module):
