@@ -23,6 +23,8 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from scae_tf import files
+
 PAPER_THRESHOLDS = {'mnist': 4., 'fashion_mnist': 5.}
 DEFAULT_SPLITS = {'mnist': 'test', 'fashion_mnist': 'train'}
 BATCH_KEYS = ('indices', 'labels', 'clean_pred', 'success', 'attack_l2',
@@ -152,19 +154,6 @@ def plot_accuracy_vs_l2(curves: Sequence[Tuple[str, np.ndarray]], path: str,
 
 # --- files ------------------------------------------------------------------
 
-def _save_npz(path, **arrays):
-  tmp = path + '.tmp.npz'
-  np.savez_compressed(tmp, **arrays)
-  os.replace(tmp, path)
-
-
-def _save_json(path, obj):
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
-
-
 class SettingsMismatchError(ValueError):
   """The output folder holds batches of a run with other settings."""
 
@@ -189,7 +178,7 @@ def check_settings(out_dir: str, settings: dict, overwrite: bool = False):
     if os.path.isdir(batch_dir):
       for name in os.listdir(batch_dir):
         os.remove(os.path.join(batch_dir, name))
-  _save_json(path, normal)
+  files.write_json(path, normal, sort_keys=True)
 
 
 def batch_path(out_dir: str, index: int) -> str:
@@ -241,7 +230,7 @@ def run_protocol(attack, images, labels, out_dir: str, batch_size: int = 100,
       part = dict(indices=indices[sl], labels=labels[sl],
                   clean_pred=result.clean_pred, success=result.success,
                   attack_l2=result.l2, adversarial=result.adversarial)
-      _save_npz(path, **part)
+      files.save_npz(path, part, compressed=True)
     parts.append(part)
     so_far = {k: np.concatenate([p[k] for p in parts]) for k in BATCH_KEYS}
     correct = so_far['clean_pred'] == so_far['labels']
@@ -266,15 +255,15 @@ def write_outputs(out_dir: str, results: Dict[str, np.ndarray],
                   settings: dict, threshold: float, max_threshold: float,
                   label: Optional[str] = None) -> dict:
   """Writes the result files; returns the summary."""
-  _save_npz(os.path.join(out_dir, 'l2.npz'),
-            perturbation=results['perturbation'],
-            attack_l2=results['attack_l2'], success=results['success'],
-            clean_correct=results['clean_correct'],
-            clean_pred=results['clean_pred'], labels=results['labels'],
-            indices=results['indices'])
-  _save_npz(os.path.join(out_dir, 'adversarial.npz'),
-            adversarial=results['adversarial'], clean=results['clean'],
-            indices=results['indices'], labels=results['labels'])
+  files.save_npz(os.path.join(out_dir, 'l2.npz'), dict(
+      perturbation=results['perturbation'],
+      attack_l2=results['attack_l2'], success=results['success'],
+      clean_correct=results['clean_correct'],
+      clean_pred=results['clean_pred'], labels=results['labels'],
+      indices=results['indices']), compressed=True)
+  files.save_npz(os.path.join(out_dir, 'adversarial.npz'), dict(
+      adversarial=results['adversarial'], clean=results['clean'],
+      indices=results['indices'], labels=results['labels']), compressed=True)
   return write_reports(out_dir, results['perturbation'],
                        results['clean_correct'], settings, threshold,
                        max_threshold, label)
@@ -284,14 +273,14 @@ def write_reports(out_dir, perturbations, clean_correct, settings, threshold,
                   max_threshold, label=None) -> dict:
   """summary.json / summary.md / robust_accuracy.json / accuracy_vs_l2.png."""
   summary = summarize(perturbations, clean_correct, threshold)
-  _save_json(os.path.join(out_dir, 'summary.json'),
-             dict(summary=summary, settings=settings))
-  with open(os.path.join(out_dir, 'summary.md'), 'w') as f:
-    f.write(markdown_table(summary, settings))
+  files.write_json(os.path.join(out_dir, 'summary.json'),
+                   dict(summary=summary, settings=settings), sort_keys=True)
+  files.write_text(os.path.join(out_dir, 'summary.md'),
+                   markdown_table(summary, settings))
   curve = robust_accuracy_curve(perturbations, max_threshold)
-  _save_json(os.path.join(out_dir, 'robust_accuracy.json'),
-             dict(curve, definition='accuracy(t) = fraction of samples whose '
-                  'perturbation amount is > t'))
+  files.write_json(os.path.join(out_dir, 'robust_accuracy.json'),
+                   dict(curve, definition='accuracy(t) = fraction of samples '
+                        'whose perturbation amount is > t'), sort_keys=True)
   plot_accuracy_vs_l2([(label or settings.get('classifier', 'model'),
                         perturbations)],
                       os.path.join(out_dir, 'accuracy_vs_l2.png'),

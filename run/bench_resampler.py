@@ -26,7 +26,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf
 
 from scae_tf import kernels
-from scae_tf import resampler
+from scae_tf import warping
 
 N, TEMPLATE, CHANNELS, CANVAS = 2400, (11, 11), 2, (40, 40)
 
@@ -45,7 +45,7 @@ def scae_like_poses(rng, n, scale=(0.2, 0.8)):
 
 def naive_gather_nd(templates, pose):
   """The straightforward port: 4 gather_nd + autodiff (scatter-add grads)."""
-  grid = resampler.inverse_affine_grid(pose, CANVAS, TEMPLATE)
+  grid = warping.inverse_affine_grid(pose, CANVAS, TEMPLATE)
   _, h, w, _ = templates.shape
   x, y = grid[..., 0], grid[..., 1]
   fx, fy = tf.floor(x), tf.floor(y)
@@ -66,7 +66,7 @@ def naive_gather_nd(templates, pose):
 
 def tent_einsum(templates, pose):
   """Dense form sum_ij tent(y - i) D[i, j] tent(x - j), autodiff gradients."""
-  grid = resampler.inverse_affine_grid(pose, CANVAS, TEMPLATE)
+  grid = warping.inverse_affine_grid(pose, CANVAS, TEMPLATE)
   _, h, w, _ = templates.shape
   n = tf.shape(grid)[0]
   x, y = tf.reshape(grid[..., 0], [n, -1]), tf.reshape(grid[..., 1], [n, -1])
@@ -76,18 +76,14 @@ def tent_einsum(templates, pose):
 
 
 def warp_templates(templates, pose):
-  """scae_tf.resampler.warp_templates (what the decoder calls): the native
+  """scae_tf.warping.warp_templates (what the decoder calls): the native
   kernel when it is available and outside XLA, else the pure-TF path."""
-  return resampler.warp_templates(templates, pose, CANVAS)
+  return warping.warp_templates(templates, pose, CANVAS)
 
 
 def warp_templates_pure_tf(templates, pose):
   """warp_templates forced onto the pure-TF path (the fallback)."""
-  grid = resampler.inverse_affine_grid(pose, CANVAS, TEMPLATE)
-  n = tf.shape(grid)[0]
-  out = resampler._resample_points_tf(  # pylint: disable=protected-access
-      templates, tf.reshape(grid, [n, -1, 2]))
-  return tf.reshape(out, [n, *CANVAS, templates.shape[-1]])
+  return warping.warp_templates(templates, pose, CANVAS, backend='tf')
 
 
 VARIANTS = {
@@ -167,7 +163,7 @@ def main():
                        'canvas': CANVAS, 'threads': os.cpu_count(),
                        'load_avg_at_start': os.getloadavg()[0]}}
   for name, pose in poses.items():
-    grid = resampler.inverse_affine_grid(pose, CANVAS, TEMPLATE).numpy()
+    grid = warping.inverse_affine_grid(pose, CANVAS, TEMPLATE).numpy()
     x, y = grid[..., 0], grid[..., 1]
     inside = (x > -1) & (y > -1) & (x < TEMPLATE[1]) & (y < TEMPLATE[0])
     result['config'][f'in_range_fraction_{name}'] = round(float(inside.mean()), 3)

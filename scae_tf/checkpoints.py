@@ -22,6 +22,8 @@ from typing import Dict, Optional
 import numpy as np
 import tensorflow as tf
 
+from scae_tf import files
+
 # Variables written by TF1 training that are not model weights.
 _OPTIMIZER_SLOT = re.compile(r'/(RMSProp(_1)?|Adam(_1)?|Momentum)$')
 _NON_MODEL = re.compile(
@@ -225,8 +227,8 @@ def is_tf1_checkpoint(path: str) -> bool:
 
 
 def save_config(config, prefix: str):
-  with open(prefix + CONFIG_SUFFIX, 'w') as f:
-    json.dump(dataclasses.asdict(config), f, indent=1, sort_keys=True)
+  files.write_json(prefix + CONFIG_SUFFIX, dataclasses.asdict(config),
+                   sort_keys=True)
 
 
 # Written by versions before the model config and the training recipe were

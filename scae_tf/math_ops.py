@@ -101,16 +101,6 @@ def _compose_planes(a, b):
   return out
 
 
-def compose_affine(outer, inner):
-  """Top two rows of `outer @ inner` for affine transforms as [..., 6].
-
-  Both are the row-major top rows of homogeneous 3x3 matrices whose last row
-  is (0, 0, 1), and they broadcast against each other. Equal to the 3x3
-  matmul upstream does without a batched matmul of millions of 3x3 matrices.
-  """
-  return _from_planes(_compose_planes(_to_planes(outer), _to_planes(inner)))
-
-
 def geometric_transform(pose_tensor, as_matrix=False):
   """Maps 6 unconstrained numbers to an affine transform (upstream, nonlinear).
 

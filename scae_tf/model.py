@@ -89,14 +89,6 @@ class ScaeOutput(NamedTuple):
   top_down_per_caps_rec: Optional[RenderingSummary] = None
 
   @property
-  def primary_presence(self):
-    return self.part.presence
-
-  @property
-  def template_pres(self):
-    return self.part.presence
-
-  @property
   def posterior_presence(self):
     """Posterior object presence: mixing probabilities summed over parts."""
     return tf.reduce_sum(self.posterior_mixing_probs, 1)

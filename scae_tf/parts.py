@@ -15,7 +15,7 @@ from scae_tf import math_ops
 from scae_tf import neural
 from scae_tf.likelihoods import ImageMixture
 from scae_tf.resampler import in_xla_context
-from scae_tf.resampler import warp_templates
+from scae_tf.warping import warp_templates
 
 
 class PartCapsules(NamedTuple):

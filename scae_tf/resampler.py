@@ -1,25 +1,18 @@
-"""Bilinear resampling and affine grid warping for the SCAE template decoder.
-
-TF2 replacements for the TF1 pieces the original SCAE code relies on:
-
-* ``tf.contrib.resampler.resampler``       -> :func:`resample`
-* ``snt.AffineGridWarper`` (Sonnet 1)       -> :func:`affine_grid`
-* ``snt.AffineGridWarper(...).inverse()``   -> :func:`inverse_affine_grid`
-
-and :func:`warp_templates`, the composition the template decoder calls.
+"""Bilinear resampling for the SCAE template decoder: `resample`, the TF2
+replacement of TF1's ``tf.contrib.resampler.resampler``.
 
 Speed.  The decoder warps N = batch x templates (2400 for MNIST) 11 x 11
 templates onto a 40 x 40 canvas: ~4M bilinear samples per step, forward and
-backward.  Three implementations, one semantics:
+backward.  Three implementations, one semantics, chosen by the `backend`
+argument:
 
-* the native kernel (scae_tf/kernels/resampler_op.cc, compiled on first use):
-  used whenever it is available, no GPU is visible and we are not inside
-  XLA.  Its forward pass
-  and warp gradient round exactly as the contrib kernel; the template
-  gradient adds each point's four updates straight into a per-warp buffer.
-  A training step costs ~20 % less than with the path below, almost all of
-  it in the backward pass (RESULTS.md section 2).
-* the pure-TF path (the fallback where no C++ compiler is found): the
+* 'native': the native kernel (scae_tf/kernels/resampler_op.cc, compiled on
+  first use).  Its forward pass and warp gradient round exactly as the
+  contrib kernel; the template gradient adds each point's four updates
+  straight into a per-warp buffer.  A training step costs ~20 % less than
+  with the path below, almost all of it in the backward pass (RESULTS.md
+  section 2).
+* 'tf': the pure-TF path (the fallback where no C++ compiler is found): the
   per-point work (weights, gathers, the gradient w.r.t. the sample points)
   runs in small XLA-compiled functions, each fusing into one loop.  The
   gradient w.r.t. the image is a scatter-add, which XLA:CPU executes as a
@@ -28,12 +21,12 @@ backward.  Three implementations, one semantics:
   point reads (and scatters to) ONE row of a table holding the 2x2
   neighbourhood of every cell of the zero-padded image, rather than four
   pixels.  XLA may fuse multiply-adds, so results can differ from the
-  contrib kernel in the last bit.
-* inside an enclosing `jit_compile=True` function everything is XLA and a
-  dense matmul replaces the scatter (correct, but slower on CPU; see
-  run/bench_resampler.py).
+  contrib kernel in the last bit.  Inside an enclosing `jit_compile=True`
+  function everything is XLA and a dense matmul replaces the scatter
+  (correct, but slower on CPU; see run/bench_resampler.py).
+* 'auto' (the default): 'native' whenever the kernel is available, no GPU
+  is visible and we are not inside XLA, else 'tf' (`auto_backend`).
 """
-import numpy as np
 import tensorflow as tf
 
 from scae_tf import kernels
@@ -43,7 +36,9 @@ try:  # Private, but the only way to know whether we are being traced for XLA.
 except ImportError:  # pragma: no cover
   _cfu = None
 
-__all__ = ['resample', 'affine_grid', 'inverse_affine_grid', 'warp_templates']
+__all__ = ['resample', 'auto_backend', 'BACKENDS', 'in_xla_context']
+
+BACKENDS = ('auto', 'native', 'tf')
 
 
 def in_xla_context():
@@ -236,19 +231,42 @@ def _gpu_visible():
   return bool(tf.config.list_logical_devices('GPU'))
 
 
-def _resample_points(data, warp):
-  """[N, H, W, C], [M, P, 2] -> [M, P, C] with the fastest correct kernel.
+def auto_backend():
+  """The backend 'auto' stands for here: 'native' or 'tf'.
 
-  The native kernel exists for the CPU only: with a GPU, placing it would
-  copy every warp to the host and back, so the XLA path is used there.
+  'native' needs the kernel (`kernels.resampler_ops()`: none with
+  SCAE_TF_NATIVE=0 or without a compiler).  It exists for the CPU only: with
+  a GPU, placing it would copy every warp to the host and back, so the XLA
+  path is used there; and XLA cannot compile it, so not inside XLA either.
   """
   if (not in_xla_context() and not _gpu_visible()
       and kernels.resampler_ops() is not None):
-    return _resample_points_native(data, warp)
-  return _resample_points_tf(data, warp)
+    return 'native'
+  return 'tf'
 
 
-def resample(data, warp):
+def _points_fn(backend):
+  """The [N, H, W, C], [M, P, 2] -> [M, P, C] function of `backend`."""
+  if backend not in BACKENDS:
+    raise ValueError(f'Unknown resampler backend {backend!r}; expected one '
+                     f'of {list(BACKENDS)}.')
+  if backend == 'auto':
+    backend = auto_backend()
+  elif backend == 'native':
+    if kernels.resampler_ops() is None:
+      raise ValueError(
+          "backend='native', but the native resampler kernel is unavailable "
+          f"({kernels.native_status()}); use 'auto' or 'tf'.")
+    if in_xla_context():
+      raise ValueError(
+          "backend='native' cannot run inside an XLA-compiled function "
+          "(jit_compile=True): XLA cannot compile the native op; use 'auto' "
+          "or 'tf'.")
+  return _resample_points_native if backend == 'native' else (
+      _resample_points_tf)
+
+
+def resample(data, warp, backend='auto'):
   """Bilinear sampling of `data` at `warp`, as tf.contrib.resampler (CPU).
 
   Args:
@@ -259,146 +277,23 @@ def resample(data, warp):
     warp: [M, ..., 2] float32 sample points in pixel units, (x, y) = (column,
       row), M = N or a multiple of N.  Points with x <= -1, x >= W, y <= -1 or y >= H give 0; neighbours
       outside the image count as 0.
+    backend: 'auto', 'native' or 'tf' (see the module docstring).  A
+      ValueError for another name, and for 'native' where the kernel is
+      unavailable or inside XLA.
 
   Returns:
     [N, ..., C].  Differentiable (once) w.r.t. both inputs with the gradients of
     the contrib kernel, including its one-sided derivative at integer
     coordinates (it follows fx = floor(x)).
   """
+  points_fn = _points_fn(backend)
   data = tf.convert_to_tensor(data)
   warp = tf.convert_to_tensor(warp, dtype=data.dtype)
   _static_shape(data)
   n = tf.shape(warp)[0]
   flat = tf.reshape(warp, [n, -1, 2])
-  out = _resample_points(data, flat)
+  out = points_fn(data, flat)
   out_shape = tf.concat([tf.shape(warp)[:-1], [data.shape[-1]]], 0)
   out = tf.reshape(out, out_shape)
   out.set_shape(warp.shape[:-1].concatenate(data.shape[-1:]))
   return out
-
-
-# ---------------------------------------------------------------------------
-# Sonnet 1 AffineGridWarper and its inverse.
-# ---------------------------------------------------------------------------
-
-def _grid_features(source_shape, output_shape):
-  """Sonnet 1's precomputed grid features, [2, 3, Ho * Wo] float32, and offsets.
-
-  Row i (i = 0: x, 1: y) holds [xo * s_i, yo * s_i, s_i] over the output
-  pixels, s_0 = (Ws - 1) / 2, s_1 = (Hs - 1) / 2; the offsets are (s_0, s_1).
-  """
-  ho, wo = output_shape
-  # Sonnet 1 builds these in NumPy float32; tf.linspace differs in the last ulp.
-  xo, yo = np.meshgrid(np.linspace(-1, 1, wo, dtype=np.float32),
-                       np.linspace(-1, 1, ho, dtype=np.float32))
-  scales = [np.float32((size - 1.) * .5) for size in source_shape[::-1]]
-  features = np.stack([np.stack([xo.ravel() * s, yo.ravel() * s,
-                                 np.full(xo.size, s)]) for s in scales])
-  return features, scales
-
-
-@tf.function(jit_compile=True, autograph=False)
-def _affine_grid_flat(params, features, offsets):
-  """[B, 6] -> [B, P, 2]: Sonnet 1's matmul-then-offset, per coordinate."""
-  return tf.stack([tf.matmul(params[:, :3], features[0]) + offsets[0],
-                   tf.matmul(params[:, 3:], features[1]) + offsets[1]], -1)
-
-
-@tf.function(jit_compile=True, autograph=False)
-def _affine_grid_flat_grad(grad, jacobian):
-  """Adjoint of `_affine_grid_flat`: [B, P, 2] @ [P * 2, 6] -> [B, 6]."""
-  return tf.matmul(tf.reshape(grad, [tf.shape(grad)[0], -1]), jacobian)
-
-
-def _grid_jacobian(features):
-  """d grid[b, p, i] / d params[b, k] as a [P * 2, 6] matrix."""
-  p = features.shape[-1]
-  jac = np.zeros((p, 2, 6), np.float32)
-  jac[:, 0, :3] = features[0].T
-  jac[:, 1, 3:] = features[1].T
-  return jac.reshape(p * 2, 6)
-
-
-def affine_grid(params, source_shape, output_shape):
-  """Sonnet 1 `AffineGridWarper(source_shape, output_shape)(params)`.
-
-  Args:
-    params: [..., 6] = (a, b, tx, c, d, ty): the affine map from output
-      normalised coordinates (in [-1, 1]) to source normalised coordinates.
-    source_shape: (Hs, Ws) of the image that will be sampled.
-    output_shape: (Ho, Wo) of the sampling grid.
-
-  Returns:
-    [..., Ho, Wo, 2] sample points (x, y) in source pixel units, computed as
-    Sonnet 1 does: [a, b, tx] @ [xo * s, yo * s, s] + s, s = (Ws - 1) / 2.
-    (Compiled with XLA: as plain TF ops this small op costs as much as the
-    sampling itself at SCAE sizes.)
-  """
-  params = tf.convert_to_tensor(params)
-  ho, wo = output_shape
-  features, scales = _grid_features(source_shape, output_shape)
-  jacobian = tf.constant(_grid_jacobian(features), params.dtype)
-  features = tf.constant(features, params.dtype)
-  offsets = tf.constant(scales, params.dtype)
-
-  @tf.custom_gradient
-  def grid_fn(flat):
-    def grad(g):
-      return _affine_grid_flat_grad(g, jacobian)
-    return _affine_grid_flat(flat, features, offsets), grad
-
-  grid = grid_fn(tf.reshape(params, [-1, 6]))
-  grid = tf.reshape(grid, tf.concat([tf.shape(params)[:-1], [ho, wo, 2]], 0))
-  grid.set_shape(params.shape[:-1].concatenate([ho, wo, 2]))
-  return grid
-
-
-def _invert_params(params):
-  """(a, b, tx, c, d, ty) -> parameters of the inverse map, as Sonnet 1."""
-  a, b, tx, c, d, ty = tf.unstack(params, axis=-1)
-  det = a * d - b * c
-  ai, bi, ci, di = d / det, -b / det, -c / det, a / det
-  m = tf.reshape(tf.stack([ai, bi, ci, di], -1),
-                 tf.concat([tf.shape(a), [2, 2]], 0))
-  t = tf.matmul(m, tf.stack([tx, ty], -1)[..., None])[..., 0]
-  return tf.stack([ai, bi, -t[..., 0], ci, di, -t[..., 1]], -1)
-
-
-def inverse_affine_grid(params, source_shape, output_shape):
-  """Grid of `AffineGridWarper(source_shape, output_shape).inverse()(params)`.
-
-  Args:
-    params: [..., 6] forward parameters (a, b, tx, c, d, ty).
-    source_shape, output_shape: as given to the forward warper.
-
-  Returns:
-    [..., source_shape[0], source_shape[1], 2]: points in output_shape pixel
-    units; i.e. where each pixel of the source-sized image comes from in an
-    output-sized image (templates onto the canvas in SCAE).
-  """
-  return affine_grid(_invert_params(tf.convert_to_tensor(params)),
-                     source_shape=output_shape, output_shape=source_shape)
-
-
-def warp_templates(templates, pose, canvas_shape):
-  """Renders templates onto a canvas with the SCAE template-decoder warp.
-
-  Exactly `resample(templates, inverse_affine_grid(pose, canvas_shape, (h, w)))`
-  (Sonnet 1 `AffineGridWarper(canvas_shape, (h, w)).inverse()` followed by the
-  contrib resampler).  A version fusing grid and sampling into one XLA kernel
-  with a gradient w.r.t. the 6 parameters was measured and was not faster.
-
-  Args:
-    templates: [N, h, w, C] float32; h, w, C static. As in `resample`, N may
-      divide the pose batch M (pose row m uses template m % N).
-    pose: [M, 6] float32 (a, b, tx, c, d, ty), forward-warper parameters.
-    canvas_shape: (H, W).
-
-  Returns:
-    [N, H, W, C]; differentiable w.r.t. templates and pose.
-  """
-  templates = tf.convert_to_tensor(templates)
-  pose = tf.convert_to_tensor(pose, templates.dtype)
-  grid = inverse_affine_grid(pose, source_shape=tuple(canvas_shape),
-                             output_shape=tuple(templates.shape[1:3]))
-  return resample(templates, grid)

@@ -10,8 +10,10 @@ cache redirected into tmp_path and the download disabled (no network).
 
 import dataclasses
 import gzip
+import hashlib
 import itertools
 import os
+import shutil
 import struct
 
 import numpy as np
@@ -19,13 +21,16 @@ import pytest
 from PIL import Image
 
 from conftest import data_path
+import scae_tf
 from scae_tf import data
+from scae_tf.data import locate
+from scae_tf.data import preprocessing
 
 TINY = data.DatasetSpec(name='tiny', num_examples=(('train', 50),
                                                    ('test', 13)),
                         num_classes=256)
-UNPATCHED_SHARED_DATA_DIR = data.SHARED_DATA_DIR
-REAL_DOWNLOAD = data._download
+UNPATCHED_SHARED_DATA_DIR = locate.SHARED_DATA_DIR
+REAL_DOWNLOAD = locate.download_files
 FILES = ['train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
          't10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz']
 
@@ -61,7 +66,7 @@ def make_dataset(folder, n_train=50, n_test=13, seed=0):
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
   """No real locations, no network; registers the `tiny` dataset."""
-  monkeypatch.setattr(data, 'SHARED_DATA_DIR', tmp_path / 'shared')
+  monkeypatch.setattr(locate, 'SHARED_DATA_DIR', tmp_path / 'shared')
   monkeypatch.setenv('KERAS_HOME', str(tmp_path / 'keras'))
   monkeypatch.setenv('SCAE_CACHE_DIR', str(tmp_path / 'cache'))
   monkeypatch.delenv('SCAE_DATA_DIR', raising=False)
@@ -71,7 +76,7 @@ def isolated(tmp_path, monkeypatch):
     downloads.append((spec.name, target))
     raise OSError('network disabled in tests')
 
-  monkeypatch.setattr(data, '_download', no_download)
+  monkeypatch.setattr(locate, 'download_files', no_download)
   monkeypatch.setitem(data.DATASETS, 'tiny', TINY)
   return downloads
 
@@ -245,7 +250,7 @@ def test_resolve_order(tmp_path, monkeypatch, caplog):
 
 def test_resolve_default_shared_dir_is_beside_repo():
   # The unpatched default: <repo>/../shared/data, repo = parent of scae_tf.
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(data.__file__)))
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(scae_tf.__file__)))
   assert str(data.REPO_ROOT) == repo
   assert UNPATCHED_SHARED_DATA_DIR == data.REPO_ROOT.parent / 'shared' / 'data'
 
@@ -276,69 +281,61 @@ def test_resolve_uses_download(tmp_path, monkeypatch):
   def fake_download(spec, target):
     return make_dataset(target)
 
-  monkeypatch.setattr(data, '_download', fake_download)
+  monkeypatch.setattr(locate, 'download_files', fake_download)
   expected = tmp_path / 'keras' / 'datasets' / 'tiny'
   assert data.resolve_data_dir('tiny') == str(expected)
   with pytest.raises(FileNotFoundError, match='download disabled'):
     data.resolve_data_dir('mnist', download=False)
 
 
-def test_download_tries_mirrors_and_checks_md5(tmp_path, monkeypatch):
-  source = make_dataset(tmp_path / 'server')
-  fetched = []
+def _md5s(folder):
+  return tuple((f, hashlib.md5((folder / f).read_bytes()).hexdigest())
+               for f in FILES)
 
-  def fake_fetch(url, md5, target):
-    fetched.append((url, md5))
-    if url.startswith('https://storage.googleapis.com/cvdf'):
-      raise OSError('mirror down')
-    name = url.rsplit('/', 1)[1]
-    target.mkdir(parents=True, exist_ok=True)
-    (target / name).write_bytes((source / name).read_bytes())
-    return str(target / name)
 
-  monkeypatch.setattr(data, '_fetch_file', fake_fetch)
-  monkeypatch.setattr(data, '_download', REAL_DOWNLOAD)
-  target = tmp_path / 'keras' / 'datasets' / 'mnist'
-  assert data.resolve_data_dir('mnist') == str(target)
-  assert len(fetched) == 8  # first mirror fails for each of the 4 files
-  md5 = dict(data.DATASETS['mnist'].md5)
-  assert fetched[1] == ('https://ossci-datasets.s3.amazonaws.com/mnist/'
-                        'train-images-idx3-ubyte.gz',
-                        md5['train-images-idx3-ubyte.gz'])
-  fetched.clear()
-  assert data.resolve_data_dir('mnist') == str(target)  # now found, no fetch
-  assert not fetched
+def _offline_spec(tmp_path, *mirrors):
+  """`tiny` served from local folders through file:// URLs (no network)."""
+  return dataclasses.replace(
+      TINY, mirrors=tuple(m.as_uri() + '/' for m in mirrors),
+      md5=_md5s(tmp_path / 'server'))
+
+
+def test_download_tries_mirrors_in_turn(tmp_path, monkeypatch):
+  server = make_dataset(tmp_path / 'server')
+  down = tmp_path / 'down'  # a mirror that serves nothing
+  monkeypatch.setitem(data.DATASETS, 'tiny',
+                      _offline_spec(tmp_path, down, server))
+  monkeypatch.setattr(locate, 'download_files', REAL_DOWNLOAD)
+  target = tmp_path / 'keras' / 'datasets' / 'tiny'
+  assert data.resolve_data_dir('tiny') == str(target)
+  assert sorted(p.name for p in target.iterdir()) == sorted(FILES)
+  shutil.rmtree(server)
+  assert data.resolve_data_dir('tiny') == str(target)  # now found, no fetch
 
 
 def test_download_all_mirrors_fail(tmp_path, monkeypatch):
-  def broken(url, md5, target):
-    raise OSError(f'cannot reach {url}')
-
-  monkeypatch.setattr(data, '_fetch_file', broken)
-  monkeypatch.setattr(data, '_download', REAL_DOWNLOAD)
+  make_dataset(tmp_path / 'server')
+  last = tmp_path / 'down2'
+  monkeypatch.setitem(data.DATASETS, 'tiny',
+                      _offline_spec(tmp_path, tmp_path / 'down1', last))
+  monkeypatch.setattr(locate, 'download_files', REAL_DOWNLOAD)
   with pytest.raises(FileNotFoundError,
-                     match=r'(?s)Cannot find the fashion_mnist.*cannot reach '
-                     r'http://fashion-mnist\.s3'):
-    data.resolve_data_dir('fashion_mnist')
+                     match=f'(?s)Cannot find the tiny.*{last.as_uri()}/'):
+    data.resolve_data_dir('tiny')
 
 
 def test_download_via_keras_get_file(tmp_path, monkeypatch):
   """The real Keras download path, offline: file:// URLs, md5-checked."""
-  import hashlib  # pylint: disable=g-import-not-at-top
   server = make_dataset(tmp_path / 'server')
-  md5 = tuple((f, hashlib.md5((server / f).read_bytes()).hexdigest())
-              for f in FILES)
-  spec = data.DatasetSpec(name='tiny', num_examples=TINY.num_examples,
-                          num_classes=256, mirrors=(server.as_uri() + '/',),
-                          md5=md5)
+  spec = _offline_spec(tmp_path, server)
   monkeypatch.setitem(data.DATASETS, 'tiny', spec)
-  monkeypatch.setattr(data, '_download', REAL_DOWNLOAD)
+  monkeypatch.setattr(locate, 'download_files', REAL_DOWNLOAD)
   target = tmp_path / 'keras' / 'datasets' / 'tiny'
   assert data.resolve_data_dir('tiny') == str(target)
   assert data.load_dataset('tiny', 'test')[0].shape == (13, 28, 28)
 
   # A file failing its md5 is refused and not left behind.
-  bad = dict(md5, **{FILES[0]: '0' * 32})
+  bad = dict(spec.md5, **{FILES[0]: '0' * 32})
   monkeypatch.setitem(data.DATASETS, 'tiny',
                       dataclasses.replace(spec, md5=tuple(bad.items())))
   os.remove(target / FILES[0])
@@ -444,7 +441,7 @@ def test_resize_cache_reused_and_invalidated(tiny_dir, tmp_path, monkeypatch):
     calls.append(len(images))
     return original(images, canvas_size)
 
-  monkeypatch.setattr(data, 'resize_uint8', counting_resize)
+  monkeypatch.setattr(preprocessing, 'resize_uint8', counting_resize)
   first, labels = data.load_resized('tiny', 'train', tiny_dir)
   assert calls == [50]
   assert first.shape == (50, 40, 40) and first.dtype == np.uint8

@@ -33,10 +33,16 @@ DISCRETE = ('res/is_from_capsule', 'res/prior_cls_pred',
             'res/vote_presence')
 
 
+# Upstream's names of outputs that the port keeps under another name.
+RENAMED = {'res/primary_presence': 'part/presence',
+           'res/template_pres': 'part/presence'}
+
+
 def port_value(out, loss, key):
   """The port's counterpart of a fixture key (`part/...`, `res/...`)."""
   if key == 'loss':
     return loss
+  key = RENAMED.get(key, key)
   group, _, name = key.partition('/')
   if group == 'part':
     return getattr(out.part, name)

@@ -1,9 +1,11 @@
-"""Tests for scae_tf.resampler against independent NumPy re-derivations.
+"""Tests for scae_tf.resampler and scae_tf.warping against independent NumPy
+re-derivations.
 
 The references below follow the TF1 sources directly (contrib resampler CPU
 kernel and its gradient kernel; Sonnet 1 AffineGridWarper and its inverse),
 one sample point at a time, without sharing code with the module.
 """
+import functools
 import os
 
 import numpy as np
@@ -12,6 +14,7 @@ import tensorflow as tf
 
 from scae_tf import kernels
 from scae_tf import resampler
+from scae_tf import warping
 
 RTOL, ATOL = 1e-5, 1e-6
 
@@ -25,13 +28,17 @@ def _require_native():
 
 
 @pytest.fixture(params=['native', 'tf'])
-def backend(request, monkeypatch):
+def backend(request):
   """Runs a test with the compiled kernel and with the pure-TF fallback."""
   if request.param == 'native':
     _require_native()
-  else:
-    monkeypatch.setattr(kernels, 'resampler_ops', lambda: None)
   return request.param
+
+
+# Inside XLA only the pure-TF path runs: 'auto' must pick it there.
+JIT_AND_BACKEND = pytest.mark.parametrize(
+    'jit, backend', [(False, 'native'), (False, 'tf'), (True, 'auto')],
+    indirect=['backend'])
 
 
 # ---------------------------------------------------------------------------
@@ -189,7 +196,7 @@ def _directional_difference(f, x, v, eps=1e-6):
 # ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize('channels', [1, 2, 3])
-@pytest.mark.parametrize('jit', [False, True])
+@JIT_AND_BACKEND
 def test_resample_matches_kernel(channels, jit, backend):
   rng = np.random.RandomState(channels)
   n, h, w = 3, 5, 7
@@ -197,7 +204,8 @@ def test_resample_matches_kernel(channels, jit, backend):
   warp = edge_case_warp(rng, n, 160, h, w).reshape(n, 8, 20, 2)
   g = rng.randn(n, 8, 20, channels).astype(np.float32)
 
-  fn = tf.function(resampler.resample, jit_compile=jit)
+  fn = tf.function(functools.partial(resampler.resample, backend=backend),
+                   jit_compile=jit)
   out, (ddata, dwarp) = _grads(fn, (data, warp), g)
   assert out.shape == (n, 8, 20, channels)
   np.testing.assert_allclose(out, np_resample(data, warp), RTOL, ATOL)
@@ -273,6 +281,9 @@ def test_missing_compiler_falls_back_with_a_warning(monkeypatch, tmp_path):
     warp = np.array([[[0.5, 1.25], [2.5, -0.5]]], np.float32)
     np.testing.assert_allclose(resampler.resample(data, warp),
                                np_resample(data, warp), RTOL, ATOL)
+    with pytest.raises(ValueError, match='native resampler kernel is '
+                       'unavailable.*no C.. compiler'):
+      resampler.resample(data, warp, backend='native')
   finally:
     kernels.resampler_ops.cache_clear()
 
@@ -285,28 +296,48 @@ def _contrib_exact(resample_fn):
   return np.array_equal(resample_fn(data, warp), np_resample(data, warp))
 
 
-def test_resample_dispatches_to_the_native_kernel(monkeypatch):
+def test_auto_backend_is_the_native_kernel_on_cpu():
   _require_native()
+  assert resampler.auto_backend() == 'native'
   assert _contrib_exact(resampler.resample)
   # The XLA-fused fallback rounds differently on these points, so the check
   # above does tell the two paths apart.
-  monkeypatch.setattr(kernels, 'resampler_ops', lambda: None)
+  assert not _contrib_exact(functools.partial(resampler.resample,
+                                              backend='tf'))
+
+
+def test_auto_backend_is_tf_with_a_gpu(monkeypatch):
+  """A CPU-only op would drag every warp to the host and back."""
+  _require_native()
+  devices = tf.config.list_logical_devices
+  monkeypatch.setattr(
+      tf.config, 'list_logical_devices',
+      lambda kind=None: ['/GPU:0'] if kind == 'GPU' else devices(kind))
+  assert resampler.auto_backend() == 'tf'
   assert not _contrib_exact(resampler.resample)
 
 
-def test_native_kernel_is_not_used_with_a_gpu(monkeypatch):
-  """A CPU-only op would drag every warp to the host and back."""
+def test_native_backend_is_refused_inside_xla():
   _require_native()
+  chosen = []
 
-  def fail(*_):
-    raise AssertionError('native kernel used although a GPU is visible')
+  @tf.function(jit_compile=True)
+  def native(d, w):
+    chosen.append(resampler.auto_backend())
+    return resampler.resample(d, w, backend='native')
 
-  monkeypatch.setattr(resampler, '_gpu_visible', lambda: True)
-  monkeypatch.setattr(resampler, '_resample_points_native', fail)
-  data = np.random.RandomState(0).rand(1, 3, 3, 1).astype(np.float32)
-  warp = np.array([[[0.5, 1.25], [2.5, -0.5]]], np.float32)
-  np.testing.assert_allclose(resampler.resample(data, warp),
-                             np_resample(data, warp), RTOL, ATOL)
+  data = np.zeros((1, 3, 3, 1), np.float32)
+  warp = np.zeros((1, 2, 2), np.float32)
+  with pytest.raises(ValueError, match='inside an XLA-compiled function'):
+    native(data, warp)
+  assert chosen == ['tf']
+
+
+def test_unknown_backend():
+  with pytest.raises(ValueError, match="backend 'cuda'.*'auto', 'native', "
+                     "'tf'"):
+    resampler.resample(np.zeros((1, 3, 3, 1), np.float32),
+                       np.zeros((1, 2, 2), np.float32), backend='cuda')
 
 
 def test_build_is_cached(tmp_path):
@@ -323,7 +354,8 @@ def test_resample_integer_coordinates_use_floor_neighbour(backend):
   data = np.zeros((1, 1, 4, 1), np.float32)
   data[0, 0, :, 0] = [0., 1., 5., 6.]
   warp = np.array([[[1., 0.], [-1., 0.], [3., 0.]]], np.float32)
-  _, (_, dwarp) = _grads(resampler.resample, (data, warp),
+  _, (_, dwarp) = _grads(functools.partial(resampler.resample,
+                                           backend=backend), (data, warp),
                          np.ones((1, 3, 1), np.float32))
   np.testing.assert_allclose(dwarp[0, :, 0], [5. - 1., 0., 0. - 6.])
 
@@ -341,9 +373,10 @@ def test_resample_finite_differences_float64(backend):
   g = rng.randn(n, 30, c)
 
   def loss(d, wp):
-    return tf.reduce_sum(resampler.resample(d, wp) * g)
+    return tf.reduce_sum(resampler.resample(d, wp, backend) * g)
 
-  _, (ddata, dwarp) = _grads(resampler.resample, (data, warp), g)
+  _, (ddata, dwarp) = _grads(lambda d, wp: resampler.resample(d, wp, backend),
+                             (data, warp), g)
   eps = 1e-6
   num_dwarp = _central_differences(lambda w: loss(data, w), warp, eps)
   np.testing.assert_allclose(dwarp, num_dwarp, rtol=1e-6, atol=1e-8)
@@ -360,8 +393,8 @@ def test_resample_finite_differences_float64(backend):
 def test_affine_grid_matches_sonnet1():
   rng = np.random.RandomState(0)
   params = rng.randn(2, 3, 6).astype(np.float32)
-  grid = resampler.affine_grid(params, source_shape=(9, 13),
-                               output_shape=(5, 4))
+  grid = warping.affine_grid(params, source_shape=(9, 13),
+                             output_shape=(5, 4))
   assert grid.shape == (2, 3, 5, 4, 2)
   np.testing.assert_allclose(
       grid, np_affine_grid(params, (9, 13), (5, 4)), RTOL, 1e-5)
@@ -373,7 +406,7 @@ def test_affine_grid_gradient():
   params = rng.randn(3, 6).astype(np.float32)
   g = rng.randn(3, 5, 7, 2).astype(np.float32)
   _, (dparams,) = _grads(
-      lambda p: resampler.affine_grid(p, src, out), (params,), g)
+      lambda p: warping.affine_grid(p, src, out), (params,), g)
   xs = np.linspace(-1, 1, out[1])[None, None, :]
   ys = np.linspace(-1, 1, out[0])[None, :, None]
   sx, sy = (src[1] - 1) / 2, (src[0] - 1) / 2
@@ -387,8 +420,8 @@ def test_affine_grid_gradient():
 def test_inverse_affine_grid_matches_sonnet1():
   rng = np.random.RandomState(1)
   params = random_pose(rng, 6)
-  grid = resampler.inverse_affine_grid(params, source_shape=(40, 40),
-                                       output_shape=(11, 11))
+  grid = warping.inverse_affine_grid(params, source_shape=(40, 40),
+                                     output_shape=(11, 11))
   assert grid.shape == (6, 40, 40, 2)
   ref = np_affine_grid(np_inverse_params(params), (11, 11), (40, 40))
   np.testing.assert_allclose(grid, ref, 1e-4, 1e-4)
@@ -398,8 +431,8 @@ def test_inverse_affine_grid_round_trip():
   rng = np.random.RandomState(2)
   src, out = (17, 23), (11, 9)
   params = random_pose(rng, 5)
-  fwd = resampler.affine_grid(params, src, out).numpy()      # [5, 11, 9, 2]
-  inv = resampler.inverse_affine_grid(params, src, out).numpy()  # [5, 17, 23, 2]
+  fwd = warping.affine_grid(params, src, out).numpy()      # [5, 11, 9, 2]
+  inv = warping.inverse_affine_grid(params, src, out).numpy()  # [5, 17, 23, 2]
   # inv is affine in the source pixel (col, row); evaluate it at fwd's points.
   ex, ey = inv[:, 0, 1] - inv[:, 0, 0], inv[:, 1, 0] - inv[:, 0, 0]
   back = (inv[:, None, None, 0, 0] + fwd[..., :1] * ex[:, None, None] +
@@ -415,7 +448,7 @@ def test_inverse_affine_grid_round_trip():
 # warp_templates.
 # ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize('jit', [False, True])
+@JIT_AND_BACKEND
 def test_warp_templates_equals_resample_of_inverse_grid(jit, backend):
   rng = np.random.RandomState(3)
   n, h, w, c, canvas = 6, 11, 11, 2, (40, 40)
@@ -424,11 +457,12 @@ def test_warp_templates_equals_resample_of_inverse_grid(jit, backend):
   g = rng.randn(n, 40, 40, c).astype(np.float32)
 
   def composed(t, p):
-    grid = resampler.inverse_affine_grid(p, source_shape=canvas,
-                                         output_shape=(h, w))
-    return resampler.resample(t, grid)
+    grid = warping.inverse_affine_grid(p, source_shape=canvas,
+                                       output_shape=(h, w))
+    return resampler.resample(t, grid, backend)
 
-  fast = tf.function(lambda t, p: resampler.warp_templates(t, p, canvas),
+  fast = tf.function(lambda t, p: warping.warp_templates(t, p, canvas,
+                                                         backend),
                      jit_compile=jit)
   out, (dt, dp) = _grads(fast, (templates, pose), g)
   ref, (ref_dt, ref_dp) = _grads(composed, (templates, pose), g)
@@ -450,9 +484,11 @@ def test_warp_templates_pose_gradient_finite_differences_float64(backend):
   g = rng.randn(n, *canvas, c)
 
   def loss(t, p):
-    return float(tf.reduce_sum(resampler.warp_templates(t, p, canvas) * g))
+    return float(tf.reduce_sum(
+        warping.warp_templates(t, p, canvas, backend) * g))
 
-  _, (dt, dp) = _grads(lambda t, p: resampler.warp_templates(t, p, canvas),
+  _, (dt, dp) = _grads(lambda t, p: warping.warp_templates(t, p, canvas,
+                                                           backend),
                        (templates, pose), g)
   eps = 1e-6
   num = _central_differences(lambda p: loss(templates, p), pose, eps)
@@ -462,7 +498,7 @@ def test_warp_templates_pose_gradient_finite_differences_float64(backend):
   np.testing.assert_allclose(np.sum(dt * v), num_t, rtol=1e-6)
 
 
-@pytest.mark.parametrize('jit', [False, True])
+@JIT_AND_BACKEND
 def test_shared_data_equals_tiled_data(jit, backend):
   """data [N] with warp [M * N]: row m samples image m % N, as tiling would."""
   rng = np.random.RandomState(3)
@@ -474,7 +510,7 @@ def test_shared_data_equals_tiled_data(jit, backend):
     with tf.GradientTape() as tape:
       tape.watch([d, warp])
       dd = tf.tile(d, [2, 1, 1, 1]) if tile else d
-      out = resampler.resample(dd, warp)
+      out = resampler.resample(dd, warp, backend)
       loss = tf.reduce_sum(out * weights)
     return (out,) + tuple(tape.gradient(loss, [d, warp]))
 

@@ -6,6 +6,8 @@ import json
 import os
 import shutil
 
+from scae_tf import files
+
 RUN_FILE = 'run.json'
 LOG_FILE = 'log.jsonl'
 
@@ -21,13 +23,6 @@ def run_settings(config, recipe=None, **settings):
   if recipe is not None:
     identity['recipe'] = dataclasses.asdict(recipe)
   return json.loads(json.dumps(identity))
-
-
-def _write_json(path, obj):
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
 
 
 def prepare_logdir(logdir, settings, overwrite=False):
@@ -57,7 +52,7 @@ def prepare_logdir(logdir, settings, overwrite=False):
   elif os.path.isdir(logdir):
     shutil.rmtree(logdir)
   os.makedirs(logdir, exist_ok=True)
-  _write_json(path, settings)
+  files.write_json(path, settings, sort_keys=True)
   return False
 
 
@@ -82,9 +77,6 @@ class JsonlLog:
       return 0.0
     with open(self.path) as f:
       keep = [line for line in f if json.loads(line)['step'] <= step]
-    tmp = self.path + '.tmp'
-    with open(tmp, 'w') as f:
-      f.writelines(keep)
-    os.replace(tmp, self.path)
+    files.write_text(self.path, ''.join(keep))
     return max((json.loads(line).get('wall_time', 0.0) for line in keep),
                default=0.0)
