@@ -23,7 +23,7 @@ argument:
   pixels.  XLA may fuse multiply-adds, so results can differ from the
   contrib kernel in the last bit.  Inside an enclosing `jit_compile=True`
   function everything is XLA and a dense matmul replaces the scatter
-  (correct, but slower on CPU; see run/bench_resampler.py).
+  (correct, but slower on CPU; see benchmarks/resampler_variants.py).
 * 'auto' (the default): 'native' whenever the kernel is available, no GPU
   is visible and we are not inside XLA, else 'tf' (`auto_backend`).
 """

@@ -1,6 +1,6 @@
 """Times the SCAE port: training step, forward pass, attack-style step.
 
-  python run/benchmark.py --batch_size=100 --repeats=10 > bench.json
+  python benchmarks/step_costs.py --batch_size=100 --repeats=10 > bench.json
 
 Prints JSON: median seconds per call (after a warm-up call that compiles),
 with and without XLA (`jit_compile`), for

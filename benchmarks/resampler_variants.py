@@ -11,7 +11,7 @@ time and process CPU time (ms) of --repeats calls after warm-up.  On an idle
 other processes compete for the cores, wall time inflates and CPU time is the
 steadier figure.  "load_avg_*" records how busy the machine was.
 
-  python run/bench_resampler.py [--repeats 10] [--variants a,b]
+  python benchmarks/resampler_variants.py [--repeats 10] [--variants a,b]
 """
 import argparse
 import json

@@ -1,6 +1,6 @@
 """What the input pipeline costs a training epoch.
 
-  python run/bench_data.py --dataset=mnist --preprocess=resize,pad_shift --steps=100
+  python benchmarks/data_pipeline.py --dataset=mnist --preprocess=resize,pad_shift --steps=100
 
 For each preprocessing mode, prints JSON with
   * pipeline_s_per_epoch: producing one epoch of batches through the
