@@ -1,0 +1,107 @@
+"""Training curves and per-epoch tables from runs' `log.jsonl` files.
+
+Panels: loss, probe accuracy on training batches (moving average) and on the
+test split (per epoch, with the k-means test accuracy when the run used
+--kmeans_every_epoch), each against steps; and test accuracy against
+wall-clock hours. `epoch_table` gives the per-epoch evaluations as the
+Markdown tables of RESULTS.md.
+"""
+
+import json
+import os
+
+import numpy as np
+
+
+def read_log(run_dir):
+  """(train, probe eval, k-means eval) records of a run's log.jsonl."""
+  train, evals, kmeans = [], [], []
+  with open(os.path.join(run_dir, 'log.jsonl')) as f:
+    for line in f:
+      record = json.loads(line)
+      if record.get('kmeans'):
+        kmeans.append(record)
+      elif record.get('eval'):
+        evals.append(record)
+      else:
+        train.append(record)
+  return train, evals, kmeans
+
+
+def epoch_table(evals, kmeans):
+  """Markdown rows: epoch, step, wall h, k-means prior / posterior, probes.
+
+  Joins the probe and k-means records of the same step; an epoch without a
+  k-means record shows '-' there.
+  """
+  pct = lambda r, key: f'{100 * r[key]:.2f} %' if r and key in r else '-'
+  by_step = {r['step']: r for r in kmeans}
+  lines = ['| epoch | step | wall h | k-means prior | k-means posterior '
+           '| probe prior | probe posterior |', '|---|---|---|---|---|---|---|']
+  for r in evals:
+    k = by_step.get(r['step'])
+    wall = f'{r["wall_time"] / 3600:.2f}' if 'wall_time' in r else '-'
+    lines.append(
+        f'| {r["epoch"]:g} | {r["step"]} | {wall} '
+        f'| {pct(k, "kmeans_prior_test_acc")} '
+        f'| {pct(k, "kmeans_posterior_test_acc")} '
+        f'| {pct(r, "prior_probe_acc")} | {pct(r, "posterior_probe_acc")} |')
+  return '\n'.join(lines)
+
+
+def moving_average(values, window):
+  values = np.asarray(values, float)
+  if len(values) < window:
+    return values
+  kernel = np.ones(window) / window
+  return np.convolve(values, kernel, mode='valid')
+
+
+def plot_runs(runs, out, labels=None, smooth=20, title=None):
+  """Draws the curves of the `runs` folders into the PNG `out`."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  labels = labels or [os.path.basename(r.rstrip('/')) for r in runs]
+  fig, axes = plt.subplots(1, 4, figsize=(20, 5.5))
+  for run_dir, label in zip(runs, labels):
+    train, evals, kmeans = read_log(run_dir)
+    steps = [r['step'] for r in train]
+    w = min(smooth, max(1, len(train)))
+    axes[0].plot(steps, [r['loss'] for r in train], label=label, lw=.8)
+    for key, style in (('prior_cls_acc', '-'), ('posterior_cls_acc', '--')):
+      axes[1].plot(steps[w - 1:], moving_average([r[key] for r in train], w),
+                   style, label=f'{label} {key.split("_")[0]}')
+    for key, style in (('prior_probe_acc', 'o-'),
+                       ('posterior_probe_acc', 's--')):
+      axes[2].plot([r['step'] for r in evals], [r[key] for r in evals],
+                   style, label=f'{label} probe {key.split("_")[0]}')
+      axes[3].plot([r['wall_time'] / 3600 for r in evals],
+                   [r[key] for r in evals], style,
+                   label=f'{label} probe {key.split("_")[0]}')
+    for key, style in (('kmeans_prior_test_acc', 'v:'),
+                       ('kmeans_posterior_test_acc', '^:')):
+      axes[2].plot([r['step'] for r in kmeans], [r[key] for r in kmeans],
+                   style, label=f'{label} k-means {key.split("_")[1]}')
+      timed = [r for r in kmeans if 'wall_time' in r]  # older logs lack it
+      axes[3].plot([r['wall_time'] / 3600 for r in timed],
+                   [r[key] for r in timed], style,
+                   label=f'{label} k-means {key.split("_")[1]}')
+  axes[0].set(title='training loss', xlabel='step', ylabel='loss')
+  axes[1].set(title=f'probe accuracy, training batches (avg of {smooth} '
+              'logs)', xlabel='step', ylabel='accuracy', ylim=(0, 1))
+  axes[2].set(title='test accuracy: probes and k-means', xlabel='step',
+              ylabel='accuracy', ylim=(0, 1))
+  axes[3].set(title='test accuracy: probes and k-means',
+              xlabel='wall-clock hours', ylabel='accuracy', ylim=(0, 1))
+  for ax in axes:
+    ax.grid(alpha=.3)
+    # Below the panel, so that no legend covers a curve.
+    ax.legend(fontsize=7, loc='upper center', bbox_to_anchor=(.5, -.15),
+              ncol=2, frameon=False)
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(out, dpi=110, bbox_inches='tight')
+  return out
