@@ -34,6 +34,8 @@ def thresholds(dataset: str, threshold: Optional[float] = None,
                plot_max: Optional[float] = None) -> Tuple[float, float]:
   """(threshold of the summary, largest threshold of the curve): the paper's
   (4 MNIST, 5 Fashion-MNIST) and one more, unless given."""
+  if threshold is None:
+    cli.check_choice('dataset', dataset, DATASETS)
   t = protocol.PAPER_THRESHOLDS[dataset] if threshold is None else threshold
   return t, t + 1. if plot_max is None else plot_max
 

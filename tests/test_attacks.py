@@ -536,6 +536,10 @@ def test_run_protocol_resumes_and_writes_outputs(tmp_path):
   assert (tmp_path / 'both' / 'compare.md').read_text() == table + '\n'
   with pytest.raises(ValueError, match='one label per compared folder'):
     pipeline.compare_runs([out, other], str(tmp_path / 'x'), labels=['a'])
+  assert pipeline.thresholds('fashion_mnist') == (5., 6.)
+  assert pipeline.thresholds('cifar', 2., 3.) == (2., 3.)
+  with pytest.raises(ValueError, match="unknown dataset='cifar'"):
+    pipeline.thresholds('cifar')
   # The reports are redrawn from the saved results alone.
   os.remove(os.path.join(out, 'summary.json'))
   assert pipeline.redraw_reports(out, threshold=4.) == summary
