@@ -5,6 +5,7 @@
   attacks.classifiers  the attack targets PriK, PosK, PriL, PosL
   attacks.evasion      CapsuleAttack, AttackConfig, PRESETS
   attacks.protocol     the defence code's robustness protocol and reports
+  attacks.pipeline     a checkpoint's attack, start to finish (run/attack.py)
 
 Defaults follow the fork's `attack_opt.py`; the paper's wording is an
 option where the two differ:

@@ -22,6 +22,7 @@ from typing import Optional, Tuple
 
 import tensorflow as tf
 
+from scae_tf import loading
 from scae_tf.kmeans import KMeansClassifier
 
 CLASSIFIERS = ('PriK', 'PosK', 'PriL', 'PosL')
@@ -129,9 +130,9 @@ def make_classifier(model, name: str,
 
 def kmeans_path_beside(checkpoint_prefix: str, name: str,
                        metric: str = 'cosine') -> Optional[str]:
-  """Where `run/evaluate.py` saves the k-means of a checkpoint:
-  `<prefix>.kmeans_<prior|posterior>_<metric>.npz` (None for PriL/PosL)."""
+  """Where `run/evaluate.py` saves the k-means of a checkpoint that `name`
+  uses (`scae_tf.loading.kmeans_path`; None for PriL/PosL)."""
   name = classifier_name(name)
   if not name.endswith('K'):
     return None
-  return f'{checkpoint_prefix}.kmeans_{feature_kind_of(name)}_{metric}.npz'
+  return loading.kmeans_path(checkpoint_prefix, feature_kind_of(name), metric)

@@ -25,33 +25,24 @@ robust_accuracy.json (accuracy at every threshold 0..--plot_max) and
 accuracy_vs_l2.png (paper Figures 2-5). Errors exit with status 1.
 """
 
-import os
-import sys
-import time
-
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-
-from absl import app  # pylint: disable=g-import-not-at-top
+from absl import app
 from absl import flags
 
 from scae_tf import cli
 
-DATASETS = ('mnist', 'fashion_mnist')
-PREPROCESS = ('resize', 'pad_center', 'pad_shift')
-CLASSIFIERS = ('PriK', 'PosK', 'PriL', 'PosL')
-
 flags.DEFINE_string('checkpoint', None, 'Training log directory, TF2 '
                     'checkpoint prefix or original / fork TF1 checkpoint.')
 flags.DEFINE_string('config', None, 'Named config (scae_tf.configs); default: '
-                    'the one saved beside a TF2 checkpoint, else --dataset.')
-flags.DEFINE_string('classifier', 'PosK', f'One of {CLASSIFIERS}.')
+                    'the one saved beside a TF2 checkpoint, else the named '
+                    'config whose variables fit the checkpoint.')
+flags.DEFINE_string('classifier', 'PosK', 'PriK, PosK, PriL or PosL.')
 flags.DEFINE_string('kmeans', None, 'KMeansClassifier file (.npz / .json) '
                     'for PriK / PosK; default: beside the checkpoint.')
-flags.DEFINE_string('dataset', 'mnist', f'One of {DATASETS}.')
+flags.DEFINE_string('dataset', 'mnist', 'mnist or fashion_mnist.')
 flags.DEFINE_string('split', None, 'train or test; default: test for MNIST, '
                     'train for Fashion-MNIST (the paper\'s protocol).')
 flags.DEFINE_string('data_dir', None, 'Folder of the IDX files.')
-flags.DEFINE_string('preprocess', 'resize', f'One of {PREPROCESS}.')
+flags.DEFINE_string('preprocess', 'resize', 'resize, pad_center or pad_shift.')
 flags.DEFINE_integer('num_samples', 5000, 'Random samples to attack.')
 flags.DEFINE_integer('batch_size', 100, 'Samples attacked together.')
 flags.DEFINE_integer('seed', 0, 'Seeds the sample choice and the attack.')
@@ -91,176 +82,44 @@ OVERRIDES = ('outer_iterations', 'inner_iterations', 'learning_rate',
              'const_coupling', 'success')
 
 
-class UsageError(ValueError):
-  """A bad flag value."""
-
-
-def _log(msg):
-  print(msg, file=sys.stderr, flush=True)
-
-
 def _check_flags():
-  for name, choices in (('dataset', DATASETS), ('preprocess', PREPROCESS)):
-    if getattr(FLAGS, name) not in choices:
-      raise UsageError(f'unknown --{name}={getattr(FLAGS, name)!r}; expected '
-                       f'one of {", ".join(choices)}.')
-  if FLAGS.classifier.lower() not in [c.lower() for c in CLASSIFIERS]:
-    raise UsageError(f'unknown --classifier={FLAGS.classifier!r}; expected '
-                     f'one of {", ".join(CLASSIFIERS)}.')
-  if FLAGS.split not in (None, 'train', 'test'):
-    raise UsageError(f'unknown --split={FLAGS.split!r}; expected train or '
-                     'test.')
-  for name in ('num_samples', 'batch_size'):
-    if getattr(FLAGS, name) < 1:
-      raise UsageError(f'--{name} must be positive.')
   if FLAGS.compare and not FLAGS.plot_only:
-    raise UsageError('--compare needs --plot_only.')
+    raise cli.UsageError('--compare needs --plot_only.')
   if FLAGS.compare and not FLAGS.out_dir:
-    raise UsageError('--compare needs --out_dir for the overlaid plot.')
-  if FLAGS.labels and len(FLAGS.labels) != len(FLAGS.compare or []):
-    raise UsageError('--labels needs one label per --compare folder.')
+    raise cli.UsageError('--compare needs --out_dir for the overlaid plot.')
   if FLAGS.plot_only and not (FLAGS.compare or FLAGS.out_dir):
-    raise UsageError('--plot_only needs --out_dir or --compare.')
+    raise cli.UsageError('--plot_only needs --out_dir or --compare.')
   if not FLAGS.plot_only and not FLAGS.checkpoint:
-    raise UsageError('--checkpoint is required.')
+    raise cli.UsageError('--checkpoint is required.')
 
 
-def _thresholds(dataset):
-  from attacks import protocol  # pylint: disable=g-import-not-at-top
-  t = FLAGS.threshold
-  if t is None:
-    t = protocol.PAPER_THRESHOLDS[dataset]
-  return t, FLAGS.plot_max if FLAGS.plot_max is not None else t + 1.
-
-
-def _resolve_checkpoint(path):
-  """A checkpoint prefix from a prefix, an .index file, a directory with
-  checkpoints, or a training log directory (checkpoints under ckpt/)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from scae_tf import checkpoints  # pylint: disable=g-import-not-at-top
-  if os.path.isdir(path):
-    for folder in (path, os.path.join(path, 'ckpt')):
-      latest = tf.train.latest_checkpoint(folder) \
-          if os.path.isdir(folder) else None
-      if latest is not None:
-        return latest
-    raise FileNotFoundError(f'no checkpoint found in {path!r} nor in its '
-                            'ckpt/ subdirectory.')
-  return checkpoints.resolve_checkpoint(path)
-
-
-def _plot_only():
-  from attacks import protocol  # pylint: disable=g-import-not-at-top
+def _run():
+  _check_flags()
+  from attacks import pipeline  # pylint: disable=g-import-not-at-top
+  reports = dict(threshold=FLAGS.threshold, plot_max=FLAGS.plot_max)
   if FLAGS.compare:
-    curves, thresholds = [], []
-    for i, folder in enumerate(FLAGS.compare):
-      arrays, settings = protocol.load_results(folder)
-      label = (FLAGS.labels[i] if FLAGS.labels else
-               f'{os.path.basename(os.path.normpath(folder))}')
-      curves.append((label, arrays['perturbation']))
-      thresholds.append(settings.get('dataset', FLAGS.dataset))
-    t, t_max = _thresholds(thresholds[0])
-    os.makedirs(FLAGS.out_dir, exist_ok=True)
-    path = protocol.plot_accuracy_vs_l2(
-        curves, os.path.join(FLAGS.out_dir, 'accuracy_vs_l2.png'), t_max, t)
-    rows = ['| run | clean accuracy | accuracy at L2 <= %g |' % t,
-            '| --- | --- | --- |']
-    for label, p in curves:
-      rows.append(f'| {label} | {protocol.accuracy_at(p, 0.):.4f} | '
-                  f'{protocol.accuracy_at(p, t):.4f} |')
-    with open(os.path.join(FLAGS.out_dir, 'compare.md'), 'w') as f:
-      f.write('\n'.join(rows) + '\n')
-    print('\n'.join(rows))
-    _log(f'wrote {path}')
-    return 0
-  arrays, settings = protocol.load_results(FLAGS.out_dir)
-  t, t_max = _thresholds(settings.get('dataset', FLAGS.dataset))
-  summary = protocol.write_reports(FLAGS.out_dir, arrays['perturbation'],
-                                   arrays['clean_correct'], settings, t,
-                                   t_max)
+    print(pipeline.compare_runs(FLAGS.compare, FLAGS.out_dir, FLAGS.labels,
+                                FLAGS.dataset, log=cli.log, **reports))
+    return
+  if FLAGS.plot_only:
+    summary = pipeline.redraw_reports(FLAGS.out_dir, FLAGS.dataset, **reports)
+  else:
+    summary = pipeline.attack_checkpoint(
+        FLAGS.checkpoint, FLAGS.classifier, config=FLAGS.config,
+        kmeans=FLAGS.kmeans, dataset=FLAGS.dataset, split=FLAGS.split,
+        data_dir=FLAGS.data_dir, preprocess=FLAGS.preprocess,
+        num_samples=FLAGS.num_samples, batch_size=FLAGS.batch_size,
+        seed=FLAGS.seed, preset=FLAGS.preset,
+        overrides={k: getattr(FLAGS, k) for k in OVERRIDES
+                   if getattr(FLAGS, k) is not None},
+        out_dir=FLAGS.out_dir, overwrite=FLAGS.overwrite,
+        progress=FLAGS.progress, log=cli.log, **reports)['summary']
+  from attacks import protocol  # pylint: disable=g-import-not-at-top
   print(protocol.markdown_table(summary))
-  return 0
-
-
-def _attack():
-  import dataclasses  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  # pylint: disable=g-import-not-at-top
-  from attacks import classifiers, evasion, protocol
-  from scae_tf import checkpoints, configs, data
-  from scae_tf.model import SCAE  # pylint: disable=g-import-not-at-top
-
-  name = classifiers.classifier_name(FLAGS.classifier)
-  overrides = {k: getattr(FLAGS, k) for k in OVERRIDES
-               if getattr(FLAGS, k) is not None}
-  attack_config = evasion.get_config(FLAGS.preset, seed=FLAGS.seed,
-                                     **overrides)
-  split = FLAGS.split or protocol.DEFAULT_SPLITS[FLAGS.dataset]
-  threshold, t_max = _thresholds(FLAGS.dataset)
-  out_dir = FLAGS.out_dir or os.path.join(
-      'results', f'attack_{FLAGS.dataset}_{name}_{FLAGS.preset}')
-
-  prefix = _resolve_checkpoint(FLAGS.checkpoint)
-  tf1 = checkpoints.is_tf1_checkpoint(prefix)
-  saved = None if (tf1 or FLAGS.config) else checkpoints.read_config(prefix)
-  config = configs.get_config(FLAGS.config or FLAGS.dataset) \
-      if saved is None else saved
-  model = SCAE(config.without_noise())  # attacks run without noise
-  checkpoints.load_checkpoint(model, prefix)
-  kmeans_path = None
-  if name.endswith('K'):
-    kmeans_path = FLAGS.kmeans or classifiers.kmeans_path_beside(prefix, name)
-    if not os.path.exists(kmeans_path):
-      raise FileNotFoundError(
-          f'k-means classifier {kmeans_path!r} not found; run '
-          'run/evaluate.py on the checkpoint or pass --kmeans.')
-  target = classifiers.make_classifier(model, name, kmeans_path)
-  attack = evasion.CapsuleAttack(target, attack_config)
-
-  images_u8, labels = data.load_dataset(FLAGS.dataset, split, FLAGS.data_dir)
-  if FLAGS.num_samples > len(images_u8):
-    raise UsageError(f'--num_samples={FLAGS.num_samples} exceeds the '
-                     f'{len(images_u8)} examples of the {split} split.')
-  indices = np.random.default_rng(FLAGS.seed).choice(
-      len(images_u8), FLAGS.num_samples, replace=False)
-  images = data.preprocess(images_u8[indices], FLAGS.preprocess,
-                           rng=np.random.default_rng([FLAGS.seed, 1]),
-                           canvas_size=config.canvas_size)
-  labels = labels[indices]
-
-  settings = dict(
-      checkpoint=os.path.abspath(prefix),
-      checkpoint_format='tf1' if tf1 else 'tf2', config=config.name,
-      classifier=name,
-      kmeans=os.path.abspath(kmeans_path) if kmeans_path else None,
-      dataset=FLAGS.dataset, split=split, preprocess=FLAGS.preprocess,
-      num_samples=FLAGS.num_samples, batch_size=FLAGS.batch_size,
-      seed=FLAGS.seed, preset=FLAGS.preset,
-      attack=dataclasses.asdict(attack_config))
-  protocol.check_settings(out_dir, settings, FLAGS.overwrite)
-  _log(f'checkpoint {prefix} ({"TF1" if tf1 else "TF2"}, config '
-       f'{config.name}); {name}; {FLAGS.num_samples} samples of '
-       f'{FLAGS.dataset}/{split}; preset {FLAGS.preset}; out {out_dir}')
-  start = time.time()
-  results = protocol.run_protocol(
-      attack, images, labels, out_dir, FLAGS.batch_size, FLAGS.seed,
-      indices=indices, threshold=threshold, progress=FLAGS.progress)
-  summary = protocol.write_outputs(out_dir, results, settings, threshold,
-                                   t_max, label=f'{config.name} {name}')
-  print(protocol.markdown_table(summary))
-  _log(f'done in {time.time() - start:.0f} s; results in {out_dir}')
-  return 0
 
 
 def main(argv):
-  if cli.extra_args_error(argv):
-    return 1
-  try:
-    _check_flags()
-    return _plot_only() if FLAGS.plot_only else _attack()
-  except (ValueError, FileNotFoundError, OSError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
+  return cli.run(argv, _run)
 
 
 if __name__ == '__main__':

@@ -4,19 +4,22 @@ authors' fork) into the port's TF2 format, and prints a report.
   python run/convert_checkpoint.py --tf1=path/to/model.ckpt --config=mnist \
       --out=converted/teacher
 
-The scope (none for upstream `train.py`, `SCAE/` or `STU/` for the fork) is
-detected unless given with --scope. Optimiser slots, global_step, EMA and
-summary variables are ignored unless --with_optimizer.
+The config is the named config whose variables fit the checkpoint unless
+given with --config; the scope (none for upstream `train.py`, `SCAE/` or
+`STU/` for the fork) is detected unless given with --scope. Optimiser slots,
+global_step, EMA and summary variables are ignored unless --with_optimizer.
 """
 
 import json
-import sys
 
 from absl import app
 from absl import flags
 
+from scae_tf import cli
+
 flags.DEFINE_string('tf1', None, 'TF1 checkpoint prefix, .index file or dir.')
-flags.DEFINE_string('config', 'mnist', 'Named config of the checkpoint.')
+flags.DEFINE_string('config', None, 'Named config of the checkpoint; default: '
+                    'the one whose variables fit it.')
 flags.DEFINE_string('out', None, 'Output TF2 checkpoint prefix.')
 flags.DEFINE_string('scope', None, "Variable scope, e.g. 'SCAE' or 'STU'; "
                     'detected when omitted.')
@@ -26,32 +29,17 @@ flags.mark_flags_as_required(['tf1', 'out'])
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-  del argv
+def _convert():
   # Imported here so that --help answers without loading TensorFlow.
-  from scae_tf import checkpoints  # pylint: disable=g-import-not-at-top
-  from scae_tf import configs  # pylint: disable=g-import-not-at-top
-  from scae_tf.model import SCAE  # pylint: disable=g-import-not-at-top
-  from scae_tf.optim import TF1RMSProp  # pylint: disable=g-import-not-at-top
-
-  try:
-    config = configs.get_config(FLAGS.config)
-    model = SCAE(config)
-    # Only the slots and the step are restored and saved; the recipe's
-    # hyper-parameters are chosen again by the run that continues.
-    optimizer = (TF1RMSProp(model.trainable_variables)
-                 if FLAGS.with_optimizer else None)
-    report = checkpoints.load_tf1_checkpoint(model, FLAGS.tf1, FLAGS.scope,
-                                             optimizer=optimizer)
-  except (ValueError, FileNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
-  report['config'] = config.name
-  report['out'] = checkpoints.save_tf2_checkpoint(model, FLAGS.out, optimizer)
-  if optimizer is not None:
-    report['global_step'] = int(optimizer.step.numpy())
+  from scae_tf import loading  # pylint: disable=g-import-not-at-top
+  report = loading.convert_tf1_checkpoint(
+      FLAGS.tf1, FLAGS.out, FLAGS.config, scope=FLAGS.scope,
+      with_optimizer=FLAGS.with_optimizer)
   print(json.dumps(report, indent=1))
-  return 0
+
+
+def main(argv):
+  return cli.run(argv, _convert)
 
 
 if __name__ == '__main__':

@@ -11,9 +11,6 @@ a deviation. Re-running the same command resumes from the latest checkpoint
 in --logdir (model, optimiser, step and data position).
 """
 
-import os
-import sys
-
 from absl import app
 from absl import flags
 
@@ -54,10 +51,8 @@ flags.DEFINE_bool('kmeans_every_epoch', False, 'Also fit the fork\'s cosine '
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-  if cli.extra_args_error(argv):
-    return 1
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+def _train():
+  # Imported here so that --help answers without loading TensorFlow.
   from scae_tf import teacher  # pylint: disable=g-import-not-at-top
   from scae_tf import training  # pylint: disable=g-import-not-at-top
   overrides = teacher.RecipeOverrides(
@@ -72,13 +67,14 @@ def main(argv):
         save_every=FLAGS.save_every,
         kmeans_every_epoch=FLAGS.kmeans_every_epoch, strategy=FLAGS.strategy,
         overwrite=FLAGS.overwrite, progress=FLAGS.progress)
-  except (ValueError, FileNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
   except training.NonFiniteLossError as e:
-    print(f'error: {e}', file=sys.stderr)
+    cli.error(e)
     return 2
   return 0
+
+
+def main(argv):
+  return cli.run(argv, _train)
 
 
 if __name__ == '__main__':

@@ -280,12 +280,14 @@ def load_tf2_checkpoint(model, path: str, optimizer=None):
   objects = dict(model=model)
   if optimizer is not None:
     objects['optimizer'] = optimizer
-  status = tf.train.Checkpoint(**objects).read(path)
   try:
+    status = tf.train.Checkpoint(**objects).read(path)
     status.assert_existing_objects_matched()
-  except AssertionError as e:
+  except (ValueError, AssertionError) as e:
+    # ValueError: a variable of another shape (no saved config refused it).
     raise CheckpointMismatchError(
-        f'Checkpoint {path!r} does not match the model: {e}') from None
+        f'Checkpoint {path!r} does not match the model (config '
+        f'{model.config.name!r}): {e}') from None
   return dict(path=path, config=saved.name if saved else None)
 
 

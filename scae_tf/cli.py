@@ -1,13 +1,87 @@
-"""Helpers shared by the `run/` entry points."""
+"""Helpers shared by the `run/` entry points and the library functions
+behind them: errors, logging, argument checks.
 
+This module imports nothing heavy, so that a script's `--help` and its flag
+errors answer before TensorFlow loads.
+"""
+
+import os
 import sys
+from typing import Callable, Sequence
 
 
-def extra_args_error(argv):
+class UsageError(ValueError):
+  """A bad flag value or combination of flags."""
+
+
+# What a script reports as one `error: ...` line. CheckpointMismatchError
+# (scae_tf.checkpoints) is a ValueError; naming it here would import
+# TensorFlow. OSError covers FileNotFoundError and unreadable data files.
+EXPECTED_ERRORS = (ValueError, OSError)
+
+
+def log(msg: str):
+  """Progress and warnings go to stderr, so stdout stays the result."""
+  print(msg, file=sys.stderr, flush=True)
+
+
+def error(msg) -> int:
+  """Prints `error: msg` on stderr; returns the exit status 1."""
+  print(f'error: {msg}', file=sys.stderr)
+  return 1
+
+
+def quiet_tensorflow():
+  """Silences TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notes).
+
+  Only effective before TensorFlow is imported; an explicit
+  TF_CPP_MIN_LOG_LEVEL of the user wins.
+  """
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+
+def extra_args_error(argv) -> bool:
   """Prints an error and returns True when absl left positional arguments:
   a mistyped flag (e.g. `--dataset mnist` without `=`) lands there, and
   silently ignoring it would run with the default instead."""
   if len(argv) > 1:
-    print(f'error: unexpected arguments {argv[1:]}', file=sys.stderr)
+    error(f'unexpected arguments {argv[1:]}')
     return True
   return False
+
+
+def run(argv: Sequence[str], call: Callable[[], object]) -> int:
+  """The body of a script's `main`: runs `call()` and maps its outcome to an
+  exit status.
+
+  Expected errors (a bad flag, a missing file, a checkpoint that does not fit)
+  become one `error: ...` line on stderr and status 1, without a traceback;
+  anything else is a bug and propagates. `call` returns None or an int status.
+  """
+  if extra_args_error(argv):
+    return 1
+  quiet_tensorflow()
+  try:
+    status = call()
+  except EXPECTED_ERRORS as e:
+    return error(e)
+  return 0 if status is None else int(status)
+
+
+def check_choice(name: str, value, choices: Sequence):
+  """UsageError unless `value` is one of `choices`.
+
+  The library functions behind the scripts check their arguments with it
+  before any work; their arguments bear the flags' names.
+  """
+  if value not in choices:
+    raise UsageError(f'unknown {name}={value!r}; expected one of '
+                     f'{", ".join(map(str, choices))}.')
+
+
+def check_positive(name: str, value, optional: bool = False):
+  """UsageError unless `value` >= 1 (or None, when `optional`)."""
+  if value is None and optional:
+    return
+  if value is None or value < 1:
+    raise UsageError(f'{name} must be positive, got {value}.')

@@ -45,6 +45,40 @@ def data_path(*parts):
   return path
 
 
+def write_tf1_checkpoint(prefix, tensors):
+  """A name-based checkpoint of {name: array}, as a TF1 Saver writes it."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  names = sorted(tensors)
+  tf.raw_ops.SaveV2(prefix=str(prefix), tensor_names=names,
+                    shape_and_slices=[''] * len(names),
+                    tensors=[tf.constant(tensors[n]) for n in names])
+  return str(prefix)
+
+
+def random_tf1_weights(config, scope='', seed=0):
+  """{scope + Sonnet 1 name: random array} for every variable of the SCAE of
+  `config`: the model part of an original checkpoint."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from scae_tf import checkpoints  # pylint: disable=g-import-not-at-top
+  from scae_tf.model import SCAE  # pylint: disable=g-import-not-at-top
+  rng = np.random.RandomState(seed)
+  return {scope + n: rng.randn(*v.shape).astype(np.float32)
+          for n, v in checkpoints.tf1_variable_map(SCAE(config)).items()}
+
+
+def with_rmsprop_slots(weights, global_step, ms, mom):
+  """`weights` plus what a TF1 RMSProp run saves with them: `global_step` and
+  the `/RMSProp` (ms) and `/RMSProp_1` (momentum) slots, filled with `ms` and
+  `mom`; `dummy_vote` has no gradient, hence no slots."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  tensors = dict(weights, global_step=np.int64(global_step))
+  for name, w in weights.items():
+    if not name.endswith('dummy_vote'):
+      tensors[name + '/RMSProp'] = np.full_like(w, ms)
+      tensors[name + '/RMSProp_1'] = np.full_like(w, mom)
+  return tensors
+
+
 _fixture_outcomes = {'passed': 0, 'skipped': 0}
 
 

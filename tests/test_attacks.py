@@ -19,9 +19,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from attacks import classifiers, evasion, objectives, optimizers, protocol
+from attacks import classifiers, evasion, objectives, optimizers, pipeline
+from attacks import protocol
 from attacks.classifiers import CapsuleClassifier
+from conftest import data_path
+from scae_tf import checkpoints, configs, data, kmeans, loading
 from scae_tf.kmeans import KMeansClassifier
+from scae_tf.model import SCAE
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -520,6 +524,28 @@ def test_run_protocol_resumes_and_writes_outputs(tmp_path):
   protocol.check_settings(other, settings)
   protocol.write_outputs(other, dict(first, perturbation=first['perturbation']
                                      * 2), settings, 4., 5.)
+  table = pipeline.compare_runs([out, other], str(tmp_path / 'both'),
+                                labels=['a', 'b'])
+  assert table.splitlines()[0] == (
+      '| run | clean accuracy | accuracy at L2 <= 4 |')
+  assert table.splitlines()[2:] == [
+      f'| a | {protocol.accuracy_at(first["perturbation"], 0.):.4f} | '
+      f'{protocol.accuracy_at(first["perturbation"], 4.):.4f} |',
+      f'| b | {protocol.accuracy_at(first["perturbation"], 0.):.4f} | '
+      f'{protocol.accuracy_at(first["perturbation"] * 2, 4.):.4f} |']
+  assert (tmp_path / 'both' / 'compare.md').read_text() == table + '\n'
+  with pytest.raises(ValueError, match='one label per compared folder'):
+    pipeline.compare_runs([out, other], str(tmp_path / 'x'), labels=['a'])
+  assert pipeline.thresholds('fashion_mnist') == (5., 6.)
+  assert pipeline.thresholds('cifar', 2., 3.) == (2., 3.)
+  with pytest.raises(ValueError, match="unknown dataset='cifar'"):
+    pipeline.thresholds('cifar')
+  # The reports are redrawn from the saved results alone.
+  os.remove(os.path.join(out, 'summary.json'))
+  assert pipeline.redraw_reports(out, threshold=4.) == summary
+  with open(os.path.join(out, 'summary.json')) as f:
+    assert json.load(f)['summary'] == summary
+  # The script: the comparison, without TensorFlow.
   cmp_dir = str(tmp_path / 'cmp')
   done = subprocess.run(
       [sys.executable, os.path.join(REPO, 'run', 'attack.py'), '--plot_only',
@@ -527,4 +553,48 @@ def test_run_protocol_resumes_and_writes_outputs(tmp_path):
       capture_output=True, text=True, timeout=60, check=False)
   assert done.returncode == 0, done.stderr
   assert os.path.exists(os.path.join(cmp_dir, 'accuracy_vs_l2.png'))
-  assert '| b |' in done.stdout
+  assert done.stdout == table + '\n'
+
+
+# --- a checkpoint, end to end ------------------------------------------------
+
+def test_attack_checkpoint_end_to_end(tmp_path):
+  data_dir = str(data_path('mnist'))
+  tf.random.set_seed(0)
+  model = SCAE(configs.tiny_config(canvas_size=40))
+  prefix = checkpoints.save_tf2_checkpoint(model, str(tmp_path / 'tiny'))
+  settings = dict(dataset='mnist', data_dir=data_dir, num_samples=4,
+                  batch_size=2, progress=False,
+                  overrides=dict(outer_iterations=1, inner_iterations=2))
+  with pytest.raises(FileNotFoundError, match='run run/evaluate.py'):
+    pipeline.attack_checkpoint(str(tmp_path), 'PosK',
+                               out_dir=str(tmp_path / 'none'), **settings)
+  assert not (tmp_path / 'none').exists()
+
+  km = KMeansClassifier(centers=np.eye(3, dtype=np.float32), metric='cosine',
+                        feature='posterior', cluster_to_label=[3, 1, 7])
+  km.save(loading.kmeans_path(prefix, 'posterior'))
+  out = tmp_path / 'out'
+  result = pipeline.attack_checkpoint(str(tmp_path), 'posk',
+                                      out_dir=str(out), **settings)
+  saved = result['settings']
+  assert (saved['classifier'], saved['config'], saved['split']) == (
+      'PosK', 'tiny', 'test')
+  assert saved['checkpoint_format'] == 'tf2'
+  assert saved['kmeans'] == os.path.abspath(
+      loading.kmeans_path(prefix, 'posterior'))
+  assert saved['attack']['inner_iterations'] == 2
+  assert result['summary']['num_samples'] == 4
+  # The samples are the seed's draw; their clean predictions, the k-means
+  # labels of the model's posterior presences.
+  indices = np.random.default_rng(0).choice(10000, 4, replace=False)
+  with np.load(out / 'l2.npz') as z:
+    np.testing.assert_array_equal(z['indices'], indices)
+    images, labels = data.load_split(data_dir, 'test')
+    np.testing.assert_array_equal(z['labels'], labels[indices])
+    features = kmeans.collect_features(
+        model, data.preprocess(images[indices], 'resize'))
+    np.testing.assert_array_equal(z['clean_pred'], km.predict(features))
+  with pytest.raises(ValueError, match='exceeds the 10000 examples'):
+    pipeline.attack_checkpoint(prefix, 'PriL', **dict(settings,
+                                                       num_samples=10001))
