@@ -297,6 +297,37 @@ class CapsuleAttack:
                                     hit, best_l2, best_img)
     return best_l2, best_img, hit
 
+  def in_graph(self, images, labels, rng: tf.random.Generator):
+    """The whole attack as traceable TF ops, for use inside a compiled
+    training step (the defences' adversarial batches, Algorithm 5).
+
+    images [B, H, W, C] float32 in [0, 1] and labels [B] int64 are tensors
+    (not validated); the p' draws come from `rng`, which the caller keeps
+    in its checkpoint. Given a generator in the same state, the result
+    equals `__call__(images, labels, seed=...)`'s.
+    Returns (adversarial, success [B] bool, l2 [B]); `adversarial` holds
+    the clean image where the attack failed, whatever `on_failure` says.
+    """
+    cfg = self.config
+    x = tf.convert_to_tensor(images, tf.float32)
+    w, mask, subset, clean_pred = self._prepare_impl(x)
+    target = (tf.cast(labels, tf.int64) if cfg.success == 'label'
+              else clean_pred)
+    batch = tf.shape(x)[0]
+    const = tf.fill([batch], tf.constant(cfg.const_init, tf.float32))
+    lower = tf.zeros([batch])
+    upper = tf.fill([batch], tf.constant(np.inf, tf.float32))
+    best_l2 = tf.fill([batch], tf.constant(np.inf, tf.float32))
+    best_img = tf.zeros_like(x)
+    for _ in range(cfg.outer_iterations):
+      p = rng.uniform(tf.shape(x), dtype=tf.float32)
+      best_l2, best_img, hit = self._outer_impl(
+          x, w, mask, subset, target, const, best_l2, best_img, p)
+      const, lower, upper = update_const(const, lower, upper, hit)
+    success = tf.math.is_finite(best_l2)
+    adversarial = tf.where(success[:, None, None, None], best_img, x)
+    return adversarial, success, best_l2
+
   # --- public API -------------------------------------------------------------
 
   def __call__(self, images, labels, seed: Optional[int] = None,

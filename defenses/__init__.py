@@ -1,0 +1,11 @@
+"""Adversarial-training defences of SCAE (paper section 5): AT, AD, HAT, NTAT.
+
+  objectives.py           the losses as training-engine loss functions:
+                          Eq. 7 (AT, Algorithm 2) and Eq. 8 (AD, Algorithm 3)
+  adversarial_batches.py  every (k+1)-th batch replaced by the attack's
+                          adversarial examples (Algorithm 5), generated inside
+                          the compiled step against the model being trained
+
+Where the authors' code differs from the paper's text, the code is the
+default and the paper's form an option (../shared/SPEC_NOTES.md, Defences).
+"""

@@ -46,6 +46,18 @@ def batch_size(x):
   return ctx.all_reduce(tf.distribute.ReduceOp.SUM, size)
 
 
+def sum_share(local_sum):
+  """This replica's share of a loss term that sums over the global batch
+  (e.g. `tf.nn.l2_loss`), given its sum over its own examples.
+
+  The training step divides each replica's loss by the number of replicas
+  N (its mean terms are local means), so a sum is counted N times here: the
+  replicas' shares then add up to the global sum, and so do the gradients.
+  """
+  n = num_replicas()
+  return local_sum if n == 1 else local_sum * float(n)
+
+
 def mean(values):
   """Mean over replicas of a structure of scalars (identity with one)."""
   ctx = _context()

@@ -32,7 +32,8 @@ def _all_finite(variables):
 
 
 def train_loop(model, optimizer, stream, logdir, total_steps, *, noise=True,
-               seed=0, loss_fn=None, train_step=None, evaluators=(),
+               seed=0, loss_fn=None, prepare=None, train_step=None,
+               evaluators=(),
                state=None, save_every=1000, jit_compile=False, strategy=None,
                progress=True, config=None):
   """Trains until `optimizer.step == total_steps`, resuming from `logdir`.
@@ -44,7 +45,8 @@ def train_loop(model, optimizer, stream, logdir, total_steps, *, noise=True,
     stream: a batch stream with `steps_per_epoch` and `batches(start_step)`
       yielding global batches (images, labels); a resumed run restarts it at
       the restored step and so sees the same data as an uninterrupted one.
-    loss_fn / noise / seed / jit_compile / strategy: build the step (see
+    loss_fn / prepare / noise / seed / jit_compile / strategy: build the
+      step (see
       `make_train_step`), unless a compiled `train_step(images, labels) ->
       metrics` is given.
     evaluators: run after every epoch, before its checkpoint (see
@@ -73,7 +75,8 @@ def train_loop(model, optimizer, stream, logdir, total_steps, *, noise=True,
     ckpt.read(manager.latest_checkpoint).assert_existing_objects_matched()
   step_fn = train_step or make_train_step(
       model, optimizer, noise=noise, seed=seed, jit_compile=jit_compile,
-      strategy=strategy, **({'loss_fn': loss_fn} if loss_fn else {}))
+      strategy=strategy, prepare=prepare,
+      **({'loss_fn': loss_fn} if loss_fn else {}))
   log = JsonlLog(os.path.join(logdir, LOG_FILE))
   writer = tf.summary.create_file_writer(os.path.join(logdir, 'tb'))
 

@@ -8,6 +8,15 @@ differs is its loss function
 where `model` is whatever the method trains with (the SCAE, or a student and
 its frozen teacher), `batch` is (images, labels), and `ctx` a `StepContext`.
 The optimiser (`scae_tf.optim.TF1RMSProp`) decides which variables train.
+A method may also transform the batch before the loss, outside the gradient
+tape (`prepare(model, batch, ctx) -> batch`): the defences generate their
+adversarial examples there, so the training gradient never records the
+attack's own forward and backward passes.
+
+Loss convention: per-example terms are means over the replica's batch (as
+the SCAE loss), between-example terms span the replicas (`scae_tf.replicas`),
+and batch sums go through `replicas.sum_share`; the loss is then the global
+batch's loss seen from each replica.
 
 Under a `tf.distribute` strategy the step is fed the global batch; replica r
 takes the r-th slice, differentiates its share of the loss (loss / N: the
@@ -57,7 +66,8 @@ def scae_objective(model, batch, ctx: StepContext):
 
 
 def make_train_step(model, optimizer, loss_fn=scae_objective, noise=True,
-                    seed=None, jit_compile=False, strategy=None):
+                    seed=None, jit_compile=False, strategy=None,
+                    prepare=None):
   """Returns a `tf.function` doing one optimiser step on (images, labels).
 
   Args:
@@ -72,6 +82,7 @@ def make_train_step(model, optimizer, loss_fn=scae_objective, noise=True,
     jit_compile: compile the whole step with XLA (one device only).
     strategy: a `tf.distribute.Strategy`; default: the current one. The
       model and the optimiser must have been built in its scope.
+    prepare: optional `(model, batch, ctx) -> batch`, run before the tape.
 
   The step returns the metrics of `loss_fn` and `loss`, computed with the
   weights before the update (as TF1 reported them), the learning rate used
@@ -104,8 +115,11 @@ def make_train_step(model, optimizer, loss_fn=scae_objective, noise=True,
         step_seed = tf.random.experimental.stateless_fold_in(step_seed,
                                                              replica)
     ctx = StepContext(step=optimizer.step, noise=noise, seed=step_seed)
+    batch = (images, labels)
+    if prepare is not None:
+      batch = prepare(model, batch, ctx)
     with tf.GradientTape() as tape:
-      loss, metrics = loss_fn(model, (images, labels), ctx)
+      loss, metrics = loss_fn(model, batch, ctx)
       share = loss / n if n > 1 else loss
     grads = tape.gradient(share, variables)
     if n > 1:

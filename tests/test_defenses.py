@@ -1,0 +1,183 @@
+"""The defences' building blocks on the tiny config: Eq. 7 and Eq. 8 as
+loss functions, the adversarial batches of Algorithm 5 inside the compiled
+step, and a frozen teacher."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from attacks import classifiers
+from attacks import evasion
+from defenses import objectives
+from defenses.adversarial_batches import AdversarialBatches
+from defenses.adversarial_batches import DefenceBatch
+from scae_tf import configs
+from scae_tf import recipes
+from scae_tf import training
+from scae_tf.model import SCAE
+from scae_tf.optim import TF1RMSProp
+
+TINY = configs.tiny_config().without_noise()
+# A short attack keeps the tests fast; its schedule is the preset's.
+QUICK = dict(outer_iterations=2, inner_iterations=3)
+
+
+def _model(seed):
+  tf.random.set_seed(seed)
+  np.random.seed(seed)
+  return SCAE(TINY)
+
+
+def _data(n=4, seed=0):
+  rng = np.random.RandomState(seed)
+  images = rng.rand(n, 20, 20, 1).astype(np.float32)
+  labels = rng.randint(0, 10, n).astype(np.int64)
+  return tf.constant(images), tf.constant(labels)
+
+
+def _ctx():
+  return training.StepContext(step=tf.constant(0, tf.int64), noise=False,
+                              seed=None)
+
+
+def _batch(fed, labels, clean):
+  return DefenceBatch(fed, labels, clean, tf.constant(True), tf.constant(1.),
+                      tf.constant(2.))
+
+
+def test_at_loss_reconstructs_the_clean_image_from_the_adversarial_one():
+  model = _model(0)
+  x, y = _data()
+  x_adv = tf.clip_by_value(x + 0.3 * tf.sign(tf.random.normal(x.shape)),
+                           0., 1.)
+  loss, metrics = objectives.adversarial_training_objective(
+      model, _batch(x_adv, y, x), _ctx())
+  # By hand: the loss on x_adv with its own target, with the image
+  # log-likelihood of x_adv swapped for that of x under the same mixture.
+  out = model.forward(x_adv, y, full=True)
+  own = model.loss(out).numpy()
+  ll_own = out.rec_ll_per_pixel.numpy().sum((1, 2, 3)).mean()
+  # The TINY config decodes the part poses and presences ('enc').
+  rec = model.template_decoder(out.part.pose, out.part.presence,
+                               out.part.feature)
+  ll_x = rec.pdf.log_prob(x).numpy().sum((1, 2, 3)).mean()
+  np.testing.assert_allclose(loss.numpy(), own + ll_own - ll_x, rtol=1e-5)
+  assert abs(ll_x - ll_own) > 1.  # the target matters
+  np.testing.assert_allclose(metrics['rec_ll'], ll_x, rtol=1e-5)
+  # Every other term is the adversarial input's.
+  for key in ('log_prob', 'prior_within_sparsity_loss', 'posterior_cls_xe'):
+    np.testing.assert_allclose(metrics[key], getattr(out, key), rtol=1e-5)
+  assert metrics['attack_success_rate'] == 1. and metrics['adversarial'] == 1.
+
+
+@pytest.mark.parametrize('target', objectives.AD_TARGETS)
+def test_ad_loss_is_eq_8_by_hand(target):
+  pair = objectives.StudentTeacher(_model(0), _model(1))
+  x, y = _data()
+  x_adv = tf.clip_by_value(x + 0.2, 0., 1.)
+  loss_fn = objectives.distillation_objective(0.5, target)
+  loss, metrics = loss_fn(pair, _batch(x_adv, y, x), _ctx())
+  stu = pair.student.forward(x_adv, y, full=False,
+                             target=x_adv if target == 'input' else x)
+  tch = pair.teacher.forward(x, full=False)
+  distill = 0.5 * (
+      np.sum((stu.caps_presence_prob.numpy()
+              - tch.caps_presence_prob.numpy()) ** 2)
+      + np.sum((stu.posterior_mixing_probs.numpy()
+                - tch.posterior_mixing_probs.numpy()) ** 2))
+  student_loss = pair.student.loss(stu).numpy()
+  np.testing.assert_allclose(metrics['distillation_loss'], distill,
+                             rtol=1e-5)
+  np.testing.assert_allclose(loss, 0.5 * student_loss + 0.5 * distill,
+                             rtol=1e-5)
+  assert distill > 1e-3  # two different models: the term is not trivially 0
+
+
+def test_ad_targets_differ_and_bad_settings_are_refused():
+  pair = objectives.StudentTeacher(_model(0), _model(1))
+  x, y = _data()
+  batch = _batch(tf.clip_by_value(x + 0.2, 0., 1.), y, x)
+  losses = [objectives.distillation_objective(0.5, t)(pair, batch, _ctx())[0]
+            for t in objectives.AD_TARGETS]
+  assert abs(float(losses[0] - losses[1])) > 1e-3
+  with pytest.raises(ValueError, match='Unknown AD target'):
+    objectives.distillation_objective(0.5, 'adversarial')
+  with pytest.raises(ValueError, match='in \\[0, 1\\]'):
+    objectives.distillation_objective(1.5)
+  with pytest.raises(ValueError, match='architecture'):
+    objectives.StudentTeacher(_model(0), SCAE(TINY.replace(n_obj_caps=5)))
+
+
+def test_a_training_step_leaves_the_teacher_untouched():
+  pair = objectives.StudentTeacher(_model(0), _model(1))
+  recipe = recipes.get_recipe('paper').replace(batch_size=4,
+                                               learning_rate=1e-2)
+  opt = TF1RMSProp.for_recipe(pair.student.trainable_variables, recipe)
+  teacher_before = [v.numpy() for v in pair.teacher.variables]
+  student_before = [v.numpy() for v in pair.student.trainable_variables]
+  x, y = _data()
+  # Gradients w.r.t. the teacher are absent: its outputs are constants.
+  with tf.GradientTape() as tape:
+    loss, _ = objectives.distillation_objective()(
+        pair, _batch(x, y, x), _ctx())
+  grads = tape.gradient(loss, pair.teacher.trainable_variables)
+  assert all(g is None for g in grads)
+  prepare = lambda model, batch, ctx: _batch(batch[0], batch[1], batch[0])
+  step = training.make_train_step(pair, opt, objectives.distillation_objective(),
+                                  noise=False, prepare=prepare)
+  step(x, y)
+  for before, v in zip(teacher_before, pair.teacher.variables):
+    np.testing.assert_array_equal(v.numpy(), before)
+  moved = [not np.array_equal(b, v.numpy()) for b, v in
+           zip(student_before, pair.student.trainable_variables)]
+  assert sum(moved) > len(moved) // 2
+
+
+def test_in_graph_attack_equals_the_attack_call():
+  model = _model(0)
+  x, y = _data(6)
+  attack = evasion.make_attack(model, 'paper_train', **QUICK)
+  expected = attack(x.numpy(), y.numpy(), seed=7)
+  run = tf.function(lambda x, y, g: attack.in_graph(x, y, g))
+  adv, success, l2 = run(x, y, tf.random.Generator.from_seed(7))
+  np.testing.assert_array_equal(success.numpy(), expected.success)
+  # One graph instead of one per outer iteration: the optimiser may fuse
+  # ops differently, which moves a few pixels by an ulp.
+  np.testing.assert_allclose(adv.numpy(), expected.adversarial, rtol=1e-6,
+                             atol=2e-7)
+  np.testing.assert_allclose(l2.numpy(), expected.l2, rtol=1e-5)
+  # Failures come back clean, successes are perturbed, within [0, 1].
+  assert expected.success.any()
+  np.testing.assert_array_equal(adv.numpy()[~expected.success],
+                                x.numpy()[~expected.success])
+  assert adv.numpy().min() >= 0. and adv.numpy().max() <= 1.
+
+
+def test_every_second_batch_is_adversarial_against_the_trained_model():
+  student, teacher = _model(0), _model(1)
+  pair = objectives.StudentTeacher(student, teacher)
+  batches = AdversarialBatches(pair, attacked=lambda p: p.student, seed=3,
+                               **QUICK)
+  x, y = _data()
+  prepare = tf.function(lambda x, y: batches(pair, (x, y), _ctx()))
+  flags = [bool(prepare(x, y).adversarial) for _ in range(5)]
+  assert flags == [False, True, False, True, False]
+  assert int(batches.counter.numpy()) == 1  # carries on across calls
+  # The next (adversarial) batch is the attack on the student, with the
+  # generator's current state, and not on the teacher.
+  state = batches.generator.state.numpy()
+  got = prepare(x, y)
+  assert bool(got.adversarial)
+  on_student = evasion.make_attack(student, 'paper_train', **QUICK)
+  replay = tf.random.Generator.from_state(state, batches.generator.algorithm)
+  adv, success, _ = on_student.in_graph(x, y, replay)
+  np.testing.assert_allclose(got.images.numpy(), adv.numpy(), rtol=1e-6,
+                             atol=2e-7)
+  np.testing.assert_allclose(got.success_rate, np.mean(success.numpy()))
+  on_teacher = evasion.make_attack(teacher, 'paper_train', **QUICK)
+  replay = tf.random.Generator.from_state(state, batches.generator.algorithm)
+  teacher_adv, _, _ = on_teacher.in_graph(x, y, replay)
+  assert np.abs(teacher_adv.numpy() - got.images.numpy()).max() > 1e-3
+  np.testing.assert_array_equal(got.clean.numpy(), x.numpy())
+  assert isinstance(batches.attack.classifier, classifiers.ModelClassifier)
+  assert batches.attack.classifier.name == 'PosL'
