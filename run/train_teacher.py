@@ -34,20 +34,12 @@ flags.DEFINE_bool('noise', None, 'Presence noise as in the config '
 flags.DEFINE_string('strategy', 'default', 'tf.distribute strategy: default '
                     '(one device), mirrored (all local GPUs) or multiworker '
                     '(several machines; set TF_CONFIG on each).')
-flags.DEFINE_string('logdir', None, 'Run directory (default: '
-                    'runs/teacher_<dataset>_<recipe>).')
-flags.DEFINE_integer('seed', 0, 'Seed of the init, the data order and the '
-                     'noise.')
 flags.DEFINE_string('init_from', None, 'Initial weights: TF1 or TF2 '
                     'checkpoint (ignored when resuming).')
-flags.DEFINE_string('data_dir', None, 'Folder with the IDX files.')
-flags.DEFINE_integer('save_every', 1000, 'Checkpoint every N steps (and at '
-                     'every epoch end).')
-flags.DEFINE_bool('overwrite', False, 'Delete a different run in --logdir.')
-flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 flags.DEFINE_bool('kmeans_every_epoch', False, 'Also fit the fork\'s cosine '
                   'k-means on the train split after every epoch and log its '
                   'test accuracy (about 40 s per MNIST epoch on 2 cores).')
+cli.define_run_flags('runs/teacher_<dataset>_<recipe>')
 FLAGS = flags.FLAGS
 
 

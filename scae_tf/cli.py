@@ -85,3 +85,19 @@ def check_positive(name: str, value, optional: bool = False):
     return
   if value is None or value < 1:
     raise UsageError(f'{name} must be positive, got {value}.')
+
+
+def define_run_flags(default_logdir: str):
+  """The flags every training script shares: the run folder and its
+  checkpoints, the seed, the data and the display."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string('logdir', None,
+                      f'Run directory (default: {default_logdir}).')
+  flags.DEFINE_integer('seed', 0, 'Seed of the init, the data order and '
+                       'the training randomness.')
+  flags.DEFINE_string('data_dir', None, 'Folder with the IDX files.')
+  flags.DEFINE_integer('save_every', 1000, 'Checkpoint every N steps (and '
+                       'at every epoch end).')
+  flags.DEFINE_bool('overwrite', False, 'Delete a different run in '
+                    '--logdir.')
+  flags.DEFINE_bool('progress', True, 'Show progress bars.')

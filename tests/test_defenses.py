@@ -181,3 +181,123 @@ def test_every_second_batch_is_adversarial_against_the_trained_model():
   np.testing.assert_array_equal(got.clean.numpy(), x.numpy())
   assert isinstance(batches.attack.classifier, classifiers.ModelClassifier)
   assert batches.attack.classifier.name == 'PosL'
+
+
+# --- The trainer ------------------------------------------------------------
+
+from defenses import trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
+from scae_tf import checkpoints  # pylint: disable=g-import-not-at-top,wrong-import-position
+from scae_tf import data  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+SMALL = configs.tiny_config(canvas_size=40).without_noise()
+
+
+def _stream(n=8):
+  rng = np.random.RandomState(0)
+  return data.BatchStream.from_arrays(
+      (rng.rand(n, 28, 28) * 255).astype(np.uint8), rng.randint(0, 10, n),
+      4, 'resize', seed=0)
+
+
+@pytest.fixture(scope='module')
+def small_teacher(tmp_path_factory):
+  tf.random.set_seed(5)
+  np.random.seed(5)
+  model = SCAE(SMALL)
+  path = str(tmp_path_factory.mktemp('teacher') / 'model')
+  return checkpoints.save_tf2_checkpoint(model, path), model
+
+
+def _defend(method, logdir, teacher=None, **kwargs):
+  from conftest import DATA_DIR, data_path  # pylint: disable=g-import-not-at-top
+  data_path('mnist')
+  return trainer.train_defense(
+      method, teacher=teacher, logdir=str(logdir), batch_size=4,
+      attack_overrides=QUICK, stream=_stream(), config=SMALL,
+      data_dir=str(DATA_DIR), save_every=1, fit_kmeans=False,
+      progress=False, log=lambda msg: None, **kwargs)
+
+
+def _read(prefix, name):
+  return tf.train.load_checkpoint(prefix).get_tensor(name)
+
+
+def test_hat_switches_after_n_ad_epochs_with_fresh_slots(tmp_path,
+                                                         small_teacher):
+  teacher_path, _ = small_teacher
+  _defend('hat', tmp_path / 'hat', teacher_path, ad_epochs=1, at_epochs=1)
+  ckpt = tmp_path / 'hat' / 'ckpt'
+  # 2 steps per epoch: AD at steps 1-2, AT at steps 3-4.
+  switch = str(ckpt / 'ckpt-2')
+  assert _read(switch, 'phase/.ATTRIBUTES/VARIABLE_VALUE') == 1
+  assert _read(switch, 'optimizer/step/.ATTRIBUTES/VARIABLE_VALUE') == 2
+  slots = [n for n in tf.train.list_variables(switch)
+           if n[0].startswith('optimizer/ms/')]
+  assert slots and all(np.all(_read(switch, n) == 1.) for n, _ in slots)
+  last = str(ckpt / 'ckpt-4')
+  assert _read(last, 'optimizer/step/.ATTRIBUTES/VARIABLE_VALUE') == 4
+  assert not all(np.all(_read(last, n) == 1.) for n, _ in slots)
+  # Every second batch is adversarial, across the phase boundary.
+  import json  # pylint: disable=g-import-not-at-top
+  records = [json.loads(line) for line in open(tmp_path / 'hat' / 'log.jsonl')
+             if 'eval' not in line]
+  assert [(r['step'], r['adversarial']) for r in records
+          if r.get('adversarial')] == [(2, 1.), (4, 1.)]
+  assert 'distillation_loss' in [r for r in records if r['step'] == 2][0]
+  # The run folder reads as a plain SCAE checkpoint.
+  from scae_tf import loading  # pylint: disable=g-import-not-at-top
+  loaded = loading.load_model(str(tmp_path / 'hat'))
+  assert loaded.config.architecture() == SMALL.architecture()
+
+
+def test_ntat_starts_from_the_teacher_with_a_fresh_optimizer(tmp_path,
+                                                             small_teacher):
+  teacher_path, teacher_model = small_teacher
+  _defend('ntat', tmp_path / 'ntat', teacher_path, at_epochs=1)
+  # By hand: the teacher's weights, a fresh TF1 RMSProp at step 0 with the
+  # constant rate (the code's AT), one AT step on the first (clean) batch.
+  student = SCAE(SMALL)
+  for mine, theirs in zip(student.variables, teacher_model.variables):
+    mine.assign(theirs)
+  recipe = trainer._recipe(batch_size=4).replace(lr_decay=False)  # pylint: disable=protected-access
+  opt = TF1RMSProp.for_recipe(student.trainable_variables, recipe)
+  assert opt.lr_decay is False and int(opt.step.numpy()) == 0
+  clean = lambda m, b, c: _batch(b[0], b[1], b[0])
+  step = training.make_train_step(
+      student, opt, objectives.adversarial_training_objective, noise=False,
+      seed=0, prepare=clean)
+  images, labels = _stream().batch(0)
+  step(tf.constant(images), tf.constant(labels))
+  first = str(tmp_path / 'ntat' / 'ckpt' / 'ckpt-1')
+  restored = SCAE(SMALL)
+  tf.train.Checkpoint(model=restored).read(first).expect_partial()
+  for a, b in zip(restored.variables, student.variables):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(method='pgd'), 'Unknown method'),
+    (dict(method='ad'), 'needs --teacher'),
+    (dict(method='at', ad_epochs=3), 'ad_epochs does not apply'),
+    (dict(method='at', lr_schedule='cosine'), 'Unknown lr_schedule'),
+    (dict(method='at', ad_target='noise'), 'Unknown ad_target'),
+])
+def test_bad_defence_settings_fail_before_any_work(tmp_path, kwargs,
+                                                   message):
+  with pytest.raises(ValueError, match=message):
+    trainer.train_defense(logdir=str(tmp_path / 'run'), **kwargs)
+  assert not (tmp_path / 'run').exists()
+
+
+def test_defence_script_reports_a_missing_teacher_in_one_line(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from conftest import REPO  # pylint: disable=g-import-not-at-top
+  proc = subprocess.run(
+      [sys.executable, str(REPO / 'run' / 'train_defense.py'), '--method=hat',
+       f'--logdir={tmp_path / "run"}'], capture_output=True, text=True,
+      timeout=300)
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines()[-1] == (
+      'error: --method=hat needs --teacher.')
+  assert not (tmp_path / 'run').exists()

@@ -31,11 +31,54 @@ def _all_finite(variables):
              if v.dtype.is_floating)
 
 
+class RunCheckpoint:
+  """The checkpoints of a run folder (`<logdir>/ckpt/ckpt-<step>`, the
+  last three kept), each with its model config beside it."""
+
+  def __init__(self, logdir, model, optimizer, state=None, config=None):
+    self.optimizer = optimizer
+    self.config = config if config is not None else model.config
+    self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
+                                          **(state or {}))
+    self.manager = tf.train.CheckpointManager(
+        self.checkpoint, os.path.join(logdir, 'ckpt'), max_to_keep=3)
+
+  @property
+  def latest(self):
+    return self.manager.latest_checkpoint
+
+  def restore_latest(self):
+    """Restores the latest checkpoint, if any; returns its path."""
+    if self.latest:
+      self.checkpoint.read(self.latest).assert_existing_objects_matched()
+    return self.latest
+
+  def save(self):
+    """Saves at the optimiser's step, refusing a non-finite state."""
+    step = int(self.optimizer.step.numpy())
+    if not _all_finite(self.optimizer.variables_):
+      raise NonFiniteLossError(
+          f'Non-finite weights at step {step}; not saved. The last good '
+          f'checkpoint is {self.latest}.')
+    path = self.manager.save(checkpoint_number=step)
+    checkpoints.save_config(self.config, path)
+    # The manager deletes old checkpoints; delete their configs with them.
+    kept = set(self.manager.checkpoints)
+    for name in os.listdir(self.manager.directory):
+      if name.endswith(checkpoints.CONFIG_SUFFIX):
+        prefix = os.path.join(self.manager.directory,
+                              name[:-len(checkpoints.CONFIG_SUFFIX)])
+        if prefix not in kept:
+          os.remove(prefix + checkpoints.CONFIG_SUFFIX)
+    return path
+
+
 def train_loop(model, optimizer, stream, logdir, total_steps, *, noise=True,
                seed=0, loss_fn=None, prepare=None, train_step=None,
                evaluators=(),
                state=None, save_every=1000, jit_compile=False, strategy=None,
-               progress=True, config=None):
+               progress=True, config=None, checkpoint_model=None,
+               description=None):
   """Trains until `optimizer.step == total_steps`, resuming from `logdir`.
 
   Args:
@@ -53,8 +96,12 @@ def train_loop(model, optimizer, stream, logdir, total_steps, *, noise=True,
       `scae_tf.training.evaluators`).
     state: extra trackables to checkpoint (variables, `tf.random.Generator`s,
       modules), by name.
-    config: the model config saved beside each checkpoint (default:
-      `model.config`).
+    config: the model config saved beside each checkpoint (default: the
+      checkpointed model's).
+    checkpoint_model: what is saved as the run's model, when `model` holds
+      more (a student and its frozen teacher: only the student is saved, so
+      `scae_tf.loading.load_model` reads the run as any other).
+    description: the progress bar's label (e.g. a defence's phase).
   Returns the last step's metrics.
 
   Checkpoints are saved every `save_every` steps, at every epoch end and at
@@ -66,44 +113,23 @@ def train_loop(model, optimizer, stream, logdir, total_steps, *, noise=True,
   if save_every < 1 or total_steps < 1:
     raise ValueError(f'save_every ({save_every}) and total_steps '
                      f'({total_steps}) must be positive.')
-  config = config if config is not None else model.config
-  ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer,
-                             **(state or {}))
-  manager = tf.train.CheckpointManager(ckpt, os.path.join(logdir, 'ckpt'),
-                                       max_to_keep=3)
-  if manager.latest_checkpoint:
-    ckpt.read(manager.latest_checkpoint).assert_existing_objects_matched()
+  saved = checkpoint_model if checkpoint_model is not None else model
+  run_ckpt = RunCheckpoint(logdir, saved, optimizer, state, config)
+  run_ckpt.restore_latest()
   step_fn = train_step or make_train_step(
       model, optimizer, noise=noise, seed=seed, jit_compile=jit_compile,
       strategy=strategy, prepare=prepare,
       **({'loss_fn': loss_fn} if loss_fn else {}))
   log = JsonlLog(os.path.join(logdir, LOG_FILE))
   writer = tf.summary.create_file_writer(os.path.join(logdir, 'tb'))
+  save = run_ckpt.save
 
-  def save():
-    if not _all_finite(ckpt_variables):
-      raise NonFiniteLossError(
-          f'Non-finite weights at step {int(optimizer.step.numpy())}; not '
-          f'saved. The last good checkpoint is {manager.latest_checkpoint}.')
-    path = manager.save(checkpoint_number=int(optimizer.step.numpy()))
-    checkpoints.save_config(config, path)
-    # The manager deletes old checkpoints; delete their configs with them.
-    kept = set(manager.checkpoints)
-    for name in os.listdir(manager.directory):
-      if name.endswith(checkpoints.CONFIG_SUFFIX):
-        prefix = os.path.join(manager.directory,
-                              name[:-len(checkpoints.CONFIG_SUFFIX)])
-        if prefix not in kept:
-          os.remove(prefix + checkpoints.CONFIG_SUFFIX)
-    return path
-
-  ckpt_variables = optimizer.variables_
   start = int(optimizer.step.numpy())
   elapsed = log.truncate_after(start)
   spe = stream.steps_per_epoch
   metrics = {}
   bar = tqdm(total=total_steps, initial=start, disable=not progress,
-             unit='step', dynamic_ncols=True)
+             unit='step', dynamic_ncols=True, desc=description)
   t0 = time.time() - elapsed
   saved_at = start
   try:
@@ -119,13 +145,15 @@ def train_loop(model, optimizer, stream, logdir, total_steps, *, noise=True,
         raise NonFiniteLossError(
             f'Non-finite {" and ".join(bad)} ({metrics["loss"]}) at step '
             f'{step + 1}; stopped without saving. The last good checkpoint '
-            f'is {manager.latest_checkpoint}.')
+            f'is {run_ckpt.latest}.')
       step += 1
       bar.update(1)
       bar.set_postfix(loss=f'{metrics["loss"]:.1f}',
                       prior=f'{metrics.get("prior_cls_acc", 0):.2f}',
                       post=f'{metrics.get("posterior_cls_acc", 0):.2f}')
-      if step % 10 == 0 or step == total_steps:
+      # Every adversarial batch of a defence is logged with its attack's
+      # success rate and L2.
+      if step % 10 == 0 or step == total_steps or metrics.get('adversarial'):
         log.write(dict(step=step, epoch=step / spe,
                        wall_time=time.time() - t0, **metrics))
         with writer.as_default(step=step):

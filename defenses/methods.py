@@ -1,0 +1,87 @@
+"""The four defences as data: which phases they run, from which weights,
+at which learning rate (paper section 5, Algorithms 2-4, section 6.4).
+
+A phase is AD (Eq. 8, against a frozen teacher) or AT (Eq. 7) for a number
+of epochs. Its learning rate is the recipe's (3e-5, paper Table 2), decayed
+0.96 per 10k steps or constant:
+
+* 'code' (default): what the authors' code ran. AD and HAT's AD phase decay;
+  AT, NTAT and HAT's AT phase run at a constant 3e-5, because the code builds
+  the decayed rate but hands RMSProp the constant float.
+* 'decay': paper Table 2 everywhere.
+
+At a phase switch (HAT) the code restores the student into a new graph: the
+RMSProp slots restart (ms = 1, mom = 0) and the global step carries on.
+"""
+
+import dataclasses
+from typing import Optional, Tuple
+
+LR_SCHEDULES = ('code', 'decay')
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  kind: str            # 'ad' or 'at'
+  epochs: int
+  lr_decay: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """name; init: 'scratch' or 'teacher' (the student starts from the
+  teacher's weights); phases: (kind, default epochs) in order."""
+  name: str
+  init: str
+  phases: Tuple[Tuple[str, int], ...]
+  description: str
+
+  @property
+  def needs_teacher(self) -> bool:
+    return self.init == 'teacher' or any(k == 'ad' for k, _ in self.phases)
+
+
+METHODS = {m.name: m for m in (
+    Method('at', 'scratch', (('at', 100),),
+           'adversarial training from scratch (Algorithm 2, Eq. 7)'),
+    Method('ad', 'scratch', (('ad', 100),),
+           'adversarial distillation from a frozen teacher (Algorithm 3, '
+           'Eq. 8)'),
+    Method('hat', 'scratch', (('ad', 50), ('at', 50)),
+           'hybrid: n_ad epochs of AD, then n_at epochs of AT on the same '
+           'student (Algorithm 4)'),
+    Method('ntat', 'teacher', (('at', 50),),
+           'the teacher (normal training) followed by AT with a fresh '
+           'optimiser at step 0 (ablation, section 6.4)'),
+)}
+
+
+def get_method(name: str) -> Method:
+  from scae_tf import named  # pylint: disable=g-import-not-at-top
+  return named.lookup(METHODS, name, 'method')
+
+
+def plan(method: Method, ad_epochs: Optional[int] = None,
+         at_epochs: Optional[int] = None, lr_schedule: str = 'code'):
+  """The method's phases with their epochs and learning-rate decay.
+
+  `ad_epochs` / `at_epochs` override the default epochs of the method's AD
+  / AT phase; giving one for a phase the method does not have is an error.
+  """
+  if lr_schedule not in LR_SCHEDULES:
+    raise ValueError(f'Unknown lr_schedule {lr_schedule!r}; expected one of '
+                     f'{LR_SCHEDULES}.')
+  kinds = [k for k, _ in method.phases]
+  for kind, value in (('ad', ad_epochs), ('at', at_epochs)):
+    if value is None:
+      continue
+    if kind not in kinds:
+      raise ValueError(f'--{kind}_epochs does not apply to {method.name}, '
+                       f'which has no {kind.upper()} phase.')
+    if value < 1:
+      raise ValueError(f'--{kind}_epochs must be positive, got {value}.')
+  epochs = dict(ad=ad_epochs, at=at_epochs)
+  return tuple(
+      Phase(kind, epochs[kind] or default,
+            lr_decay=(lr_schedule == 'decay' or kind == 'ad'))
+      for kind, default in method.phases)
