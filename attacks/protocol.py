@@ -218,15 +218,18 @@ def run_protocol(attack, images, labels, out_dir: str, batch_size: int = 100,
       bar.update(len(part['indices']))
     else:
       m = len(indices[sl])
-      done = [0.]
+      shown = [0]
 
-      def advance(i, total, m=m, done=done):
-        step = m * (i + 1) / total - done[0]
-        done[0] += step
-        bar.update(step)
+      def advance(i, total, m=m, shown=shown):
+        # Whole images only: fractions print as "3.1999999999999997/6", and
+        # their rounding error overshoots the total (tqdm's clamping warning).
+        now = m * (i + 1) // total
+        bar.update(now - shown[0])
+        shown[0] = now
 
       seed_b = int(np.random.SeedSequence([seed, b]).generate_state(1)[0])
       result = attack(images[sl], labels[sl], seed=seed_b, callback=advance)
+      bar.update(m - shown[0])  # an attack may report fewer iterations
       part = dict(indices=indices[sl], labels=labels[sl],
                   clean_pred=result.clean_pred, success=result.success,
                   attack_l2=result.l2, adversarial=result.adversarial)

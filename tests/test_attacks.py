@@ -9,11 +9,14 @@ is a(x) / ||w|| (when the projection stays inside the box).
 """
 
 import dataclasses
+import functools
 import json
 import os
+import re
 import subprocess
 import sys
 from typing import NamedTuple
+import warnings
 
 import numpy as np
 import pytest
@@ -464,10 +467,12 @@ def test_protocol_numbers_by_hand():
 
 
 class FakeAttack:
-  """Deterministic stand-in: succeeds on even pixel sums, counts calls."""
+  """Deterministic stand-in: succeeds on even pixel sums, counts calls,
+  reports `outer` iterations to the callback."""
 
-  def __init__(self):
+  def __init__(self, outer=1):
     self.calls = 0
+    self.outer = outer
 
   def __call__(self, images, labels, seed=None, callback=None):
     self.calls += 1
@@ -475,7 +480,8 @@ class FakeAttack:
     success = (np.round(images.sum(axis=(1, 2, 3)) * 10) % 2 == 0)
     l2 = np.where(success, images.mean(axis=(1, 2, 3)) * 8, np.inf)
     adv = np.where(success[:, None, None, None], images * .5, np.nan)
-    callback(0, 1)
+    for i in range(self.outer):
+      callback(i, self.outer)
     return evasion.AttackResult(
         adversarial=adv.astype(np.float32), success=success,
         l2=l2.astype(np.float32), clean_pred=(labels + (np.arange(n) % 3 == 2)
@@ -554,6 +560,23 @@ def test_run_protocol_resumes_and_writes_outputs(tmp_path):
   assert done.returncode == 0, done.stderr
   assert os.path.exists(os.path.join(cmp_dir, 'accuracy_vs_l2.png'))
   assert done.stdout == table + '\n'
+
+
+def test_progress_bar_counts_whole_images(tmp_path, monkeypatch, capsys):
+  # Batches of 2, 2 and 1 images, 3 outer iterations each: a bar counting
+  # fractions would show 2/3 of an image after the first iteration.
+  import tqdm  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(tqdm, 'tqdm', functools.partial(tqdm.tqdm,
+                                                      mininterval=0))
+  images = np.random.default_rng(0).uniform(size=(5, 4, 4, 1))
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')  # tqdm's clamping warning included
+    protocol.run_protocol(FakeAttack(outer=3), images, np.zeros(5, np.int64),
+                          str(tmp_path), batch_size=2, progress=True)
+  shown = re.findall(r'\| *([^ |]+)/5 \[', capsys.readouterr().err)
+  assert set(shown) == {'0', '1', '2', '3', '4', '5'}, shown
+  counts = [int(c) for c in shown]
+  assert counts == sorted(counts) and counts[-1] == 5
 
 
 # --- a checkpoint, end to end ------------------------------------------------
