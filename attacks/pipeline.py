@@ -13,7 +13,8 @@ writes to `out_dir` the files of `attacks.protocol`: l2.npz (0 for clean
 errors, inf for failed attacks), adversarial.npz, summary.json, summary.md,
 robust_accuracy.json (accuracy at every threshold 0..plot_max) and
 accuracy_vs_l2.png (paper Figures 2-5). Finished batches are kept under
-`<out_dir>/batches/`, and a rerun with the same settings skips them.
+`<out_dir>/batches/`, and a rerun with the same settings skips them; a run
+with other settings is refused unless `overwrite`.
 
 PriK / PosK use a k-means classifier: by default the one `run/evaluate.py`
 saved beside the checkpoint on cosine distance.
@@ -71,7 +72,8 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
       time; the seed draws them and seeds the attack.
     preset, overrides: `attacks.evasion.get_config(preset, **overrides)`.
     out_dir: default `default_out_dir(dataset, classifier, preset)`.
-    overwrite: discard the saved batches of a run with other settings.
+    overwrite: restart: remove every output of the run in `out_dir` first
+      (`protocol.remove_outputs`).
     threshold, plot_max: see `thresholds`.
     progress: a progress bar on stderr.
     log: callable(str) for progress messages.

@@ -17,8 +17,10 @@ test split / the Fashion-MNIST TRAIN split.
 `summary.md`, `robust_accuracy.json` and `accuracy_vs_l2.png`.
 """
 
+import contextlib
 import json
 import os
+import re
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -26,6 +28,9 @@ import numpy as np
 from scae_tf import files
 
 PAPER_THRESHOLDS = {'mnist': 4., 'fashion_mnist': 5.}
+# What `write_outputs` writes beside settings.json and batches/.
+OUTPUT_FILES = ('l2.npz', 'adversarial.npz', 'summary.json', 'summary.md',
+                'robust_accuracy.json', 'accuracy_vs_l2.png')
 DEFAULT_SPLITS = {'mnist': 'test', 'fashion_mnist': 'train'}
 BATCH_KEYS = ('indices', 'labels', 'clean_pred', 'success', 'attack_l2',
               'adversarial')
@@ -159,11 +164,18 @@ class SettingsMismatchError(ValueError):
 
 
 def check_settings(out_dir: str, settings: dict, overwrite: bool = False):
-  """Writes `settings.json`, or checks that a resumed run matches it."""
+  """Writes `settings.json`, or checks that a resumed run matches it.
+
+  With `overwrite`, the previous run's outputs are removed first
+  (`remove_outputs`), its settings last, so that a run interrupted in
+  between never leaves old results under new settings.
+  """
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, 'settings.json')
   normal = json.loads(json.dumps(settings, sort_keys=True))
-  if os.path.exists(path) and not overwrite:
+  if overwrite:
+    remove_outputs(out_dir)
+  elif os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
     diff = sorted(k for k in set(old) | set(normal)
@@ -172,17 +184,43 @@ def check_settings(out_dir: str, settings: dict, overwrite: bool = False):
       raise SettingsMismatchError(
           f'{out_dir} holds a run with other settings ({", ".join(diff)} '
           'differ); use another --out_dir or --overwrite.')
+    _remove(_temporaries(out_dir))
     return
-  if overwrite:
-    batch_dir = os.path.join(out_dir, 'batches')
-    if os.path.isdir(batch_dir):
-      for name in os.listdir(batch_dir):
-        os.remove(os.path.join(batch_dir, name))
   files.write_json(path, normal, sort_keys=True)
 
 
 def batch_path(out_dir: str, index: int) -> str:
   return os.path.join(out_dir, 'batches', f'batch_{index:05d}.npz')
+
+
+def _batch_files(out_dir: str):
+  folder = os.path.join(out_dir, 'batches')
+  if not os.path.isdir(folder):
+    return []
+  return [os.path.join(folder, name) for name in sorted(os.listdir(folder))
+          if re.fullmatch(r'batch_\d{5}\.npz', name)]
+
+
+def _temporaries(out_dir: str):
+  """The unfinished writes of a killed run (see `scae_tf.files`)."""
+  return (files.leftover_temporaries(out_dir,
+                                     OUTPUT_FILES + ('settings.json',))
+          + files.leftover_temporaries(os.path.join(out_dir, 'batches')))
+
+
+def _remove(paths):
+  for path in paths:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(path)
+
+
+def remove_outputs(out_dir: str):
+  """Removes what a run wrote to `out_dir` but its settings.json; files of
+  other names stay. `l2.npz` goes first: without it no report is redrawn
+  from the rest."""
+  _remove([os.path.join(out_dir, name) for name in OUTPUT_FILES])
+  _remove(_batch_files(out_dir))
+  _remove(_temporaries(out_dir))
 
 
 def run_protocol(attack, images, labels, out_dir: str, batch_size: int = 100,

@@ -17,7 +17,8 @@ probes). --num_samples random samples (seeded by --seed) of --split
 (default: the paper's, MNIST test / Fashion-MNIST train) are attacked with
 --preset (attacks.evasion.PRESETS; the flags after it override single
 settings), --batch_size at a time. Finished batches are saved under
-<out_dir>/batches/ and skipped on a restart with the same settings.
+<out_dir>/batches/ and skipped on a restart with the same settings;
+--overwrite restarts, removing every output of the previous run first.
 
 Writes to --out_dir: l2.npz (per-sample perturbation amount: 0 for clean
 errors, inf for failed attacks), adversarial.npz, summary.json, summary.md,
@@ -63,8 +64,8 @@ flags.DEFINE_string('success', None, 'Override: label (fork) or '
                     'clean_prediction (paper).')
 flags.DEFINE_string('out_dir', None, 'Output folder; default: '
                     'results/attack_<dataset>_<classifier>_<preset>.')
-flags.DEFINE_boolean('overwrite', False, 'Discard the saved batches of a '
-                     'previous run with other settings.')
+flags.DEFINE_boolean('overwrite', False, 'Restart: first remove every '
+                     'output of the run in --out_dir.')
 flags.DEFINE_float('threshold', None, 'L2 threshold of the summary; default: '
                    'the paper\'s (4 MNIST, 5 Fashion-MNIST).')
 flags.DEFINE_float('plot_max', None, 'Largest threshold of the curve; '

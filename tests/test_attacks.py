@@ -562,6 +562,47 @@ def test_run_protocol_resumes_and_writes_outputs(tmp_path):
   assert done.stdout == table + '\n'
 
 
+def test_overwrite_removes_the_old_runs_outputs_first(tmp_path):
+  rng = np.random.default_rng(0)
+  images = rng.uniform(size=(5, 4, 4, 1)).astype(np.float32)
+  out = tmp_path / 'run'
+  old = dict(classifier='PosK', dataset='mnist', num_samples=5, seed=0)
+  protocol.check_settings(str(out), old)
+  results = protocol.run_protocol(FakeAttack(), images, rng.integers(0, 10, 5),
+                                  str(out), batch_size=2, progress=False)
+  protocol.write_outputs(str(out), results, old, 4., 5.)
+  (out / 'notes.txt').write_text('not written by the attack')
+  killed_writes = [out / 'summary.json.0123456789ab.tmp',
+                   out / 'batches' / 'batch_00003.npz.ba9876543210.tmp']
+  for path in killed_writes:
+    path.write_bytes(b'half')
+  # Another seed with --overwrite, interrupted straight after the check.
+  protocol.check_settings(str(out), dict(old, seed=1), overwrite=True)
+  assert sorted(os.listdir(out)) == ['batches', 'notes.txt', 'settings.json']
+  assert os.listdir(out / 'batches') == []
+  assert json.loads((out / 'settings.json').read_text())['seed'] == 1
+  # --plot_only then finds no finished run, instead of drawing the seed-0
+  # numbers under seed 1.
+  with pytest.raises(FileNotFoundError, match='no finished run'):
+    pipeline.redraw_reports(str(out))
+  assert not (out / 'summary.json').exists()
+
+
+def test_resume_removes_the_writes_a_kill_left_unfinished(tmp_path):
+  out = tmp_path / 'run'
+  settings = dict(classifier='PosK', seed=0)
+  protocol.check_settings(str(out), settings)
+  (out / 'batches').mkdir()
+  killed_writes = [out / 'l2.npz.0123456789ab.tmp',
+                   out / 'batches' / 'batch_00000.npz.ba9876543210.tmp']
+  kept = [out / 'notes.0123456789ab.tmp', out / 'batches' / 'notes.txt']
+  for path in killed_writes + kept:
+    path.write_bytes(b'half')
+  protocol.check_settings(str(out), settings)
+  assert [p.exists() for p in killed_writes + kept] == [False, False, True,
+                                                        True]
+
+
 def test_progress_bar_counts_whole_images(tmp_path, monkeypatch, capsys):
   # Batches of 2, 2 and 1 images, 3 outer iterations each: a bar counting
   # fractions would show 2/3 of an image after the first iteration.
