@@ -17,7 +17,9 @@ accuracy_vs_l2.png (paper Figures 2-5). Finished batches are kept under
 with other settings is refused unless `overwrite`.
 
 PriK / PosK use a k-means classifier: by default the one `run/evaluate.py`
-saved beside the checkpoint on cosine distance.
+saved beside the checkpoint on cosine distance. One fitted on another
+checkpoint, dataset or preprocessing than the attack's is refused, unless
+`allow_kmeans_mismatch`.
 """
 
 import dataclasses
@@ -47,6 +49,7 @@ def default_out_dir(dataset: str, classifier: str, preset: str) -> str:
 
 def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
                       config=None, kmeans: Optional[str] = None,
+                      allow_kmeans_mismatch: bool = False,
                       dataset: str = 'mnist', split: Optional[str] = None,
                       data_dir: Optional[str] = None,
                       preprocess: str = 'resize', num_samples: int = 5000,
@@ -66,6 +69,9 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
     config: a config name or ScaeConfig (default: `load_model`'s choice).
     kmeans: a KMeansClassifier file (.npz / .json) for PriK / PosK (default:
       the cosine one beside the checkpoint).
+    allow_kmeans_mismatch: use a k-means classifier fitted on another
+      checkpoint, dataset or preprocessing (`kmeans.check_fitted_on`) after
+      a warning, instead of refusing it.
     dataset, split, data_dir, preprocess: the attacked images (split default:
       `protocol.DEFAULT_SPLITS`).
     num_samples, batch_size, seed: random samples, attacked this many at a
@@ -87,6 +93,7 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
   import numpy as np
   from attacks import classifiers, evasion
   from scae_tf import data, loading
+  from scae_tf import kmeans as kmeans_lib
   from scae_tf.kmeans import KMeansClassifier
   # pylint: enable=g-import-not-at-top
   log = log or (lambda msg: None)
@@ -116,6 +123,8 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
       raise FileNotFoundError(
           f'k-means classifier {kmeans!r} not found; run run/evaluate.py on '
           'the checkpoint or pass --kmeans.')
+    kmeans_lib.check_fitted_on(kmeans_clf, kmeans, prefix, dataset,
+                               preprocess, allow_kmeans_mismatch, log)
   attack = evasion.CapsuleAttack(
       classifiers.make_classifier(loaded.model, name, kmeans_clf),
       attack_config)

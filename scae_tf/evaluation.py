@@ -22,7 +22,9 @@ the best of several k-means restarts would choose). Written beside the
 checkpoint, or under the prefix `out`:
 
   <prefix>.kmeans_<prior|posterior>_<metric>.npz   the k-means classifiers
-                                                   (`load_model` finds them)
+                                                   (`load_model` finds them),
+                                                   with what they were fitted
+                                                   on (`kmeans.fitted_on`)
   <prefix>.eval.json                               all accuracies + settings
 """
 
@@ -153,8 +155,8 @@ def evaluate_checkpoint(checkpoint: str, dataset: str = 'mnist', *,
   out = out or prefix
   saved = {}
   for (kind, metric), clf in sorted(classifiers.items()):
-    clf.metadata.update(dataset=dataset, preprocess=preprocess,
-                        config=config.name)
+    clf.metadata.update(kmeans_lib.fitted_on(prefix, dataset, preprocess,
+                                             config.name))
     saved[f'{kind}_{metric}'] = clf.save(
         loading.kmeans_path(out, kind, metric))
   seconds['total'] = round(time.time() - start, 2)

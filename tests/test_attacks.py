@@ -639,8 +639,11 @@ def test_attack_checkpoint_end_to_end(tmp_path):
                         feature='posterior', cluster_to_label=[3, 1, 7])
   km.save(loading.kmeans_path(prefix, 'posterior'))
   out = tmp_path / 'out'
+  messages = []
   result = pipeline.attack_checkpoint(str(tmp_path), 'posk',
-                                      out_dir=str(out), **settings)
+                                      out_dir=str(out), log=messages.append,
+                                      **settings)
+  assert 'records neither the checkpoint nor the data' in messages[0]
   saved = result['settings']
   assert (saved['classifier'], saved['config'], saved['split']) == (
       'PosK', 'tiny', 'test')
@@ -662,3 +665,40 @@ def test_attack_checkpoint_end_to_end(tmp_path):
   with pytest.raises(ValueError, match='exceeds the 10000 examples'):
     pipeline.attack_checkpoint(prefix, 'PriL', **dict(settings,
                                                        num_samples=10001))
+
+
+def test_attack_refuses_a_kmeans_of_another_checkpoint_or_data(tmp_path):
+  prefixes = []
+  for seed in (0, 1):
+    tf.random.set_seed(seed)
+    prefixes.append(checkpoints.save_tf2_checkpoint(
+        SCAE(configs.tiny_config(canvas_size=40)), str(tmp_path / f'm{seed}')))
+  fitted, attacked = prefixes
+  km = KMeansClassifier(centers=np.eye(3, dtype=np.float32), metric='cosine',
+                        feature='posterior', cluster_to_label=[3, 1, 7],
+                        metadata=kmeans.fitted_on(fitted, 'mnist', 'resize',
+                                                  'tiny'))
+  path = km.save(str(tmp_path / 'km.npz'))
+  km.save(loading.kmeans_path(fitted, 'posterior'))
+  out = tmp_path / 'out'
+  settings = dict(dataset='mnist', data_dir=str(data_path('mnist')),
+                  num_samples=2, batch_size=2, progress=False,
+                  out_dir=str(out),
+                  overrides=dict(outer_iterations=1, inner_iterations=1))
+  with pytest.raises(kmeans.KMeansMismatchError, match=re.escape(
+      f'k-means file {path} was fitted on checkpoint {fitted} ')):
+    pipeline.attack_checkpoint(attacked, 'PosK', kmeans=path, **settings)
+  # The one beside the checkpoint is checked too.
+  with pytest.raises(kmeans.KMeansMismatchError,
+                     match='with preprocess resize, not pad_center'):
+    pipeline.attack_checkpoint(fitted, 'PosK', preprocess='pad_center',
+                               **settings)
+  assert not out.exists()
+  messages = []
+  result = pipeline.attack_checkpoint(attacked, 'PosK', kmeans=path,
+                                      allow_kmeans_mismatch=True,
+                                      log=messages.append, **settings)
+  assert messages[0].startswith(f'warning: k-means file {path} was fitted '
+                                f'on checkpoint {fitted} ')
+  assert result['settings']['kmeans'] == path
+  assert result['summary']['num_samples'] == 2
