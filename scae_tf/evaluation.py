@@ -142,14 +142,16 @@ def evaluate_checkpoint(checkpoint: str, dataset: str = 'mnist', *,
   fit = dict(k=k, n_iter=n_iter, n_classes=config.num_classes, n_init=n_init)
   results, classifiers = kmeans_lib.evaluate_kmeans(
       feats['train'], labels['train'], feats['test'], labels['test'],
-      metrics=metrics, seed=seed, checkpoint=prefix, log=log, **fit)
+      metrics=metrics, seed=seed, checkpoint=prefix, log=log,
+      progress=progress, **fit)
   seconds['kmeans'] = round(time.time() - t, 2)
   spread = None
   if seeds:
     t = time.time()
     spread = kmeans_lib.seed_spread(
         feats['train'], labels['train'], feats['test'], labels['test'],
-        seeds=[seed] + seeds, metrics=metrics, log=log, **fit)
+        seeds=[seed] + seeds, metrics=metrics, log=log, progress=progress,
+        **fit)
     seconds['seed_spread'] = round(time.time() - t, 2)
 
   out = out or prefix

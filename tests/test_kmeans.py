@@ -225,6 +225,22 @@ def test_save_load_round_trip(tmp_path, suffix):
       clf.predict(x).tolist()
 
 
+def test_cosine_fit_shows_its_steps_on_request(capsys):
+  x, y = blobs()
+  quiet = kmeans.fit_kmeans_classifier(x, y, k=5, n_iter=7, feature='prior')
+  assert capsys.readouterr().err == ''
+  shown = kmeans.fit_kmeans_classifier(x, y, k=5, n_iter=7, feature='prior',
+                                       progress=True)
+  bar = capsys.readouterr().err
+  assert 'k-means prior: 100%' in bar and '7/7' in bar
+  np.testing.assert_array_equal(shown.centers, quiet.centers)
+  kmeans.evaluate_kmeans(dict(prior=x, posterior=x), y, dict(prior=x,
+                                                             posterior=x),
+                         y, k=5, n_iter=3, progress=True)
+  bars = capsys.readouterr().err
+  assert 'k-means prior: 100%' in bars and 'k-means posterior: 100%' in bars
+
+
 def test_evaluate_kmeans_report():
   x, y = blobs(label_perm=[4, 3, 2, 1, 0])
   xt, yt = blobs(label_perm=[4, 3, 2, 1, 0], seed=3)
