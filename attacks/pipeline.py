@@ -156,7 +156,7 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
       attack, images, labels[indices], out_dir, batch_size, seed,
       indices=indices, threshold=threshold, progress=progress)
   summary = protocol.write_outputs(out_dir, results, settings, threshold,
-                                   t_max, label=f'{config.name} {name}')
+                                   t_max)
   log(f'done in {time.time() - start:.0f} s; results in {out_dir}')
   return dict(summary=summary, settings=settings, out_dir=out_dir)
 
@@ -183,17 +183,18 @@ def compare_runs(folders: Sequence[str], out_dir: str,
   The thresholds are those of the first run's dataset."""
   if labels and len(labels) != len(folders):
     raise cli.UsageError('labels needs one label per compared folder.')
-  curves, datasets = [], []
+  curves, runs = [], []
   for i, folder in enumerate(folders):
     arrays, settings = protocol.load_results(folder)
     label = (labels[i] if labels else
              os.path.basename(os.path.normpath(folder)))
     curves.append((label, arrays['perturbation']))
-    datasets.append(settings.get('dataset', dataset))
-  t, t_max = thresholds(datasets[0], threshold, plot_max)
+    runs.append(settings)
+  t, t_max = thresholds(runs[0].get('dataset', dataset), threshold, plot_max)
   os.makedirs(out_dir, exist_ok=True)
   plot = protocol.plot_accuracy_vs_l2(
-      curves, os.path.join(out_dir, 'accuracy_vs_l2.png'), t_max, t)
+      curves, os.path.join(out_dir, 'accuracy_vs_l2.png'), t_max, t,
+      protocol.plot_title(runs))
   rows = ['| run | clean accuracy | accuracy at L2 <= %g |' % t,
           '| --- | --- | --- |']
   for label, p in curves:

@@ -129,31 +129,70 @@ def markdown_table(summary: dict, settings: Optional[dict] = None) -> str:
   return '\n'.join(rows) + '\n'
 
 
+DATASET_NAMES = {'mnist': 'MNIST', 'fashion_mnist': 'Fashion-MNIST'}
+
+
+def plot_title(settings: Sequence[dict]) -> Optional[str]:
+  """What the plotted runs (their settings) share, in words: data set and
+  split, N, preset, classifier; None if they share none of them."""
+
+  def common(key):
+    values = [s.get(key) for s in settings]
+    return values[0] if values and values.count(values[0]) == len(values) \
+        else None
+
+  dataset, split, n = common('dataset'), common('split'), common('num_samples')
+  parts = [' '.join(filter(None, (DATASET_NAMES.get(dataset, dataset),
+                                  split))),
+           n is not None and f'N = {n}',
+           common('preset') and f'preset {common("preset")}',
+           common('classifier') and f'classifier {common("classifier")}']
+  return ', '.join(filter(None, parts)) or None
+
+
+def accuracy_vs_l2_figure(curves: Sequence[Tuple[str, np.ndarray]],
+                          max_threshold: float,
+                          threshold: Optional[float] = None,
+                          title: Optional[str] = None):
+  """Paper Figures 2-5 as a matplotlib Figure: accuracy (amount > t)
+  against t, one line per (label, perturbations), each labelled with its
+  accuracy at `threshold`, which a dotted line marks."""
+  # pylint: disable=g-import-not-at-top
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  # pylint: enable=g-import-not-at-top
+  fig = Figure(figsize=(6.4, 5.2))
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot()
+  for label, perturbations in curves:
+    curve = robust_accuracy_curve(perturbations, max_threshold, step=0.005)
+    if threshold is not None:
+      label = (f'{label}: accuracy {accuracy_at(perturbations, threshold):.3f}'
+               f' at L2 \u2264 {threshold:g}')
+    ax.plot(curve['thresholds'], curve['accuracy'], label=label)
+  if threshold is not None:
+    ax.axvline(threshold, color='grey', linestyle=':', linewidth=1,
+               label=f'reported threshold: L2 = {threshold:g}')
+  ax.set_xlim(0, max_threshold)
+  ax.set_ylim(0, 1)
+  ax.set_xlabel('L2 budget t of the attack: \u2016x_adv \u2212 x\u2016\u2082 '
+                '(pixel values in [0, 1])')
+  ax.set_ylabel('Accuracy under attacks of L2 \u2264 t')
+  ax.grid(True, alpha=.3)
+  # Below the axes, so that no legend covers a curve.
+  ax.legend(loc='upper center', bbox_to_anchor=(.5, -.13), frameon=False)
+  if title:
+    ax.set_title(title)
+  return fig
+
+
 def plot_accuracy_vs_l2(curves: Sequence[Tuple[str, np.ndarray]], path: str,
                         max_threshold: float,
                         threshold: Optional[float] = None,
                         title: Optional[str] = None) -> str:
-  """Paper Figures 2-5: accuracy (amount > t) against t, one line per
-  (label, perturbations); a dotted line marks the paper's threshold."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(6, 4.5))
-  for label, perturbations in curves:
-    curve = robust_accuracy_curve(perturbations, max_threshold, step=0.005)
-    ax.plot(curve['thresholds'], curve['accuracy'], label=label)
-  if threshold is not None:
-    ax.axvline(threshold, color='grey', linestyle=':', linewidth=1)
-  ax.set_xlim(0, max_threshold)
-  ax.set_ylim(0, 1)
-  ax.set_xlabel('L2 perturbation threshold')
-  ax.set_ylabel('Accuracy on adversarial samples')
-  ax.grid(True, alpha=.3)
-  ax.legend(loc='upper right')
-  if title:
-    ax.set_title(title)
-  fig.savefig(path, bbox_inches='tight', dpi=120)
-  plt.close(fig)
+  """Writes `accuracy_vs_l2_figure` to the PNG `path`; returns the path."""
+  accuracy_vs_l2_figure(curves, max_threshold, threshold, title).savefig(
+      path, bbox_inches='tight', dpi=120)
   return path
 
 
@@ -322,10 +361,13 @@ def write_reports(out_dir, perturbations, clean_correct, settings, threshold,
   files.write_json(os.path.join(out_dir, 'robust_accuracy.json'),
                    dict(curve, definition='accuracy(t) = fraction of samples '
                         'whose perturbation amount is > t'), sort_keys=True)
-  plot_accuracy_vs_l2([(label or settings.get('classifier', 'model'),
-                        perturbations)],
+  if label is None:
+    label = settings.get('classifier', 'model')
+    if settings.get('config'):
+      label += f', config {settings["config"]}'
+  plot_accuracy_vs_l2([(label, perturbations)],
                       os.path.join(out_dir, 'accuracy_vs_l2.png'),
-                      max_threshold, threshold)
+                      max_threshold, threshold, plot_title([settings]))
   return summary
 
 

@@ -603,6 +603,38 @@ def test_resume_removes_the_writes_a_kill_left_unfinished(tmp_path):
                                                         True]
 
 
+def test_accuracy_plot_says_what_it_shows(tmp_path, monkeypatch):
+  settings = dict(dataset='fashion_mnist', split='train', num_samples=5,
+                  preset='paper_eval', classifier='PosK',
+                  config='fashion_mnist')
+  title = 'Fashion-MNIST train, N = 5, preset paper_eval, classifier PosK'
+  assert protocol.plot_title([settings]) == title
+  # A comparison's title keeps what its runs share.
+  assert protocol.plot_title([settings, dict(settings, classifier='PriK')]) \
+      == 'Fashion-MNIST train, N = 5, preset paper_eval'
+  assert protocol.plot_title([{}]) is None
+  p = np.array([0., 1., 2., 5.5, np.inf])
+  fig = protocol.accuracy_vs_l2_figure([('SCAE', p)], 6., 5., title)
+  ax = fig.axes[0]
+  assert ax.get_title() == title
+  legend = ax.get_legend()
+  assert [t.get_text() for t in legend.get_texts()] == [
+      'SCAE: accuracy 0.400 at L2 \u2264 5', 'reported threshold: L2 = 5']
+  assert list(ax.lines[-1].get_xdata()) == [5., 5.]
+  assert ax.get_xlabel().endswith('(pixel values in [0, 1])')
+  assert ax.get_ylabel() == 'Accuracy under attacks of L2 \u2264 t'
+  fig.canvas.draw()
+  # Below the axes, the legend covers no curve.
+  assert legend.get_window_extent().y1 < ax.get_window_extent().y0
+  # The reports draw it with the run's settings.
+  drawn = []
+  monkeypatch.setattr(protocol, 'plot_accuracy_vs_l2',
+                      lambda *args: drawn.append(args))
+  protocol.write_reports(str(tmp_path), p, p > 0, settings, 5., 6.)
+  assert [(a[0][0][0], a[3], a[4]) for a in drawn] == [
+      ('PosK, config fashion_mnist', 5., title)]
+
+
 def test_progress_bar_counts_whole_images(tmp_path, monkeypatch, capsys):
   # Batches of 2, 2 and 1 images, 3 outer iterations each: a bar counting
   # fractions would show 2/3 of an image after the first iteration.
