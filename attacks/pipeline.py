@@ -29,6 +29,7 @@ from typing import Callable, Optional, Sequence, Tuple
 
 from attacks import protocol
 from scae_tf import cli
+from scae_tf import files
 
 DATASETS = tuple(protocol.PAPER_THRESHOLDS)
 
@@ -201,8 +202,7 @@ def compare_runs(folders: Sequence[str], out_dir: str,
     rows.append(f'| {label} | {protocol.accuracy_at(p, 0.):.4f} | '
                 f'{protocol.accuracy_at(p, t):.4f} |')
   table = '\n'.join(rows)
-  with open(os.path.join(out_dir, 'compare.md'), 'w') as f:
-    f.write(table + '\n')
+  files.write_text(os.path.join(out_dir, 'compare.md'), table + '\n')
   if log is not None:
     log(f'wrote {plot}')
   return table

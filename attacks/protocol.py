@@ -191,8 +191,9 @@ def plot_accuracy_vs_l2(curves: Sequence[Tuple[str, np.ndarray]], path: str,
                         threshold: Optional[float] = None,
                         title: Optional[str] = None) -> str:
   """Writes `accuracy_vs_l2_figure` to the PNG `path`; returns the path."""
-  accuracy_vs_l2_figure(curves, max_threshold, threshold, title).savefig(
-      path, bbox_inches='tight', dpi=120)
+  fig = accuracy_vs_l2_figure(curves, max_threshold, threshold, title)
+  with files.atomic_open(path, 'wb') as f:
+    fig.savefig(f, format='png', bbox_inches='tight', dpi=120)
   return path
 
 
