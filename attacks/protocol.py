@@ -213,9 +213,8 @@ def check_settings(out_dir: str, settings: dict, overwrite: bool = False):
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, 'settings.json')
   normal = json.loads(json.dumps(settings, sort_keys=True))
-  if overwrite:
-    remove_outputs(out_dir)
-  elif os.path.exists(path):
+  resumed = os.path.exists(path) and not overwrite
+  if resumed:
     with open(path) as f:
       old = json.load(f)
     diff = sorted(k for k in set(old) | set(normal)
@@ -224,9 +223,11 @@ def check_settings(out_dir: str, settings: dict, overwrite: bool = False):
       raise SettingsMismatchError(
           f'{out_dir} holds a run with other settings ({", ".join(diff)} '
           'differ); use another --out_dir or --overwrite.')
-    _remove(_temporaries(out_dir))
-    return
-  files.write_json(path, normal, sort_keys=True)
+  _remove(_temporaries(out_dir))
+  if overwrite:
+    remove_outputs(out_dir)
+  if not resumed:
+    files.write_json(path, normal, sort_keys=True)
 
 
 def batch_path(out_dir: str, index: int) -> str:

@@ -588,17 +588,20 @@ def test_overwrite_removes_the_old_runs_outputs_first(tmp_path):
   assert not (out / 'summary.json').exists()
 
 
-def test_resume_removes_the_writes_a_kill_left_unfinished(tmp_path):
+def test_a_run_removes_the_writes_a_kill_left_unfinished(tmp_path):
   out = tmp_path / 'run'
+  (out / 'batches').mkdir(parents=True)
   settings = dict(classifier='PosK', seed=0)
-  protocol.check_settings(str(out), settings)
-  (out / 'batches').mkdir()
+  killed = out / 'settings.json.0123456789ab.tmp'
+  killed.write_bytes(b'{')
+  protocol.check_settings(str(out), settings)  # a fresh start
+  assert not killed.exists()
   killed_writes = [out / 'l2.npz.0123456789ab.tmp',
                    out / 'batches' / 'batch_00000.npz.ba9876543210.tmp']
   kept = [out / 'notes.0123456789ab.tmp', out / 'batches' / 'notes.txt']
   for path in killed_writes + kept:
     path.write_bytes(b'half')
-  protocol.check_settings(str(out), settings)
+  protocol.check_settings(str(out), settings)  # a resumed run
   assert [p.exists() for p in killed_writes + kept] == [False, False, True,
                                                         True]
 
