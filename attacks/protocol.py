@@ -28,12 +28,12 @@ import numpy as np
 from scae_tf import files
 
 PAPER_THRESHOLDS = {'mnist': 4., 'fashion_mnist': 5.}
-# What `write_outputs` writes beside settings.json and batches/.
-OUTPUT_FILES = ('l2.npz', 'adversarial.npz', 'summary.json', 'summary.md',
-                'robust_accuracy.json', 'accuracy_vs_l2.png')
 DEFAULT_SPLITS = {'mnist': 'test', 'fashion_mnist': 'train'}
 BATCH_KEYS = ('indices', 'labels', 'clean_pred', 'success', 'attack_l2',
               'adversarial')
+# What `write_outputs` writes beside settings.json and batches/.
+OUTPUT_FILES = ('l2.npz', 'adversarial.npz', 'summary.json', 'summary.md',
+                'robust_accuracy.json', 'accuracy_vs_l2.png')
 
 
 # --- numbers ----------------------------------------------------------------
@@ -206,9 +206,10 @@ class SettingsMismatchError(ValueError):
 def check_settings(out_dir: str, settings: dict, overwrite: bool = False):
   """Writes `settings.json`, or checks that a resumed run matches it.
 
-  With `overwrite`, the previous run's outputs are removed first
-  (`remove_outputs`), its settings last, so that a run interrupted in
-  between never leaves old results under new settings.
+  Either way, the unfinished writes of a killed run go. With `overwrite`,
+  every output of the previous run goes too (`remove_outputs`) before the
+  new settings replace the old: a restart interrupted in between never
+  leaves old results under new settings.
   """
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, 'settings.json')

@@ -13,6 +13,8 @@ import functools
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 from typing import NamedTuple
@@ -737,3 +739,110 @@ def test_attack_refuses_a_kmeans_of_another_checkpoint_or_data(tmp_path):
                                 f'on checkpoint {fitted} ')
   assert result['settings']['kmeans'] == path
   assert result['summary']['num_samples'] == 2
+
+
+# --- fault injection: SIGKILL and resume -------------------------------------
+
+@pytest.fixture
+def killable_attack(tmp_path):
+  """Runs tests/helpers/attack_run.py (a 3-batch PosK attack of a tiny
+  checkpoint) as `run(out_dir, kill_at=-1)` -> (exit status, its stdout
+  lines: the events of a finished run, `killed at <event>` of a killed
+  one)."""
+  tf.random.set_seed(0)
+  prefix = checkpoints.save_tf2_checkpoint(
+      SCAE(configs.tiny_config(canvas_size=40)), str(tmp_path / 'tiny'))
+  KMeansClassifier(
+      centers=np.eye(3, dtype=np.float32), metric='cosine',
+      feature='posterior', cluster_to_label=[3, 1, 7],
+      metadata=kmeans.fitted_on(prefix, 'mnist', 'resize', 'tiny')).save(
+          loading.kmeans_path(prefix, 'posterior'))
+  script = os.path.join(REPO, 'tests', 'helpers', 'attack_run.py')
+  data_dir = str(data_path('mnist'))
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', PYTHONPATH=os.pathsep.join(
+      filter(None, (REPO, os.environ.get('PYTHONPATH')))))
+
+  def run(out_dir, kill_at=-1):
+    done = subprocess.run(
+        [sys.executable, script, prefix, data_dir, str(out_dir),
+         str(kill_at)], env=env, capture_output=True, text=True, timeout=900,
+        check=False)
+    assert done.returncode in (0, -signal.SIGKILL), done.stderr[-3000:]
+    return done.returncode, done.stdout.splitlines()
+
+  return run
+
+
+def _outputs(out_dir):
+  """{path in out_dir: its bytes, or {name: array} for an .npz}."""
+  found = {}
+  for folder, _, names in os.walk(out_dir):
+    for name in names:
+      path = os.path.join(folder, name)
+      if name.endswith('.npz'):
+        with np.load(path) as z:
+          content = {k: z[k] for k in z.files}
+      else:
+        with open(path, 'rb') as f:
+          content = f.read()
+      found[os.path.relpath(path, out_dir)] = content
+  return found
+
+
+def _assert_same_outputs(out_dir, expected):
+  got = _outputs(out_dir)
+  assert sorted(got) == sorted(expected)  # no unfinished write left either
+  for path, content in expected.items():
+    if isinstance(content, dict):
+      assert sorted(got[path]) == sorted(content), path
+      for name, array in content.items():
+        np.testing.assert_array_equal(got[path][name], array, strict=True,
+                                      err_msg=f'{path}: {name}')
+    else:
+      assert got[path] == content, path
+
+
+def test_attack_killed_in_a_save_and_between_saves_ends_bit_identical(
+    tmp_path, killable_attack):
+  status, events = killable_attack(tmp_path / 'full')
+  assert status == 0 and events.count('outer') == 9  # 3 batches x 3
+  full = _outputs(tmp_path / 'full')
+  out = tmp_path / 'killed'
+  # In the save of batch 1: written, not yet renamed.
+  assert killable_attack(out, 'batches/batch_00001.npz written') == (
+      -signal.SIGKILL, ['killed at batches/batch_00001.npz written'])
+  assert sorted(os.listdir(out / 'batches'))[0] == 'batch_00000.npz'
+  assert len(os.listdir(out / 'batches')) == 2
+  # Between saves: after the first attack iteration of the resumed run.
+  assert killable_attack(out, 'outer')[0] == -signal.SIGKILL
+  status, resumed = killable_attack(out)
+  assert status == 0
+  # The last run attacked batches 1 and 2 only, and ends as the full run.
+  assert resumed.count('outer') == 6
+  _assert_same_outputs(out, full)
+
+
+@pytest.mark.slow
+def test_attack_killed_at_20_random_points_ends_bit_identical(
+    tmp_path, killable_attack):
+  """SIGKILL at 20 events drawn with a fixed seed (in a save, or between
+  saves), each run resuming the last; every run that finishes has written
+  the files of an uninterrupted run."""
+  status, events = killable_attack(tmp_path / 'full')
+  assert status == 0
+  full = _outputs(tmp_path / 'full')
+  rng = np.random.default_rng(20)
+  out, killed_at, finished = tmp_path / 'killed', [], 0
+  while len(killed_at) < 20:
+    status, lines = killable_attack(out, int(rng.integers(len(events))))
+    if status == 0:  # a resumed run has fewer events left than drawn
+      _assert_same_outputs(out, full)
+      shutil.rmtree(out)
+      finished += 1
+    else:
+      killed_at.append(lines[-1].split(' ')[-1])
+  assert killable_attack(out)[0] == 0
+  _assert_same_outputs(out, full)
+  assert finished >= 1
+  # Kills fell in each stage of a save, and between saves.
+  assert set(killed_at) == {'open', 'written', 'renamed', 'outer'}
