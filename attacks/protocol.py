@@ -174,7 +174,7 @@ def accuracy_vs_l2_figure(curves: Sequence[Tuple[str, np.ndarray]],
     ax.axvline(threshold, color='grey', linestyle=':', linewidth=1,
                label=f'reported threshold: L2 = {threshold:g}')
   ax.set_xlim(0, max_threshold)
-  ax.set_ylim(0, 1)
+  ax.set_ylim(-.02, 1.02)  # a curve at 0 or 1 would hide under the frame
   ax.set_xlabel('L2 budget t of the attack: \u2016x_adv \u2212 x\u2016\u2082 '
                 '(pixel values in [0, 1])')
   ax.set_ylabel('Accuracy under attacks of L2 \u2264 t')

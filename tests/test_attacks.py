@@ -628,6 +628,8 @@ def test_accuracy_plot_says_what_it_shows(tmp_path, monkeypatch):
   assert list(ax.lines[-1].get_xdata()) == [5., 5.]
   assert ax.get_xlabel().endswith('(pixel values in [0, 1])')
   assert ax.get_ylabel() == 'Accuracy under attacks of L2 \u2264 t'
+  bottom, top = ax.get_ylim()
+  assert bottom < 0 and top > 1  # a curve at 0 or 1 is not under the frame
   fig.canvas.draw()
   # Below the axes, the legend covers no curve.
   assert legend.get_window_extent().y1 < ax.get_window_extent().y0
