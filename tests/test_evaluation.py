@@ -104,9 +104,11 @@ def test_evaluate_script(tmp_path):
   proc = subprocess.run(
       [sys.executable, str(REPO / 'run' / 'evaluate.py'),
        f'--checkpoint={tmp_path}', f'--data_dir={data_dir}',
-       '--max_examples=50', '--n_iter=5', f'--out={tmp_path / "eval"}'],
+       '--max_examples=50', '--n_iter=5', f'--out={tmp_path / "eval"}',
+       '--noprogress'],
       capture_output=True, text=True, check=False, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
+  assert '%|' not in proc.stderr  # no progress bar
   report = json.loads((tmp_path / 'eval.eval.json').read_text())
   assert report['checkpoint'] == prefix
   assert report['kmeans']['variants'] == ['cosine']
