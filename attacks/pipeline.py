@@ -13,10 +13,13 @@ writes to `out_dir` the files of `attacks.protocol`: l2.npz (0 for clean
 errors, inf for failed attacks), adversarial.npz, summary.json, summary.md,
 robust_accuracy.json (accuracy at every threshold 0..plot_max) and
 accuracy_vs_l2.png (paper Figures 2-5). Finished batches are kept under
-`<out_dir>/batches/`, and a rerun with the same settings skips them.
+`<out_dir>/batches/`, and a rerun with the same settings skips them; a run
+with other settings is refused unless `overwrite`.
 
 PriK / PosK use a k-means classifier: by default the one `run/evaluate.py`
-saved beside the checkpoint on cosine distance.
+saved beside the checkpoint on cosine distance. One fitted on another
+checkpoint, dataset or preprocessing than the attack's is refused, unless
+`allow_kmeans_mismatch`.
 """
 
 import dataclasses
@@ -26,6 +29,7 @@ from typing import Callable, Optional, Sequence, Tuple
 
 from attacks import protocol
 from scae_tf import cli
+from scae_tf import files
 
 DATASETS = tuple(protocol.PAPER_THRESHOLDS)
 
@@ -46,6 +50,7 @@ def default_out_dir(dataset: str, classifier: str, preset: str) -> str:
 
 def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
                       config=None, kmeans: Optional[str] = None,
+                      allow_kmeans_mismatch: bool = False,
                       dataset: str = 'mnist', split: Optional[str] = None,
                       data_dir: Optional[str] = None,
                       preprocess: str = 'resize', num_samples: int = 5000,
@@ -65,13 +70,17 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
     config: a config name or ScaeConfig (default: `load_model`'s choice).
     kmeans: a KMeansClassifier file (.npz / .json) for PriK / PosK (default:
       the cosine one beside the checkpoint).
+    allow_kmeans_mismatch: use a k-means classifier fitted on another
+      checkpoint, dataset or preprocessing (`kmeans.check_fitted_on`) after
+      a warning, instead of refusing it.
     dataset, split, data_dir, preprocess: the attacked images (split default:
       `protocol.DEFAULT_SPLITS`).
     num_samples, batch_size, seed: random samples, attacked this many at a
       time; the seed draws them and seeds the attack.
     preset, overrides: `attacks.evasion.get_config(preset, **overrides)`.
     out_dir: default `default_out_dir(dataset, classifier, preset)`.
-    overwrite: discard the saved batches of a run with other settings.
+    overwrite: restart: remove every output of the run in `out_dir` first
+      (`protocol.remove_outputs`).
     threshold, plot_max: see `thresholds`.
     progress: a progress bar on stderr.
     log: callable(str) for progress messages.
@@ -85,6 +94,7 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
   import numpy as np
   from attacks import classifiers, evasion
   from scae_tf import data, loading
+  from scae_tf import kmeans as kmeans_lib
   from scae_tf.kmeans import KMeansClassifier
   # pylint: enable=g-import-not-at-top
   log = log or (lambda msg: None)
@@ -114,6 +124,8 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
       raise FileNotFoundError(
           f'k-means classifier {kmeans!r} not found; run run/evaluate.py on '
           'the checkpoint or pass --kmeans.')
+    kmeans_lib.check_fitted_on(kmeans_clf, kmeans, prefix, dataset,
+                               preprocess, allow_kmeans_mismatch, log)
   attack = evasion.CapsuleAttack(
       classifiers.make_classifier(loaded.model, name, kmeans_clf),
       attack_config)
@@ -145,7 +157,7 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
       attack, images, labels[indices], out_dir, batch_size, seed,
       indices=indices, threshold=threshold, progress=progress)
   summary = protocol.write_outputs(out_dir, results, settings, threshold,
-                                   t_max, label=f'{config.name} {name}')
+                                   t_max)
   log(f'done in {time.time() - start:.0f} s; results in {out_dir}')
   return dict(summary=summary, settings=settings, out_dir=out_dir)
 
@@ -172,25 +184,25 @@ def compare_runs(folders: Sequence[str], out_dir: str,
   The thresholds are those of the first run's dataset."""
   if labels and len(labels) != len(folders):
     raise cli.UsageError('labels needs one label per compared folder.')
-  curves, datasets = [], []
+  curves, runs = [], []
   for i, folder in enumerate(folders):
     arrays, settings = protocol.load_results(folder)
     label = (labels[i] if labels else
              os.path.basename(os.path.normpath(folder)))
     curves.append((label, arrays['perturbation']))
-    datasets.append(settings.get('dataset', dataset))
-  t, t_max = thresholds(datasets[0], threshold, plot_max)
+    runs.append(settings)
+  t, t_max = thresholds(runs[0].get('dataset', dataset), threshold, plot_max)
   os.makedirs(out_dir, exist_ok=True)
   plot = protocol.plot_accuracy_vs_l2(
-      curves, os.path.join(out_dir, 'accuracy_vs_l2.png'), t_max, t)
+      curves, os.path.join(out_dir, 'accuracy_vs_l2.png'), t_max, t,
+      protocol.plot_title(runs))
   rows = ['| run | clean accuracy | accuracy at L2 <= %g |' % t,
           '| --- | --- | --- |']
   for label, p in curves:
     rows.append(f'| {label} | {protocol.accuracy_at(p, 0.):.4f} | '
                 f'{protocol.accuracy_at(p, t):.4f} |')
   table = '\n'.join(rows)
-  with open(os.path.join(out_dir, 'compare.md'), 'w') as f:
-    f.write(table + '\n')
+  files.write_text(os.path.join(out_dir, 'compare.md'), table + '\n')
   if log is not None:
     log(f'wrote {plot}')
   return table

@@ -17,8 +17,10 @@ test split / the Fashion-MNIST TRAIN split.
 `summary.md`, `robust_accuracy.json` and `accuracy_vs_l2.png`.
 """
 
+import contextlib
 import json
 import os
+import re
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -29,6 +31,9 @@ PAPER_THRESHOLDS = {'mnist': 4., 'fashion_mnist': 5.}
 DEFAULT_SPLITS = {'mnist': 'test', 'fashion_mnist': 'train'}
 BATCH_KEYS = ('indices', 'labels', 'clean_pred', 'success', 'attack_l2',
               'adversarial')
+# What `write_outputs` writes beside settings.json and batches/.
+OUTPUT_FILES = ('l2.npz', 'adversarial.npz', 'summary.json', 'summary.md',
+                'robust_accuracy.json', 'accuracy_vs_l2.png')
 
 
 # --- numbers ----------------------------------------------------------------
@@ -124,31 +129,71 @@ def markdown_table(summary: dict, settings: Optional[dict] = None) -> str:
   return '\n'.join(rows) + '\n'
 
 
+DATASET_NAMES = {'mnist': 'MNIST', 'fashion_mnist': 'Fashion-MNIST'}
+
+
+def plot_title(settings: Sequence[dict]) -> Optional[str]:
+  """What the plotted runs (their settings) share, in words: data set and
+  split, N, preset, classifier; None if they share none of them."""
+
+  def common(key):
+    values = [s.get(key) for s in settings]
+    return values[0] if values and values.count(values[0]) == len(values) \
+        else None
+
+  dataset, split, n = common('dataset'), common('split'), common('num_samples')
+  parts = [' '.join(filter(None, (DATASET_NAMES.get(dataset, dataset),
+                                  split))),
+           n is not None and f'N = {n}',
+           common('preset') and f'preset {common("preset")}',
+           common('classifier') and f'classifier {common("classifier")}']
+  return ', '.join(filter(None, parts)) or None
+
+
+def accuracy_vs_l2_figure(curves: Sequence[Tuple[str, np.ndarray]],
+                          max_threshold: float,
+                          threshold: Optional[float] = None,
+                          title: Optional[str] = None):
+  """Paper Figures 2-5 as a matplotlib Figure: accuracy (amount > t)
+  against t, one line per (label, perturbations), each labelled with its
+  accuracy at `threshold`, which a dotted line marks."""
+  # pylint: disable=g-import-not-at-top
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  # pylint: enable=g-import-not-at-top
+  fig = Figure(figsize=(6.4, 5.2))
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot()
+  for label, perturbations in curves:
+    curve = robust_accuracy_curve(perturbations, max_threshold, step=0.005)
+    if threshold is not None:
+      label = (f'{label}: accuracy {accuracy_at(perturbations, threshold):.3f}'
+               f' at L2 \u2264 {threshold:g}')
+    ax.plot(curve['thresholds'], curve['accuracy'], label=label)
+  if threshold is not None:
+    ax.axvline(threshold, color='grey', linestyle=':', linewidth=1,
+               label=f'reported threshold: L2 = {threshold:g}')
+  ax.set_xlim(0, max_threshold)
+  ax.set_ylim(-.02, 1.02)  # a curve at 0 or 1 would hide under the frame
+  ax.set_xlabel('L2 budget t of the attack: \u2016x_adv \u2212 x\u2016\u2082 '
+                '(pixel values in [0, 1])')
+  ax.set_ylabel('Accuracy under attacks of L2 \u2264 t')
+  ax.grid(True, alpha=.3)
+  # Below the axes, so that no legend covers a curve.
+  ax.legend(loc='upper center', bbox_to_anchor=(.5, -.13), frameon=False)
+  if title:
+    ax.set_title(title)
+  return fig
+
+
 def plot_accuracy_vs_l2(curves: Sequence[Tuple[str, np.ndarray]], path: str,
                         max_threshold: float,
                         threshold: Optional[float] = None,
                         title: Optional[str] = None) -> str:
-  """Paper Figures 2-5: accuracy (amount > t) against t, one line per
-  (label, perturbations); a dotted line marks the paper's threshold."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(6, 4.5))
-  for label, perturbations in curves:
-    curve = robust_accuracy_curve(perturbations, max_threshold, step=0.005)
-    ax.plot(curve['thresholds'], curve['accuracy'], label=label)
-  if threshold is not None:
-    ax.axvline(threshold, color='grey', linestyle=':', linewidth=1)
-  ax.set_xlim(0, max_threshold)
-  ax.set_ylim(0, 1)
-  ax.set_xlabel('L2 perturbation threshold')
-  ax.set_ylabel('Accuracy on adversarial samples')
-  ax.grid(True, alpha=.3)
-  ax.legend(loc='upper right')
-  if title:
-    ax.set_title(title)
-  fig.savefig(path, bbox_inches='tight', dpi=120)
-  plt.close(fig)
+  """Writes `accuracy_vs_l2_figure` to the PNG `path`; returns the path."""
+  fig = accuracy_vs_l2_figure(curves, max_threshold, threshold, title)
+  with files.atomic_open(path, 'wb') as f:
+    fig.savefig(f, format='png', bbox_inches='tight', dpi=120)
   return path
 
 
@@ -159,11 +204,18 @@ class SettingsMismatchError(ValueError):
 
 
 def check_settings(out_dir: str, settings: dict, overwrite: bool = False):
-  """Writes `settings.json`, or checks that a resumed run matches it."""
+  """Writes `settings.json`, or checks that a resumed run matches it.
+
+  Either way, the unfinished writes of a killed run go. With `overwrite`,
+  every output of the previous run goes too (`remove_outputs`) before the
+  new settings replace the old: a restart interrupted in between never
+  leaves old results under new settings.
+  """
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, 'settings.json')
   normal = json.loads(json.dumps(settings, sort_keys=True))
-  if os.path.exists(path) and not overwrite:
+  resumed = os.path.exists(path) and not overwrite
+  if resumed:
     with open(path) as f:
       old = json.load(f)
     diff = sorted(k for k in set(old) | set(normal)
@@ -172,17 +224,45 @@ def check_settings(out_dir: str, settings: dict, overwrite: bool = False):
       raise SettingsMismatchError(
           f'{out_dir} holds a run with other settings ({", ".join(diff)} '
           'differ); use another --out_dir or --overwrite.')
-    return
+  _remove(_temporaries(out_dir))
   if overwrite:
-    batch_dir = os.path.join(out_dir, 'batches')
-    if os.path.isdir(batch_dir):
-      for name in os.listdir(batch_dir):
-        os.remove(os.path.join(batch_dir, name))
-  files.write_json(path, normal, sort_keys=True)
+    remove_outputs(out_dir)
+  if not resumed:
+    files.write_json(path, normal, sort_keys=True)
 
 
 def batch_path(out_dir: str, index: int) -> str:
   return os.path.join(out_dir, 'batches', f'batch_{index:05d}.npz')
+
+
+def _batch_files(out_dir: str):
+  folder = os.path.join(out_dir, 'batches')
+  if not os.path.isdir(folder):
+    return []
+  return [os.path.join(folder, name) for name in sorted(os.listdir(folder))
+          if re.fullmatch(r'batch_\d{5}\.npz', name)]
+
+
+def _temporaries(out_dir: str):
+  """The unfinished writes of a killed run (see `scae_tf.files`)."""
+  return (files.leftover_temporaries(out_dir,
+                                     OUTPUT_FILES + ('settings.json',))
+          + files.leftover_temporaries(os.path.join(out_dir, 'batches')))
+
+
+def _remove(paths):
+  for path in paths:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(path)
+
+
+def remove_outputs(out_dir: str):
+  """Removes what a run wrote to `out_dir` but its settings.json; files of
+  other names stay. `l2.npz` goes first: without it no report is redrawn
+  from the rest."""
+  _remove([os.path.join(out_dir, name) for name in OUTPUT_FILES])
+  _remove(_batch_files(out_dir))
+  _remove(_temporaries(out_dir))
 
 
 def run_protocol(attack, images, labels, out_dir: str, batch_size: int = 100,
@@ -218,15 +298,18 @@ def run_protocol(attack, images, labels, out_dir: str, batch_size: int = 100,
       bar.update(len(part['indices']))
     else:
       m = len(indices[sl])
-      done = [0.]
+      shown = [0]
 
-      def advance(i, total, m=m, done=done):
-        step = m * (i + 1) / total - done[0]
-        done[0] += step
-        bar.update(step)
+      def advance(i, total, m=m, shown=shown):
+        # Whole images only: fractions print as "3.1999999999999997/6", and
+        # their rounding error overshoots the total (tqdm's clamping warning).
+        now = m * (i + 1) // total
+        bar.update(now - shown[0])
+        shown[0] = now
 
       seed_b = int(np.random.SeedSequence([seed, b]).generate_state(1)[0])
       result = attack(images[sl], labels[sl], seed=seed_b, callback=advance)
+      bar.update(m - shown[0])  # an attack may report fewer iterations
       part = dict(indices=indices[sl], labels=labels[sl],
                   clean_pred=result.clean_pred, success=result.success,
                   attack_l2=result.l2, adversarial=result.adversarial)
@@ -281,10 +364,13 @@ def write_reports(out_dir, perturbations, clean_correct, settings, threshold,
   files.write_json(os.path.join(out_dir, 'robust_accuracy.json'),
                    dict(curve, definition='accuracy(t) = fraction of samples '
                         'whose perturbation amount is > t'), sort_keys=True)
-  plot_accuracy_vs_l2([(label or settings.get('classifier', 'model'),
-                        perturbations)],
+  if label is None:
+    label = settings.get('classifier', 'model')
+    if settings.get('config'):
+      label += f', config {settings["config"]}'
+  plot_accuracy_vs_l2([(label, perturbations)],
                       os.path.join(out_dir, 'accuracy_vs_l2.png'),
-                      max_threshold, threshold)
+                      max_threshold, threshold, plot_title([settings]))
   return summary
 
 

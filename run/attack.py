@@ -12,12 +12,15 @@
 or an original / fork TF1 checkpoint. --classifier: PriK / PosK (k-means on
 the prior / posterior presences; --kmeans defaults to the file that
 `run/evaluate.py` writes beside the checkpoint,
-`<prefix>.kmeans_<prior|posterior>_cosine.npz`) or PriL / PosL (the linear
-probes). --num_samples random samples (seeded by --seed) of --split
-(default: the paper's, MNIST test / Fashion-MNIST train) are attacked with
---preset (attacks.evasion.PRESETS; the flags after it override single
-settings), --batch_size at a time. Finished batches are saved under
-<out_dir>/batches/ and skipped on a restart with the same settings.
+`<prefix>.kmeans_<prior|posterior>_cosine.npz`; one fitted on another
+checkpoint, dataset or preprocessing is refused unless
+--allow_kmeans_mismatch) or PriL / PosL (the linear probes).
+--num_samples random samples (seeded by --seed) of --split (default: the
+paper's, MNIST test / Fashion-MNIST train) are attacked with --preset
+(attacks.evasion.PRESETS; the flags after it override single settings),
+--batch_size at a time. Finished batches are saved under
+<out_dir>/batches/ and skipped on a restart with the same settings;
+--overwrite restarts, removing every output of the previous run first.
 
 Writes to --out_dir: l2.npz (per-sample perturbation amount: 0 for clean
 errors, inf for failed attacks), adversarial.npz, summary.json, summary.md,
@@ -38,6 +41,9 @@ flags.DEFINE_string('config', None, 'Named config (scae_tf.configs); default: '
 flags.DEFINE_string('classifier', 'PosK', 'PriK, PosK, PriL or PosL.')
 flags.DEFINE_string('kmeans', None, 'KMeansClassifier file (.npz / .json) '
                     'for PriK / PosK; default: beside the checkpoint.')
+flags.DEFINE_boolean('allow_kmeans_mismatch', False, 'Use a k-means file '
+                     'fitted on another checkpoint, dataset or preprocessing '
+                     '(refused by default).')
 flags.DEFINE_string('dataset', 'mnist', 'mnist or fashion_mnist.')
 flags.DEFINE_string('split', None, 'train or test; default: test for MNIST, '
                     'train for Fashion-MNIST (the paper\'s protocol).')
@@ -63,8 +69,8 @@ flags.DEFINE_string('success', None, 'Override: label (fork) or '
                     'clean_prediction (paper).')
 flags.DEFINE_string('out_dir', None, 'Output folder; default: '
                     'results/attack_<dataset>_<classifier>_<preset>.')
-flags.DEFINE_boolean('overwrite', False, 'Discard the saved batches of a '
-                     'previous run with other settings.')
+flags.DEFINE_boolean('overwrite', False, 'Restart: first remove every '
+                     'output of the run in --out_dir.')
 flags.DEFINE_float('threshold', None, 'L2 threshold of the summary; default: '
                    'the paper\'s (4 MNIST, 5 Fashion-MNIST).')
 flags.DEFINE_float('plot_max', None, 'Largest threshold of the curve; '
@@ -106,7 +112,9 @@ def _run():
   else:
     summary = pipeline.attack_checkpoint(
         FLAGS.checkpoint, FLAGS.classifier, config=FLAGS.config,
-        kmeans=FLAGS.kmeans, dataset=FLAGS.dataset, split=FLAGS.split,
+        kmeans=FLAGS.kmeans,
+        allow_kmeans_mismatch=FLAGS.allow_kmeans_mismatch,
+        dataset=FLAGS.dataset, split=FLAGS.split,
         data_dir=FLAGS.data_dir, preprocess=FLAGS.preprocess,
         num_samples=FLAGS.num_samples, batch_size=FLAGS.batch_size,
         seed=FLAGS.seed, preset=FLAGS.preset,

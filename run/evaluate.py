@@ -53,6 +53,8 @@ flags.DEFINE_list('seeds', [], 'More k-means seeds: refit with each and '
                   '(together with --seed) under "seed_spread".')
 flags.DEFINE_string('out', None,
                     'Output prefix (default: the checkpoint prefix).')
+flags.DEFINE_boolean('progress', True, 'Progress bars of the forward passes '
+                     'and of the cosine k-means fits.')
 flags.mark_flag_as_required('checkpoint')
 FLAGS = flags.FLAGS
 
@@ -65,7 +67,8 @@ def _evaluate():
       preprocess=FLAGS.preprocess, data_dir=FLAGS.data_dir,
       kmeans=FLAGS.kmeans, seed=FLAGS.seed, batch_size=FLAGS.batch_size,
       max_examples=FLAGS.max_examples, k=FLAGS.k, n_iter=FLAGS.n_iter,
-      n_init=FLAGS.n_init, seeds=FLAGS.seeds, out=FLAGS.out, log=cli.log)
+      n_init=FLAGS.n_init, seeds=FLAGS.seeds, out=FLAGS.out,
+      progress=FLAGS.progress, log=cli.log)
   print(evaluation.format_report(report))
 
 

@@ -22,7 +22,9 @@ the best of several k-means restarts would choose). Written beside the
 checkpoint, or under the prefix `out`:
 
   <prefix>.kmeans_<prior|posterior>_<metric>.npz   the k-means classifiers
-                                                   (`load_model` finds them)
+                                                   (`load_model` finds them),
+                                                   with what they were fitted
+                                                   on (`kmeans.fitted_on`)
   <prefix>.eval.json                               all accuracies + settings
 """
 
@@ -140,21 +142,23 @@ def evaluate_checkpoint(checkpoint: str, dataset: str = 'mnist', *,
   fit = dict(k=k, n_iter=n_iter, n_classes=config.num_classes, n_init=n_init)
   results, classifiers = kmeans_lib.evaluate_kmeans(
       feats['train'], labels['train'], feats['test'], labels['test'],
-      metrics=metrics, seed=seed, checkpoint=prefix, log=log, **fit)
+      metrics=metrics, seed=seed, checkpoint=prefix, log=log,
+      progress=progress, **fit)
   seconds['kmeans'] = round(time.time() - t, 2)
   spread = None
   if seeds:
     t = time.time()
     spread = kmeans_lib.seed_spread(
         feats['train'], labels['train'], feats['test'], labels['test'],
-        seeds=[seed] + seeds, metrics=metrics, log=log, **fit)
+        seeds=[seed] + seeds, metrics=metrics, log=log, progress=progress,
+        **fit)
     seconds['seed_spread'] = round(time.time() - t, 2)
 
   out = out or prefix
   saved = {}
   for (kind, metric), clf in sorted(classifiers.items()):
-    clf.metadata.update(dataset=dataset, preprocess=preprocess,
-                        config=config.name)
+    clf.metadata.update(kmeans_lib.fitted_on(prefix, dataset, preprocess,
+                                             config.name))
     saved[f'{kind}_{metric}'] = clf.save(
         loading.kmeans_path(out, kind, metric))
   seconds['total'] = round(time.time() - start, 2)

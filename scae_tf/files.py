@@ -10,9 +10,13 @@ leaves the target as it was and removes its temporary file.
 import contextlib
 import json
 import os
+import re
 import uuid
 
 import numpy as np
+
+# `<target>.<12 hex digits>.tmp`: what `atomic_open` writes before the rename.
+_TEMPORARY = re.compile(r'\.[0-9a-f]{12}\.tmp$')
 
 
 @contextlib.contextmanager
@@ -68,3 +72,16 @@ def save_npz(path, arrays: dict, compressed: bool = False) -> str:
   with atomic_open(path, 'wb') as f:
     save(f, **arrays)
   return path
+
+
+def leftover_temporaries(folder, targets=None) -> list:
+  """Paths of the temporary files in `folder` that writes killed before their
+  rename left behind (of the file names `targets` only, if given)."""
+  if not os.path.isdir(folder):
+    return []
+  found = []
+  for name in sorted(os.listdir(folder)):
+    match = _TEMPORARY.search(name)
+    if match and (targets is None or name[:match.start()] in targets):
+      found.append(os.path.join(folder, name))
+  return found

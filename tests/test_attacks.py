@@ -9,11 +9,16 @@ is a(x) / ||w|| (when the projection stays inside the box).
 """
 
 import dataclasses
+import functools
 import json
 import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
 from typing import NamedTuple
+import warnings
 
 import numpy as np
 import pytest
@@ -464,10 +469,12 @@ def test_protocol_numbers_by_hand():
 
 
 class FakeAttack:
-  """Deterministic stand-in: succeeds on even pixel sums, counts calls."""
+  """Deterministic stand-in: succeeds on even pixel sums, counts calls,
+  reports `outer` iterations to the callback."""
 
-  def __init__(self):
+  def __init__(self, outer=1):
     self.calls = 0
+    self.outer = outer
 
   def __call__(self, images, labels, seed=None, callback=None):
     self.calls += 1
@@ -475,7 +482,8 @@ class FakeAttack:
     success = (np.round(images.sum(axis=(1, 2, 3)) * 10) % 2 == 0)
     l2 = np.where(success, images.mean(axis=(1, 2, 3)) * 8, np.inf)
     adv = np.where(success[:, None, None, None], images * .5, np.nan)
-    callback(0, 1)
+    for i in range(self.outer):
+      callback(i, self.outer)
     return evasion.AttackResult(
         adversarial=adv.astype(np.float32), success=success,
         l2=l2.astype(np.float32), clean_pred=(labels + (np.arange(n) % 3 == 2)
@@ -556,6 +564,101 @@ def test_run_protocol_resumes_and_writes_outputs(tmp_path):
   assert done.stdout == table + '\n'
 
 
+def test_overwrite_removes_the_old_runs_outputs_first(tmp_path):
+  rng = np.random.default_rng(0)
+  images = rng.uniform(size=(5, 4, 4, 1)).astype(np.float32)
+  out = tmp_path / 'run'
+  old = dict(classifier='PosK', dataset='mnist', num_samples=5, seed=0)
+  protocol.check_settings(str(out), old)
+  results = protocol.run_protocol(FakeAttack(), images, rng.integers(0, 10, 5),
+                                  str(out), batch_size=2, progress=False)
+  protocol.write_outputs(str(out), results, old, 4., 5.)
+  (out / 'notes.txt').write_text('not written by the attack')
+  killed_writes = [out / 'summary.json.0123456789ab.tmp',
+                   out / 'batches' / 'batch_00003.npz.ba9876543210.tmp']
+  for path in killed_writes:
+    path.write_bytes(b'half')
+  # Another seed with --overwrite, interrupted straight after the check.
+  protocol.check_settings(str(out), dict(old, seed=1), overwrite=True)
+  assert sorted(os.listdir(out)) == ['batches', 'notes.txt', 'settings.json']
+  assert os.listdir(out / 'batches') == []
+  assert json.loads((out / 'settings.json').read_text())['seed'] == 1
+  # --plot_only then finds no finished run, instead of drawing the seed-0
+  # numbers under seed 1.
+  with pytest.raises(FileNotFoundError, match='no finished run'):
+    pipeline.redraw_reports(str(out))
+  assert not (out / 'summary.json').exists()
+
+
+def test_a_run_removes_the_writes_a_kill_left_unfinished(tmp_path):
+  out = tmp_path / 'run'
+  (out / 'batches').mkdir(parents=True)
+  settings = dict(classifier='PosK', seed=0)
+  killed = out / 'settings.json.0123456789ab.tmp'
+  killed.write_bytes(b'{')
+  protocol.check_settings(str(out), settings)  # a fresh start
+  assert not killed.exists()
+  killed_writes = [out / 'l2.npz.0123456789ab.tmp',
+                   out / 'batches' / 'batch_00000.npz.ba9876543210.tmp']
+  kept = [out / 'notes.0123456789ab.tmp', out / 'batches' / 'notes.txt']
+  for path in killed_writes + kept:
+    path.write_bytes(b'half')
+  protocol.check_settings(str(out), settings)  # a resumed run
+  assert [p.exists() for p in killed_writes + kept] == [False, False, True,
+                                                        True]
+
+
+def test_accuracy_plot_says_what_it_shows(tmp_path, monkeypatch):
+  settings = dict(dataset='fashion_mnist', split='train', num_samples=5,
+                  preset='paper_eval', classifier='PosK',
+                  config='fashion_mnist')
+  title = 'Fashion-MNIST train, N = 5, preset paper_eval, classifier PosK'
+  assert protocol.plot_title([settings]) == title
+  # A comparison's title keeps what its runs share.
+  assert protocol.plot_title([settings, dict(settings, classifier='PriK')]) \
+      == 'Fashion-MNIST train, N = 5, preset paper_eval'
+  assert protocol.plot_title([{}]) is None
+  p = np.array([0., 1., 2., 5.5, np.inf])
+  fig = protocol.accuracy_vs_l2_figure([('SCAE', p)], 6., 5., title)
+  ax = fig.axes[0]
+  assert ax.get_title() == title
+  legend = ax.get_legend()
+  assert [t.get_text() for t in legend.get_texts()] == [
+      'SCAE: accuracy 0.400 at L2 \u2264 5', 'reported threshold: L2 = 5']
+  assert list(ax.lines[-1].get_xdata()) == [5., 5.]
+  assert ax.get_xlabel().endswith('(pixel values in [0, 1])')
+  assert ax.get_ylabel() == 'Accuracy under attacks of L2 \u2264 t'
+  bottom, top = ax.get_ylim()
+  assert bottom < 0 and top > 1  # a curve at 0 or 1 is not under the frame
+  fig.canvas.draw()
+  # Below the axes, the legend covers no curve.
+  assert legend.get_window_extent().y1 < ax.get_window_extent().y0
+  # The reports draw it with the run's settings.
+  drawn = []
+  monkeypatch.setattr(protocol, 'plot_accuracy_vs_l2',
+                      lambda *args: drawn.append(args))
+  protocol.write_reports(str(tmp_path), p, p > 0, settings, 5., 6.)
+  assert [(a[0][0][0], a[3], a[4]) for a in drawn] == [
+      ('PosK, config fashion_mnist', 5., title)]
+
+
+def test_progress_bar_counts_whole_images(tmp_path, monkeypatch, capsys):
+  # Batches of 2, 2 and 1 images, 3 outer iterations each: a bar counting
+  # fractions would show 2/3 of an image after the first iteration.
+  import tqdm  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(tqdm, 'tqdm', functools.partial(tqdm.tqdm,
+                                                      mininterval=0))
+  images = np.random.default_rng(0).uniform(size=(5, 4, 4, 1))
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')  # tqdm's clamping warning included
+    protocol.run_protocol(FakeAttack(outer=3), images, np.zeros(5, np.int64),
+                          str(tmp_path), batch_size=2, progress=True)
+  shown = re.findall(r'\| *([^ |]+)/5 \[', capsys.readouterr().err)
+  assert set(shown) == {'0', '1', '2', '3', '4', '5'}, shown
+  counts = [int(c) for c in shown]
+  assert counts == sorted(counts) and counts[-1] == 5
+
+
 # --- a checkpoint, end to end ------------------------------------------------
 
 def test_attack_checkpoint_end_to_end(tmp_path):
@@ -575,8 +678,11 @@ def test_attack_checkpoint_end_to_end(tmp_path):
                         feature='posterior', cluster_to_label=[3, 1, 7])
   km.save(loading.kmeans_path(prefix, 'posterior'))
   out = tmp_path / 'out'
+  messages = []
   result = pipeline.attack_checkpoint(str(tmp_path), 'posk',
-                                      out_dir=str(out), **settings)
+                                      out_dir=str(out), log=messages.append,
+                                      **settings)
+  assert 'records neither the checkpoint nor the data' in messages[0]
   saved = result['settings']
   assert (saved['classifier'], saved['config'], saved['split']) == (
       'PosK', 'tiny', 'test')
@@ -598,3 +704,147 @@ def test_attack_checkpoint_end_to_end(tmp_path):
   with pytest.raises(ValueError, match='exceeds the 10000 examples'):
     pipeline.attack_checkpoint(prefix, 'PriL', **dict(settings,
                                                        num_samples=10001))
+
+
+def test_attack_refuses_a_kmeans_of_another_checkpoint_or_data(tmp_path):
+  prefixes = []
+  for seed in (0, 1):
+    tf.random.set_seed(seed)
+    prefixes.append(checkpoints.save_tf2_checkpoint(
+        SCAE(configs.tiny_config(canvas_size=40)), str(tmp_path / f'm{seed}')))
+  fitted, attacked = prefixes
+  km = KMeansClassifier(centers=np.eye(3, dtype=np.float32), metric='cosine',
+                        feature='posterior', cluster_to_label=[3, 1, 7],
+                        metadata=kmeans.fitted_on(fitted, 'mnist', 'resize',
+                                                  'tiny'))
+  path = km.save(str(tmp_path / 'km.npz'))
+  km.save(loading.kmeans_path(fitted, 'posterior'))
+  out = tmp_path / 'out'
+  settings = dict(dataset='mnist', data_dir=str(data_path('mnist')),
+                  num_samples=2, batch_size=2, progress=False,
+                  out_dir=str(out),
+                  overrides=dict(outer_iterations=1, inner_iterations=1))
+  with pytest.raises(kmeans.KMeansMismatchError, match=re.escape(
+      f'k-means file {path} was fitted on checkpoint {fitted} ')):
+    pipeline.attack_checkpoint(attacked, 'PosK', kmeans=path, **settings)
+  # The one beside the checkpoint is checked too.
+  with pytest.raises(kmeans.KMeansMismatchError,
+                     match='with preprocess resize, not pad_center'):
+    pipeline.attack_checkpoint(fitted, 'PosK', preprocess='pad_center',
+                               **settings)
+  assert not out.exists()
+  messages = []
+  result = pipeline.attack_checkpoint(attacked, 'PosK', kmeans=path,
+                                      allow_kmeans_mismatch=True,
+                                      log=messages.append, **settings)
+  assert messages[0].startswith(f'warning: k-means file {path} was fitted '
+                                f'on checkpoint {fitted} ')
+  assert result['settings']['kmeans'] == path
+  assert result['summary']['num_samples'] == 2
+
+
+# --- fault injection: SIGKILL and resume -------------------------------------
+
+@pytest.fixture
+def killable_attack(tmp_path):
+  """Runs tests/helpers/attack_run.py (a 3-batch PosK attack of a tiny
+  checkpoint) as `run(out_dir, kill_at=-1)` -> (exit status, its stdout
+  lines: the events of a finished run, `killed at <event>` of a killed
+  one)."""
+  tf.random.set_seed(0)
+  prefix = checkpoints.save_tf2_checkpoint(
+      SCAE(configs.tiny_config(canvas_size=40)), str(tmp_path / 'tiny'))
+  KMeansClassifier(
+      centers=np.eye(3, dtype=np.float32), metric='cosine',
+      feature='posterior', cluster_to_label=[3, 1, 7],
+      metadata=kmeans.fitted_on(prefix, 'mnist', 'resize', 'tiny')).save(
+          loading.kmeans_path(prefix, 'posterior'))
+  script = os.path.join(REPO, 'tests', 'helpers', 'attack_run.py')
+  data_dir = str(data_path('mnist'))
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', PYTHONPATH=os.pathsep.join(
+      filter(None, (REPO, os.environ.get('PYTHONPATH')))))
+
+  def run(out_dir, kill_at=-1):
+    done = subprocess.run(
+        [sys.executable, script, prefix, data_dir, str(out_dir),
+         str(kill_at)], env=env, capture_output=True, text=True, timeout=900,
+        check=False)
+    assert done.returncode in (0, -signal.SIGKILL), done.stderr[-3000:]
+    return done.returncode, done.stdout.splitlines()
+
+  return run
+
+
+def _outputs(out_dir):
+  """{path in out_dir: its bytes, or {name: array} for an .npz}."""
+  found = {}
+  for folder, _, names in os.walk(out_dir):
+    for name in names:
+      path = os.path.join(folder, name)
+      if name.endswith('.npz'):
+        with np.load(path) as z:
+          content = {k: z[k] for k in z.files}
+      else:
+        with open(path, 'rb') as f:
+          content = f.read()
+      found[os.path.relpath(path, out_dir)] = content
+  return found
+
+
+def _assert_same_outputs(out_dir, expected):
+  got = _outputs(out_dir)
+  assert sorted(got) == sorted(expected)  # no unfinished write left either
+  for path, content in expected.items():
+    if isinstance(content, dict):
+      assert sorted(got[path]) == sorted(content), path
+      for name, array in content.items():
+        np.testing.assert_array_equal(got[path][name], array, strict=True,
+                                      err_msg=f'{path}: {name}')
+    else:
+      assert got[path] == content, path
+
+
+def test_attack_killed_in_a_save_and_between_saves_ends_bit_identical(
+    tmp_path, killable_attack):
+  status, events = killable_attack(tmp_path / 'full')
+  assert status == 0 and events.count('outer') == 9  # 3 batches x 3
+  full = _outputs(tmp_path / 'full')
+  out = tmp_path / 'killed'
+  # In the save of batch 1: written, not yet renamed.
+  assert killable_attack(out, 'batches/batch_00001.npz written') == (
+      -signal.SIGKILL, ['killed at batches/batch_00001.npz written'])
+  assert sorted(os.listdir(out / 'batches'))[0] == 'batch_00000.npz'
+  assert len(os.listdir(out / 'batches')) == 2
+  # Between saves: after the first attack iteration of the resumed run.
+  assert killable_attack(out, 'outer')[0] == -signal.SIGKILL
+  status, resumed = killable_attack(out)
+  assert status == 0
+  # The last run attacked batches 1 and 2 only, and ends as the full run.
+  assert resumed.count('outer') == 6
+  _assert_same_outputs(out, full)
+
+
+@pytest.mark.slow
+def test_attack_killed_at_20_random_points_ends_bit_identical(
+    tmp_path, killable_attack):
+  """SIGKILL at 20 events drawn with a fixed seed (in a save, or between
+  saves), each run resuming the last; every run that finishes has written
+  the files of an uninterrupted run."""
+  status, events = killable_attack(tmp_path / 'full')
+  assert status == 0
+  full = _outputs(tmp_path / 'full')
+  rng = np.random.default_rng(20)
+  out, killed_at, finished = tmp_path / 'killed', [], 0
+  while len(killed_at) < 20:
+    status, lines = killable_attack(out, int(rng.integers(len(events))))
+    if status == 0:  # a resumed run has fewer events left than drawn
+      _assert_same_outputs(out, full)
+      shutil.rmtree(out)
+      finished += 1
+    else:
+      killed_at.append(lines[-1].split(' ')[-1])
+  assert killable_attack(out)[0] == 0
+  _assert_same_outputs(out, full)
+  assert finished >= 1
+  # Kills fell in each stage of a save, and between saves.
+  assert set(killed_at) == {'open', 'written', 'renamed', 'outer'}

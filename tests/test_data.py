@@ -322,6 +322,19 @@ def test_download_all_mirrors_fail(tmp_path, monkeypatch):
   with pytest.raises(FileNotFoundError,
                      match=f'(?s)Cannot find the tiny.*{last.as_uri()}/'):
     data.resolve_data_dir('tiny')
+  # Not even an empty ~/.keras/datasets/tiny is left behind.
+  assert not (tmp_path / 'keras').exists()
+
+
+def test_failed_download_keeps_the_files_that_arrived(tmp_path, monkeypatch):
+  server = make_dataset(tmp_path / 'server')
+  monkeypatch.setitem(data.DATASETS, 'tiny', _offline_spec(tmp_path, server))
+  monkeypatch.setattr(locate, 'download_files', REAL_DOWNLOAD)
+  (server / FILES[1]).unlink()
+  with pytest.raises(FileNotFoundError, match='Cannot find the tiny'):
+    data.resolve_data_dir('tiny')
+  target = tmp_path / 'keras' / 'datasets' / 'tiny'
+  assert [p.name for p in target.iterdir()] == [FILES[0]]
 
 
 def test_download_via_keras_get_file(tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ from scae_tf import checkpoints
 from scae_tf import configs
 from scae_tf import data
 from scae_tf import evaluation
+from scae_tf import kmeans
 from scae_tf import loading
 from scae_tf.kmeans import KMeansClassifier
 from scae_tf.model import SCAE
@@ -68,6 +69,11 @@ def test_evaluate_checkpoint_writes_report_classifiers_and_seed_spread(
       clf = KMeansClassifier.load(report['classifiers'][f'{kind}_{metric}'])
       assert clf.metric == metric and clf.k == 10
       assert clf.metadata['config'] == 'tiny'
+      # What the attack checks the classifier against.
+      assert {k: clf.metadata[k] for k in ('checkpoint', 'checkpoint_digest',
+                                           'dataset', 'preprocess')} == dict(
+          checkpoint=prefix, checkpoint_digest=kmeans.checkpoint_digest(
+              prefix), dataset='mnist', preprocess='resize')
       np.testing.assert_array_equal(beside[f'{kind}_{metric}'].centers,
                                     clf.centers)
   text = evaluation.format_report(report)
@@ -98,9 +104,11 @@ def test_evaluate_script(tmp_path):
   proc = subprocess.run(
       [sys.executable, str(REPO / 'run' / 'evaluate.py'),
        f'--checkpoint={tmp_path}', f'--data_dir={data_dir}',
-       '--max_examples=50', '--n_iter=5', f'--out={tmp_path / "eval"}'],
+       '--max_examples=50', '--n_iter=5', f'--out={tmp_path / "eval"}',
+       '--noprogress'],
       capture_output=True, text=True, check=False, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
+  assert '%|' not in proc.stderr  # no progress bar
   report = json.loads((tmp_path / 'eval.eval.json').read_text())
   assert report['checkpoint'] == prefix
   assert report['kmeans']['variants'] == ['cosine']

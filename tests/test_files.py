@@ -39,3 +39,15 @@ def test_atomic_open_rejects_other_modes(tmp_path):
   with pytest.raises(ValueError, match="'a'"):
     with files.atomic_open(tmp_path / 'x', 'a'):
       pass
+
+
+def test_leftover_temporaries_are_the_unfinished_writes(tmp_path):
+  (tmp_path / 'done.json').write_text('{}')
+  (tmp_path / 'other.tmp').write_text('')
+  with files.atomic_open(tmp_path / 'a.json') as f:
+    # What a kill at this point leaves behind.
+    assert files.leftover_temporaries(tmp_path) == [f.name]
+    assert files.leftover_temporaries(tmp_path, ('a.json',)) == [f.name]
+    assert files.leftover_temporaries(tmp_path, ('b.json',)) == []
+  assert files.leftover_temporaries(tmp_path) == []
+  assert files.leftover_temporaries(tmp_path / 'missing') == []

@@ -1,11 +1,16 @@
 """k-means classifiers on capsule presences (scae_tf/kmeans/)."""
 
+import dataclasses
+import hashlib
 import json
+import re
+import shutil
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from scae_tf import checkpoints
 from scae_tf import configs
 from scae_tf import kmeans
 from scae_tf.kmeans import KMeansClassifier
@@ -220,6 +225,22 @@ def test_save_load_round_trip(tmp_path, suffix):
       clf.predict(x).tolist()
 
 
+def test_cosine_fit_shows_its_steps_on_request(capsys):
+  x, y = blobs()
+  quiet = kmeans.fit_kmeans_classifier(x, y, k=5, n_iter=7, feature='prior')
+  assert capsys.readouterr().err == ''
+  shown = kmeans.fit_kmeans_classifier(x, y, k=5, n_iter=7, feature='prior',
+                                       progress=True)
+  bar = capsys.readouterr().err
+  assert 'k-means prior: 100%' in bar and '7/7' in bar
+  np.testing.assert_array_equal(shown.centers, quiet.centers)
+  kmeans.evaluate_kmeans(dict(prior=x, posterior=x), y, dict(prior=x,
+                                                             posterior=x),
+                         y, k=5, n_iter=3, progress=True)
+  bars = capsys.readouterr().err
+  assert 'k-means prior: 100%' in bars and 'k-means posterior: 100%' in bars
+
+
 def test_evaluate_kmeans_report():
   x, y = blobs(label_perm=[4, 3, 2, 1, 0])
   xt, yt = blobs(label_perm=[4, 3, 2, 1, 0], seed=3)
@@ -311,3 +332,64 @@ def test_collect_features_tiny_model():
     kmeans.collect_features(model, np.zeros((2, 40, 40, 1), np.float32))
   with pytest.raises(ValueError, match='dtype'):
     kmeans.collect_features(model, np.zeros((2, 20, 20, 1), np.uint8))
+
+
+def test_fitted_on_identifies_the_checkpoint_by_its_weights(tmp_path):
+  tf.random.set_seed(0)
+  model = SCAE(configs.tiny_config())
+  fitted = checkpoints.save_tf2_checkpoint(model, str(tmp_path / 'a' / 'ckpt'))
+  copy = tmp_path / 'copy'
+  shutil.copytree(tmp_path / 'a', copy)
+  copy = str(copy / 'ckpt')
+  weight = model.trainable_variables[0]
+  weight.assign(weight + 1e-3)
+  changed = checkpoints.save_tf2_checkpoint(model, str(tmp_path / 'b'))
+  meta = kmeans.fitted_on(fitted, 'mnist', 'resize', 'tiny')
+  with open(fitted + '.index', 'rb') as f:
+    digest = hashlib.sha256(f.read()).hexdigest()
+  assert meta == dict(checkpoint=fitted, checkpoint_digest=digest,
+                      dataset='mnist', preprocess='resize', config='tiny')
+  clf = KMeansClassifier(np.eye(2), 'cosine', 'prior', [0, 1], meta)
+  messages = []
+
+  def check(prefix, clf=clf, dataset='mnist', preprocess='resize',
+            allow=False):
+    kmeans.check_fitted_on(clf, 'km.npz', prefix, dataset, preprocess,
+                           allow, messages.append)
+
+  check(copy)  # a copy elsewhere holds the same weights
+  with pytest.raises(kmeans.KMeansMismatchError, match=re.escape(
+      f'k-means file km.npz was fitted on checkpoint {fitted} (weights digest '
+      f'{digest[:12]}), not on the attacked {changed} (weights digest '
+      f'{kmeans.checkpoint_digest(changed)[:12]}). Fit one for this '
+      'checkpoint with run/evaluate.py, or pass --allow_kmeans_mismatch')):
+    check(changed)
+  with pytest.raises(kmeans.KMeansMismatchError, match=re.escape(
+      'fitted with dataset mnist, not fashion_mnist; and with preprocess '
+      'resize, not pad_center.')):
+    check(copy, dataset='fashion_mnist', preprocess='pad_center')
+  assert not messages
+  check(changed, allow=True)
+  assert messages == [
+      f'warning: k-means file km.npz was fitted on checkpoint {fitted} '
+      f'(weights digest {digest[:12]}), not on the attacked {changed} '
+      f'(weights digest {kmeans.checkpoint_digest(changed)[:12]}); using it '
+      'anyway (--allow_kmeans_mismatch).']
+
+  # Files written before the digest: the recorded checkpoint's weights, if
+  # it is still there, else its path.
+  legacy = dict(meta, checkpoint_digest=None)
+  check(copy, clf=dataclasses.replace(clf, metadata=legacy))
+  with pytest.raises(kmeans.KMeansMismatchError, match='weights digest'):
+    check(changed, clf=dataclasses.replace(clf, metadata=legacy))
+  moved = dict(legacy, checkpoint=str(tmp_path / 'gone'))
+  with pytest.raises(kmeans.KMeansMismatchError, match=re.escape(
+      f'fitted on checkpoint {tmp_path / "gone"}, not on the attacked '
+      f'{copy} (weights digest {digest[:12]})')):
+    check(copy, clf=dataclasses.replace(clf, metadata=moved))
+  # A file that records nothing: said, not refused.
+  messages.clear()
+  check(changed, clf=dataclasses.replace(clf, metadata={}))
+  assert messages == ['warning: k-means file km.npz records neither the '
+                      'checkpoint nor the data it was fitted on; it cannot '
+                      'be checked.']

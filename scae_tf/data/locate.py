@@ -116,25 +116,43 @@ def download_files(spec, target):
   """Downloads the 4 files into `target` (the Keras cache), md5-checked.
 
   Files already in `target` are kept. Tries each mirror in turn per file;
-  raises the last error if none works. Returns the folder the files landed
-  in (Keras may fall back to /tmp/.keras when `target` is not writable).
+  raises the last error if none works, after removing the folders the
+  download created that are still empty (the files that did arrive stay,
+  for the next attempt). Returns the folder the files landed in (Keras may
+  fall back to /tmp/.keras when `target` is not writable).
   """
   md5 = dict(spec.md5)
   folder = pathlib.Path(target)
-  for name in registry.ALL_FILES:
-    if (folder / name).is_file():
-      continue
-    last_error = RuntimeError(f'no download mirror known for {spec.name}')
-    for mirror in spec.mirrors:
-      try:
-        folder = pathlib.Path(_fetch_file(mirror + name, md5.get(name),
-                                          target)).parent
-        break
-      except Exception as e:  # pylint: disable=broad-except
-        last_error = e
-    else:
-      raise last_error
+  created = [p for p in (folder, *folder.parents) if not p.exists()]
+  try:
+    for name in registry.ALL_FILES:
+      if (folder / name).is_file():
+        continue
+      last_error = RuntimeError(f'no download mirror known for {spec.name}')
+      for mirror in spec.mirrors:
+        try:
+          folder = pathlib.Path(_fetch_file(mirror + name, md5.get(name),
+                                            target)).parent
+          break
+        except Exception as e:  # pylint: disable=broad-except
+          last_error = e
+      else:
+        raise last_error
+  except BaseException:
+    _remove_empty(created)
+    raise
   return folder
+
+
+def _remove_empty(folders):
+  """Removes `folders`, deepest first, up to the first that is not empty."""
+  for path in folders:
+    try:
+      path.rmdir()
+    except FileNotFoundError:
+      continue
+    except OSError:
+      return
 
 
 def _fetch_file(url, md5, target):

@@ -13,7 +13,10 @@ of its nearest centre. One module per step:
   scikit-learn one);
 * `matching`: the cluster -> label map (Hungarian matching);
 * `classifier`: `KMeansClassifier` and `fit_kmeans_classifier`;
-* `report`: `evaluate_kmeans`, `seed_spread`, `format_results`.
+* `report`: `evaluate_kmeans`, `seed_spread`, `format_results`;
+* `provenance`: the checkpoint and data a classifier was fitted on
+  (`fitted_on`), and the check that it suits another use
+  (`check_fitted_on`).
 
 Accuracies use the cluster -> label map fitted on the training features
 (`scipy.optimize.linear_sum_assignment`, maximising matched examples), as the
@@ -39,6 +42,10 @@ from scae_tf.kmeans.fit import METRICS
 from scae_tf.kmeans.matching import contingency_matrix
 from scae_tf.kmeans.matching import hungarian_mapping
 from scae_tf.kmeans.matching import rematched_accuracy
+from scae_tf.kmeans.provenance import check_fitted_on
+from scae_tf.kmeans.provenance import checkpoint_digest
+from scae_tf.kmeans.provenance import fitted_on
+from scae_tf.kmeans.provenance import KMeansMismatchError
 from scae_tf.kmeans.report import evaluate_kmeans
 from scae_tf.kmeans.report import format_results
 from scae_tf.kmeans.report import seed_spread

@@ -194,8 +194,8 @@ def fit_kmeans_classifier(features, labels, metric: str = 'cosine',
                           n_iter: int = 1000, seed: int = 0,
                           n_classes: Optional[int] = None, n_init: int = 10,
                           n_retries: int = 10, update: str = 'minibatch',
-                          checkpoint: Optional[str] = None
-                          ) -> KMeansClassifier:
+                          checkpoint: Optional[str] = None,
+                          progress: bool = False) -> KMeansClassifier:
   """Fits k-means on training features and the cluster -> label map.
 
   Args:
@@ -210,6 +210,8 @@ def fit_kmeans_classifier(features, labels, metric: str = 'cosine',
     n_init: scikit-learn restarts (euclidean only).
     n_retries, update: see `fit_cosine_kmeans` (cosine only).
     checkpoint: recorded in the metadata.
+    progress: a progress bar of the cosine fit's steps on stderr
+      (scikit-learn's Euclidean fit reports none).
   """
   if metric not in METRICS:
     raise ValueError(f'metric must be one of {METRICS}, got {metric!r}.')
@@ -224,7 +226,8 @@ def fit_kmeans_classifier(features, labels, metric: str = 'cosine',
   if n_classes is None:
     n_classes = int(labels.max()) + 1
   if metric == 'cosine':
-    centers, info = fit_cosine_kmeans(x, k, n_iter, seed, n_retries, update)
+    centers, info = fit_cosine_kmeans(x, k, n_iter, seed, n_retries, update,
+                                      progress, f'k-means {feature}')
     algo = dict(algorithm=f'fork_cosine_{update}', n_retries=n_retries,
                 update=update)
   else:

@@ -165,7 +165,8 @@ def euclidean_assign(points, centers) -> np.ndarray:
 
 
 def fit_cosine_kmeans(features, k: int = 10, n_iter: int = 1000, seed=0,
-                      n_retries: int = 10, update: str = 'minibatch'):
+                      n_retries: int = 10, update: str = 'minibatch',
+                      progress: bool = False, desc: str = 'k-means'):
   """The fork's cosine k-means (see the module docstring).
 
   Args:
@@ -176,6 +177,7 @@ def fit_cosine_kmeans(features, k: int = 10, n_iter: int = 1000, seed=0,
     n_retries: k-means++ extra candidates per centre (the fork: 10).
     update: 'minibatch' (the fork's contrib update, default) or 'lloyd'
       (spherical k-means; stops early once assignments are stable).
+    progress: a progress bar of the steps on stderr, labelled `desc`.
 
   Returns:
     (centers [k, D] float64 unit rows, info dict: init_indices, counts,
@@ -192,23 +194,27 @@ def fit_cosine_kmeans(features, k: int = 10, n_iter: int = 1000, seed=0,
   def nearest(centers):  # x is already normalised
     return np.argmax(x @ l2_normalize(centers).T, axis=1).astype(np.int64)
 
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   assign = nearest(centers)
   steps = 0
-  for _ in range(n_iter):
-    sums, sizes = _segment_sums(x, assign, k)
-    hit = sizes > 0
-    if update == 'minibatch':
-      counts = counts + sizes
-      centers[hit] += ((sums[hit] - sizes[hit, None] * centers[hit])
-                       / counts[hit, None])
-    else:
-      centers[hit] = l2_normalize(sums[hit])
-    steps += 1
-    new_assign = nearest(centers)
-    if update == 'lloyd' and np.array_equal(new_assign, assign):
+  with tqdm(total=n_iter, desc=desc, unit='step', disable=not progress,
+            dynamic_ncols=True) as bar:
+    for _ in range(n_iter):
+      sums, sizes = _segment_sums(x, assign, k)
+      hit = sizes > 0
+      if update == 'minibatch':
+        counts = counts + sizes
+        centers[hit] += ((sums[hit] - sizes[hit, None] * centers[hit])
+                         / counts[hit, None])
+      else:
+        centers[hit] = l2_normalize(sums[hit])
+      steps += 1
+      bar.update()
+      new_assign = nearest(centers)
+      if update == 'lloyd' and np.array_equal(new_assign, assign):
+        assign = new_assign
+        break
       assign = new_assign
-      break
-    assign = new_assign
   info = dict(init_indices=init, counts=counts, raw_centers=centers.copy(),
               n_steps=steps, assignment=assign)
   return l2_normalize(centers), info

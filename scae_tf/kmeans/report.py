@@ -19,7 +19,7 @@ def evaluate_kmeans(train_features: Dict[str, np.ndarray], train_labels,
                     n_iter: int = 1000, seed: int = 0,
                     n_classes: Optional[int] = None, n_init: int = 10,
                     n_retries: int = 10, checkpoint: Optional[str] = None,
-                    log=None):
+                    log=None, progress: bool = False):
   """Fits k-means on the train features, scores train, test and train+test.
 
   Args:
@@ -28,6 +28,7 @@ def evaluate_kmeans(train_features: Dict[str, np.ndarray], train_labels,
     metrics: k-means variants to run ('cosine', 'euclidean').
     kinds: feature kinds ('prior', 'posterior').
     log: optional callable(str) for progress messages.
+    progress: progress bars of the cosine fits on stderr.
 
   Returns:
     (results, classifiers): results is a JSON-able dict
@@ -63,7 +64,7 @@ def evaluate_kmeans(train_features: Dict[str, np.ndarray], train_labels,
       clf = fit_kmeans_classifier(
           train_features[kind], train_labels, metric=metric, feature=kind,
           k=k, n_iter=n_iter, seed=seed, n_classes=n_classes, n_init=n_init,
-          n_retries=n_retries, checkpoint=checkpoint)
+          n_retries=n_retries, checkpoint=checkpoint, progress=progress)
       test_x = np.asarray(test_features[kind])
       all_x = np.concatenate([np.asarray(train_features[kind]), test_x])
       all_clusters = clf.assign(all_x)
