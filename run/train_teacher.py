@@ -8,7 +8,9 @@
 The model config defaults to the dataset's, the recipe to the config's
 (`scae_tf/recipes.py`); any flag below that changes the recipe labels the run
 a deviation. Re-running the same command resumes from the latest checkpoint
-in --logdir (model, optimiser, step and data position).
+in --logdir (model, optimiser, step and data position); Ctrl-C saves the
+current step first. Errors, a NaN included, are one line and a non-zero
+status.
 """
 
 from absl import app
@@ -43,7 +45,8 @@ flags.DEFINE_string('init_from', None, 'Initial weights: TF1 or TF2 '
 flags.DEFINE_string('data_dir', None, 'Folder with the IDX files.')
 flags.DEFINE_integer('save_every', 1000, 'Checkpoint every N steps (and at '
                      'every epoch end).')
-flags.DEFINE_bool('overwrite', False, 'Delete a different run in --logdir.')
+flags.DEFINE_bool('overwrite', False, 'Restart the run in --logdir: delete '
+                  'what a run wrote there, whatever its settings.')
 flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 flags.DEFINE_bool('kmeans_every_epoch', False, 'Also fit the fork\'s cosine '
                   'k-means on the train split after every epoch and log its '

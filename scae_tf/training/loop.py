@@ -17,24 +17,96 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from scae_tf import checkpoints
+from scae_tf.training.run_dir import CHECKPOINT_DIR
 from scae_tf.training.run_dir import JsonlLog
 from scae_tf.training.run_dir import LOG_FILE
+from scae_tf.training.run_dir import TB_DIR
 from scae_tf.training.step import make_train_step
+
+# `tf.train.CheckpointManager` names its checkpoints `<folder>/ckpt-<step>`.
+CHECKPOINT_NAME = 'ckpt'
 
 
 class NonFiniteLossError(RuntimeError):
   """Training produced a NaN/inf; nothing non-finite was saved."""
 
 
-def _all_finite(variables):
-  return all(np.all(np.isfinite(v.numpy())) for v in variables
-             if v.dtype.is_floating)
+class TrainingInterrupted(KeyboardInterrupt):
+  """Ctrl-C stopped the run once its step was saved; the message says
+  where."""
+
+
+def _float_variables(objects):
+  """The floating-point variables of the checkpointed objects, once each."""
+  found = {}
+  for obj in objects:
+    variables = ([obj] if isinstance(obj, tf.Variable)
+                 else getattr(obj, 'variables', ()))
+    for v in variables:
+      if v.dtype.is_floating:
+        found.setdefault(v.ref(), v)
+  return list(found.values())
+
+
+def _count_non_finite(variables):
+  return sum(not np.all(np.isfinite(v.numpy())) for v in variables)
+
+
+def _checkpoints_newest_first(manager):
+  """The checkpoints of the manager's folder, newest first: those its
+  `checkpoint` file lists and the complete-looking ones beside, which a save
+  killed before it updated that file leaves (or a garbled file hides)."""
+  folder = manager.directory
+  found = [os.path.join(folder, name[:-len('.index')])
+           for name in (os.listdir(folder) if os.path.isdir(folder) else ())
+           if name.startswith(f'{CHECKPOINT_NAME}-')
+           and name.endswith('.index')]
+  by_step = {}
+  # The manager's spelling of a path wins: it compares paths as strings.
+  for prefix in found + list(manager.checkpoints):
+    number = prefix.rsplit('-', 1)[-1]
+    if number.isdigit():
+      by_step[int(number)] = prefix
+  return [by_step[n] for n in sorted(by_step, reverse=True)]
+
+
+def _restore(ckpt, manager, variables, log):
+  """Restores the newest checkpoint that reads back whole and finite; returns
+  its path, or None when the folder has no checkpoint.
+
+  Older checkpoints stand in for damaged ones (a truncated or corrupt file)
+  and for non-finite ones (written by versions without the NaN guard), with
+  a warning each.
+  """
+  candidates = _checkpoints_newest_first(manager)
+  for path in candidates:
+    try:
+      checkpoints.check_readable(path)
+    except checkpoints.CorruptCheckpointError as e:
+      log(f'warning: skipping checkpoint {path}: {e}')
+      continue
+    try:
+      ckpt.read(path).assert_existing_objects_matched()
+    except (AssertionError, ValueError) as e:
+      raise checkpoints.CheckpointMismatchError(
+          f'Checkpoint {path!r} does not fit this run: {e}') from None
+    bad = _count_non_finite(variables)
+    if not bad:
+      return path
+    log(f'warning: skipping checkpoint {path}: {bad} of {len(variables)} '
+        'variables hold non-finite values.')
+  if candidates:
+    raise checkpoints.CorruptCheckpointError(
+        f'No usable checkpoint in {manager.directory} (tried '
+        f'{", ".join(os.path.basename(p) for p in candidates)}); '
+        '--overwrite restarts the run.')
+  return None
 
 
 def train_loop(model, optimizer, stream, logdir, total_steps, *, noise=True,
                seed=0, loss_fn=None, train_step=None, evaluators=(),
                state=None, save_every=1000, jit_compile=False, strategy=None,
-               progress=True, config=None):
+               progress=True, config=None, log=print):
   """Trains until `optimizer.step == total_steps`, resuming from `logdir`.
 
   Args:
@@ -53,13 +125,18 @@ def train_loop(model, optimizer, stream, logdir, total_steps, *, noise=True,
       modules), by name.
     config: the model config saved beside each checkpoint (default:
       `model.config`).
+    log: callable(str) for what is resumed and the warnings.
   Returns the last step's metrics.
 
   Checkpoints are saved every `save_every` steps, at every epoch end and at
-  the end. TF writes the data files first and updates the `checkpoint` index
-  last, so an interrupted save leaves the previous checkpoint in force. A
-  state with a non-finite loss, gradient or weight is never saved
-  (NonFiniteLossError). Ctrl-C saves the current step, then re-raises.
+  the end; the config beside it first, then TF writes the data files, and
+  the `checkpoint` index last, so an interrupted save leaves the previous
+  checkpoint in force. A resumed run restores the newest checkpoint that
+  reads back whole and finite (see `_restore`). A state with a non-finite
+  loss, gradient norm or checkpointed variable (model, optimiser slots,
+  `state`) is never saved (NonFiniteLossError, naming the last finite
+  checkpoint). Ctrl-C saves the current step, then raises
+  TrainingInterrupted (a KeyboardInterrupt).
   """
   if save_every < 1 or total_steps < 1:
     raise ValueError(f'save_every ({save_every}) and total_steps '
@@ -67,23 +144,34 @@ def train_loop(model, optimizer, stream, logdir, total_steps, *, noise=True,
   config = config if config is not None else model.config
   ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer,
                              **(state or {}))
-  manager = tf.train.CheckpointManager(ckpt, os.path.join(logdir, 'ckpt'),
-                                       max_to_keep=3)
-  if manager.latest_checkpoint:
-    ckpt.read(manager.latest_checkpoint).assert_existing_objects_matched()
+  variables = _float_variables([model, optimizer, *(state or {}).values()])
+  manager = tf.train.CheckpointManager(
+      ckpt, os.path.join(logdir, CHECKPOINT_DIR), max_to_keep=3,
+      checkpoint_name=CHECKPOINT_NAME)
+  last_good = _restore(ckpt, manager, variables, log)
   step_fn = train_step or make_train_step(
       model, optimizer, noise=noise, seed=seed, jit_compile=jit_compile,
       strategy=strategy, **({'loss_fn': loss_fn} if loss_fn else {}))
-  log = JsonlLog(os.path.join(logdir, LOG_FILE))
-  writer = tf.summary.create_file_writer(os.path.join(logdir, 'tb'))
+  log_file = JsonlLog(os.path.join(logdir, LOG_FILE))
+  writer = tf.summary.create_file_writer(os.path.join(logdir, TB_DIR))
+
+  def where_to_resume():
+    if last_good is None:
+      return 'No checkpoint was saved: there is none to resume from.'
+    return f'The last finite checkpoint is {last_good}.'
 
   def save():
-    if not _all_finite(ckpt_variables):
+    nonlocal last_good, saved_at
+    step = int(optimizer.step.numpy())
+    bad = _count_non_finite(variables)
+    if bad:
       raise NonFiniteLossError(
-          f'Non-finite weights at step {int(optimizer.step.numpy())}; not '
-          f'saved. The last good checkpoint is {manager.latest_checkpoint}.')
-    path = manager.save(checkpoint_number=int(optimizer.step.numpy()))
-    checkpoints.save_config(config, path)
+          f'{bad} of {len(variables)} checkpointed variables are non-finite '
+          f'at step {step}; not saved. {where_to_resume()}')
+    # The config before the checkpoint: one in force always has its config.
+    checkpoints.save_config(
+        config, os.path.join(manager.directory, f'{CHECKPOINT_NAME}-{step}'))
+    path = manager.save(checkpoint_number=step)
     # The manager deletes old checkpoints; delete their configs with them.
     kept = set(manager.checkpoints)
     for name in os.listdir(manager.directory):
@@ -92,17 +180,26 @@ def train_loop(model, optimizer, stream, logdir, total_steps, *, noise=True,
                               name[:-len(checkpoints.CONFIG_SUFFIX)])
         if prefix not in kept:
           os.remove(prefix + checkpoints.CONFIG_SUFFIX)
+    last_good, saved_at = path, step
     return path
 
-  ckpt_variables = optimizer.variables_
   start = int(optimizer.step.numpy())
-  elapsed = log.truncate_after(start)
+  saved_at = start
+  if last_good is None:
+    log(f'starting at step {start}')
+  else:
+    log(f'resuming from step {start} ({last_good})')
+    if last_good != manager.latest_checkpoint:
+      # Older than what the `checkpoint` file names: make it the one in force,
+      # for the loaders and the manager's rotation (which then deletes the
+      # damaged ones).
+      save()
+  elapsed = log_file.truncate_after(start)
   spe = stream.steps_per_epoch
   metrics = {}
   bar = tqdm(total=total_steps, initial=start, disable=not progress,
              unit='step', dynamic_ncols=True)
   t0 = time.time() - elapsed
-  saved_at = start
   try:
     for images, labels in stream.batches(start):
       step = int(optimizer.step.numpy())
@@ -113,18 +210,19 @@ def train_loop(model, optimizer, stream, logdir, total_steps, *, noise=True,
       bad = [k for k in ('loss', 'grad_global_norm')
              if k in metrics and not math.isfinite(metrics[k])]
       if bad:
+        values = ', '.join(f'{k} {v:g}' for k, v in metrics.items()
+                           if k in ('loss', 'grad_global_norm'))
         raise NonFiniteLossError(
-            f'Non-finite {" and ".join(bad)} ({metrics["loss"]}) at step '
-            f'{step + 1}; stopped without saving. The last good checkpoint '
-            f'is {manager.latest_checkpoint}.')
+            f'Non-finite {" and ".join(bad)} at step {step + 1} ({values}); '
+            f'stopped without saving. {where_to_resume()}')
       step += 1
       bar.update(1)
       bar.set_postfix(loss=f'{metrics["loss"]:.1f}',
                       prior=f'{metrics.get("prior_cls_acc", 0):.2f}',
                       post=f'{metrics.get("posterior_cls_acc", 0):.2f}')
       if step % 10 == 0 or step == total_steps:
-        log.write(dict(step=step, epoch=step / spe,
-                       wall_time=time.time() - t0, **metrics))
+        log_file.write(dict(step=step, epoch=step / spe,
+                            wall_time=time.time() - t0, **metrics))
         with writer.as_default(step=step):
           for k, v in metrics.items():
             tf.summary.scalar(f'train/{k}', v)
@@ -132,9 +230,9 @@ def train_loop(model, optimizer, stream, logdir, total_steps, *, noise=True,
       if epoch_end:
         for evaluator in evaluators:
           values = evaluator(step)
-          log.write(dict(step=step, epoch=step // spe, eval=True,
-                         wall_time=time.time() - t0, **evaluator.tags,
-                         **values))
+          log_file.write(dict(step=step, epoch=step // spe, eval=True,
+                              wall_time=time.time() - t0, **evaluator.tags,
+                              **values))
           with writer.as_default(step=step):
             for k, v in values.items():
               tf.summary.scalar(f'test/{k}', v)
@@ -142,12 +240,15 @@ def train_loop(model, optimizer, stream, logdir, total_steps, *, noise=True,
               f'{k} {v:.4f}' for k, v in values.items()))
       if step % save_every == 0 or epoch_end or step == total_steps:
         save()
-        saved_at = step
   except KeyboardInterrupt:
     step = int(optimizer.step.numpy())
     if step != saved_at:
       save()
-    raise
+    saved = (f'saved in {last_good}' if last_good is not None
+             else 'no step to save')
+    raise TrainingInterrupted(
+        f'at step {step}, {saved}. Run the same command again to '
+        'resume.') from None
   finally:
     bar.close()
     writer.flush()
