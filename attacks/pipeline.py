@@ -96,6 +96,7 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
   from scae_tf import data, loading
   from scae_tf import kmeans as kmeans_lib
   from scae_tf.kmeans import KMeansClassifier
+  from scae_tf.training import run_dir
   # pylint: enable=g-import-not-at-top
   log = log or (lambda msg: None)
   cli.check_choice('dataset', dataset, DATASETS)
@@ -148,6 +149,7 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
       dataset=dataset, split=split, preprocess=preprocess,
       num_samples=num_samples, batch_size=batch_size, seed=seed,
       preset=preset, attack=dataclasses.asdict(attack_config))
+  lock = run_dir.lock_folder(out_dir)  # held until the attack returns
   protocol.check_settings(out_dir, settings, overwrite)
   log(f'checkpoint {prefix} ({loaded.format.upper()}, config {config.name}); '
       f'{name}; {num_samples} samples of {dataset}/{split}; preset {preset}; '

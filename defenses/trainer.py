@@ -34,6 +34,7 @@ from scae_tf.model import SCAE
 from scae_tf.optim import TF1RMSProp
 from scae_tf.training import curves
 from scae_tf.training.loop import RunCheckpoint
+from scae_tf.training.run_dir import CHECKPOINT_DIR
 
 EVAL_BATCH = 500
 
@@ -111,65 +112,69 @@ def train_defense(method, dataset='mnist', teacher=None, logdir=None, seed=0,
       seed=seed, phases=[dataclasses.asdict(p) for p in phases],
       lr_schedule=lr_schedule, ad_target=ad_target, ad_weight=ad_weight,
       clean_batches=clean_batches, attack=dataclasses.asdict(attack_config))
-  resumed = training.prepare_logdir(logdir, settings, overwrite)
+  # Checks that write nothing first; then the folder is ours alone.
+  training.check_logdir(logdir, settings, overwrite)
+  with training.lock_folder(logdir):
+    resumed = training.prepare_logdir(logdir, settings, overwrite)
 
-  tf.random.set_seed(seed)
-  np.random.seed(seed)
-  student = SCAE(config)
-  if method.init == 'teacher':
-    for mine, theirs in zip(student.variables, teacher_model.variables):
-      mine.assign(theirs)
-  model = (objectives.StudentTeacher(student, teacher_model)
-           if teacher_model is not None else student)
-  batches = AdversarialBatches(model, attacked=lambda _: student,
-                               clean_batches=clean_batches, seed=seed,
-                               preset=attack_config)
-  phase_var = tf.Variable(0, dtype=tf.int64, trainable=False, name='phase')
-  state = dict(adversarial=batches, phase=phase_var)
-  ad_loss = objectives.distillation_objective(ad_weight, ad_target)
-  losses = dict(
-      ad=ad_loss,
-      at=lambda m, b, c: objectives.adversarial_training_objective(
-          student, b, c))
-  evaluators = [training.ProbeAccuracy(student, lambda: data.eval_batches(
-      dataset, 'test', EVAL_BATCH, preprocess=recipe.preprocess,
-      data_dir=data_dir))]
+    tf.random.set_seed(seed)
+    np.random.seed(seed)
+    student = SCAE(config)
+    if method.init == 'teacher':
+      for mine, theirs in zip(student.variables, teacher_model.variables):
+        mine.assign(theirs)
+    model = (objectives.StudentTeacher(student, teacher_model)
+             if teacher_model is not None else student)
+    batches = AdversarialBatches(model, attacked=lambda _: student,
+                                 clean_batches=clean_batches, seed=seed,
+                                 preset=attack_config)
+    phase_var = tf.Variable(0, dtype=tf.int64, trainable=False, name='phase')
+    state = dict(adversarial=batches, phase=phase_var)
+    ad_loss = objectives.distillation_objective(ad_weight, ad_target)
+    losses = dict(
+        ad=ad_loss,
+        at=lambda m, b, c: objectives.adversarial_training_objective(
+            student, b, c))
+    evaluators = [training.ProbeAccuracy(student, lambda: data.eval_batches(
+        dataset, 'test', EVAL_BATCH, preprocess=recipe.preprocess,
+        data_dir=data_dir))]
 
-  spe = stream.steps_per_epoch
-  ends = np.cumsum([p.epochs * spe for p in phases]).tolist()
-  step, saved_phase = _saved_phase(
-      tf.train.latest_checkpoint(os.path.join(logdir, 'ckpt')))
-  log(f'{"resuming at step " + str(step) if resumed and step else "starting"}'
-      f' {logdir}: {method.name} ({method.description}), phases '
-      + ', '.join(f'{p.kind} {p.epochs} epochs' for p in phases)
-      + f', lr {lr_schedule}, {spe} steps per epoch')
-  metrics = {}
-  for index, (phase, end) in enumerate(zip(phases, ends)):
-    if step >= end and saved_phase >= index:
-      continue
-    optimizer = TF1RMSProp.for_recipe(
-        student.trainable_variables,
-        recipe.replace(lr_decay=phase.lr_decay, deviation=recipe.deviation))
-    run_ckpt = RunCheckpoint(logdir, student, optimizer, state, config)
-    if saved_phase < index:
-      _switch_phase(run_ckpt, index, step, phase_var, log)
-    metrics = training.train_loop(
-        model, optimizer, stream, logdir, end, noise=False, seed=seed,
-        loss_fn=losses[phase.kind], prepare=batches, state=state,
-        evaluators=evaluators, save_every=save_every, progress=progress,
-        config=config, checkpoint_model=student,
-        description=f'{method.name} phase {index + 1}/{len(phases)} '
-                    f'({phase.kind})')
-    step, saved_phase = end, index
-  final = tf.train.latest_checkpoint(os.path.join(logdir, 'ckpt'))
-  if fit_kmeans:
-    evaluation.evaluate_checkpoint(final, dataset, data_dir=data_dir,
-                                   kmeans='cosine', progress=progress,
-                                   log=log)
-  curves.plot_runs([logdir], os.path.join(logdir, 'accuracy.png'),
-                   title=f'{method.name.upper()} on {dataset}')
-  log(f'done: {final}')
-  return metrics
+    spe = stream.steps_per_epoch
+    ends = np.cumsum([p.epochs * spe for p in phases]).tolist()
+    step, saved_phase = _saved_phase(
+        tf.train.latest_checkpoint(os.path.join(logdir, CHECKPOINT_DIR)))
+    log(f'{"resuming at step " + str(step) if resumed and step else "starting"}'
+        f' {logdir}: {method.name} ({method.description}), phases '
+        + ', '.join(f'{p.kind} {p.epochs} epochs' for p in phases)
+        + f', lr {lr_schedule}, {spe} steps per epoch')
+    metrics = {}
+    for index, (phase, end) in enumerate(zip(phases, ends)):
+      if step >= end and saved_phase >= index:
+        continue
+      optimizer = TF1RMSProp.for_recipe(
+          student.trainable_variables,
+          recipe.replace(lr_decay=phase.lr_decay, deviation=recipe.deviation))
+      run_ckpt = RunCheckpoint(logdir, student, optimizer, state, config,
+                               log=log)
+      if saved_phase < index:
+        _switch_phase(run_ckpt, index, step, phase_var, log)
+      metrics = training.train_loop(
+          model, optimizer, stream, logdir, end, noise=False, seed=seed,
+          loss_fn=losses[phase.kind], prepare=batches, state=state,
+          evaluators=evaluators, save_every=save_every, progress=progress,
+          config=config, checkpoint_model=student, log=log,
+          description=f'{method.name} phase {index + 1}/{len(phases)} '
+                      f'({phase.kind})')
+      step, saved_phase = end, index
+    final = tf.train.latest_checkpoint(os.path.join(logdir, CHECKPOINT_DIR))
+    if fit_kmeans:
+      evaluation.evaluate_checkpoint(final, dataset, data_dir=data_dir,
+                                     kmeans='cosine', progress=progress,
+                                     log=log)
+    curves.plot_runs([logdir], os.path.join(logdir, 'accuracy.png'),
+                     title=f'{method.name.upper()} on {dataset}')
+    log(f'done: {final}')
+    return metrics
 
 
 def _switch_phase(run_ckpt, index, step, phase_var, log):
@@ -177,8 +182,7 @@ def _switch_phase(run_ckpt, index, step, phase_var, log):
   the previous phase's last checkpoint, fresh RMSProp slots (as the authors'
   code, which rebuilds its graph), the global step carried over. Saved at
   once, so that a resumed run finds the new phase's optimiser."""
-  if run_ckpt.latest:
-    run_ckpt.checkpoint.read(run_ckpt.latest).expect_partial()
+  if run_ckpt.restore():
     for ms, mom in zip(run_ckpt.optimizer.ms, run_ckpt.optimizer.mom):
       ms.assign(tf.ones_like(ms))
       mom.assign(tf.zeros_like(mom))

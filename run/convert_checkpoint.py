@@ -8,6 +8,7 @@ The config is the named config whose variables fit the checkpoint unless
 given with --config; the scope (none for upstream `train.py`, `SCAE/` or
 `STU/` for the fork) is detected unless given with --scope. Optimiser slots,
 global_step, EMA and summary variables are ignored unless --with_optimizer.
+An existing checkpoint at --out is replaced only with --overwrite.
 """
 
 import json
@@ -20,7 +21,10 @@ from scae_tf import cli
 flags.DEFINE_string('tf1', None, 'TF1 checkpoint prefix, .index file or dir.')
 flags.DEFINE_string('config', None, 'Named config of the checkpoint; default: '
                     'the one whose variables fit it.')
-flags.DEFINE_string('out', None, 'Output TF2 checkpoint prefix.')
+flags.DEFINE_string('out', None, 'Output TF2 checkpoint prefix, or an '
+                    'existing folder (then FOLDER/ckpt).')
+flags.DEFINE_bool('overwrite', False, 'Replace an existing checkpoint at '
+                  '--out.')
 flags.DEFINE_string('scope', None, "Variable scope, e.g. 'SCAE' or 'STU'; "
                     'detected when omitted.')
 flags.DEFINE_bool('with_optimizer', False,
@@ -34,7 +38,7 @@ def _convert():
   from scae_tf import loading  # pylint: disable=g-import-not-at-top
   report = loading.convert_tf1_checkpoint(
       FLAGS.tf1, FLAGS.out, FLAGS.config, scope=FLAGS.scope,
-      with_optimizer=FLAGS.with_optimizer)
+      with_optimizer=FLAGS.with_optimizer, overwrite=FLAGS.overwrite)
   print(json.dumps(report, indent=1))
 
 

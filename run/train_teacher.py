@@ -8,7 +8,9 @@
 The model config defaults to the dataset's, the recipe to the config's
 (`scae_tf/recipes.py`); any flag below that changes the recipe labels the run
 a deviation. Re-running the same command resumes from the latest checkpoint
-in --logdir (model, optimiser, step and data position).
+in --logdir (model, optimiser, step and data position); Ctrl-C saves the
+current step first. Errors, a NaN included, are one line and a non-zero
+status.
 """
 
 from absl import app

@@ -13,14 +13,18 @@ and shapes strictly and loads nothing unless everything matches.
 The port's own runs use TF2 object-based checkpoints (`tf.train.Checkpoint`).
 """
 
+import collections
 import dataclasses
+import glob
 import json
 import os
 import re
+import uuid
 from typing import Dict, Optional
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from scae_tf import files
 
@@ -107,6 +111,81 @@ class CheckpointMismatchError(ValueError):
   """The checkpoint does not fit the model; nothing was loaded."""
 
 
+class CorruptCheckpointError(ValueError):
+  """A checkpoint file cannot be read back: truncated, corrupt, or not a
+  checkpoint at all."""
+
+
+# What TF raises on a damaged file: OpError (DataLoss, NotFound, ...), and
+# IndexError for a data file shorter than its index says.
+_READ_ERRORS = (tf.errors.OpError, IndexError)
+
+
+def _unreadable(name, error):
+  reason = getattr(error, 'message', None) or str(error)
+  return CorruptCheckpointError(
+      f'{name} is not a readable checkpoint file (corrupt or truncated: '
+      f'{reason.splitlines()[0] if reason else type(error).__name__}).')
+
+
+def open_checkpoint(prefix: str):
+  """A reader of the checkpoint `prefix`; CorruptCheckpointError naming its
+  index file when that cannot be parsed."""
+  try:
+    return tf.train.load_checkpoint(prefix)
+  except _READ_ERRORS as e:
+    raise _unreadable(f'{prefix}.index', e) from None
+
+
+def _data_files(prefix):
+  found = sorted(glob.glob(glob.escape(prefix) + '.data-*'))
+  return found[0] if len(found) == 1 else f'{prefix}.data-*'
+
+
+def read_tensor(reader, name: str, prefix: str):
+  """`reader.get_tensor(name)`; CorruptCheckpointError naming the data file
+  when the bytes are missing or fail TF's checksum."""
+  try:
+    return reader.get_tensor(name)
+  except _READ_ERRORS as e:
+    raise _unreadable(_data_files(prefix), e) from None
+
+
+def check_readable(prefix: str):
+  """Reads every tensor of the checkpoint `prefix` back, which TF checks
+  against the checksums of the index: CorruptCheckpointError names the file
+  that fails."""
+  reader = open_checkpoint(prefix)
+  for name in reader.get_variable_to_shape_map():
+    read_tensor(reader, name, prefix)
+
+
+def check_shapes(path, config_name, model_shapes, ckpt_shapes, shown=8):
+  """CheckpointMismatchError unless the {name: shape} of the model and of the
+  checkpoint agree; it lists what does not fit (the first `shown` of each
+  kind: another config's checkpoint would list every variable)."""
+  missing = sorted(set(model_shapes) - set(ckpt_shapes))
+  unexpected = sorted(set(ckpt_shapes) - set(model_shapes))
+  misshaped = sorted(
+      f'{n}: checkpoint {list(ckpt_shapes[n])} vs model '
+      f'{list(model_shapes[n])}'
+      for n in set(model_shapes) & set(ckpt_shapes)
+      if tuple(ckpt_shapes[n]) != tuple(model_shapes[n]))
+  if not (missing or unexpected or misshaped):
+    return
+  lines = [f'Checkpoint {path!r} does not match the model (config '
+           f'{config_name!r}); nothing was loaded.']
+  for title, items in (('missing from checkpoint', missing),
+                       ('unexpected in checkpoint', unexpected),
+                       ('shape mismatch', misshaped)):
+    if items:
+      lines.append(f'  {title} ({len(items)}):')
+      lines.extend(f'    {i}' for i in items[:shown])
+      if len(items) > shown:
+        lines.append(f'    ... and {len(items) - shown} more')
+  raise CheckpointMismatchError('\n'.join(lines))
+
+
 def resolve_checkpoint(path: str) -> str:
   """Accepts a checkpoint prefix, a `.index` file or a directory."""
   if os.path.isdir(path):
@@ -145,7 +224,7 @@ def read_tf1_checkpoint(path: str, scope: Optional[str] = None,
   `with_optimizer`; EMA and summary variables are always ignored.
   """
   path = resolve_checkpoint(path)
-  reader = tf.train.load_checkpoint(path)
+  reader = open_checkpoint(path)
   all_names = list(reader.get_variable_to_shape_map())
   if scope is None:
     scope = detect_scope(all_names)
@@ -156,16 +235,16 @@ def read_tf1_checkpoint(path: str, scope: Optional[str] = None,
   for full in all_names:
     if _NON_MODEL.search(full):
       if with_optimizer and full.endswith('global_step'):
-        extras['global_step'] = reader.get_tensor(full)
+        extras['global_step'] = read_tensor(reader, full, path)
       continue
     if not full.startswith(scope):
       continue
     name = full[len(scope):]
     if _OPTIMIZER_SLOT.search(name):
       if with_optimizer:
-        extras[name] = reader.get_tensor(full)
+        extras[name] = read_tensor(reader, full, path)
       continue
-    weights[name] = reader.get_tensor(full)
+    weights[name] = read_tensor(reader, full, path)
   return weights, extras
 
 
@@ -183,23 +262,9 @@ def load_tf1_checkpoint(model, path: str, scope: Optional[str] = None,
   weights, extras = read_tf1_checkpoint(path, scope,
                                         with_optimizer=optimizer is not None)
   var_map = tf1_variable_map(model)
-  missing = sorted(set(var_map) - set(weights))
-  unexpected = sorted(set(weights) - set(var_map))
-  misshaped = sorted(
-      f'{n}: checkpoint {list(weights[n].shape)} vs model '
-      f'{var_map[n].shape.as_list()}'
-      for n in set(var_map) & set(weights)
-      if tuple(weights[n].shape) != tuple(var_map[n].shape))
-  if missing or unexpected or misshaped:
-    lines = [f'Checkpoint {path!r} does not match the model '
-             f'(config {model.config.name!r}); nothing was loaded.']
-    for title, items in (('missing from checkpoint', missing),
-                         ('unexpected in checkpoint', unexpected),
-                         ('shape mismatch', misshaped)):
-      if items:
-        lines.append(f'  {title} ({len(items)}):')
-        lines.extend(f'    {i}' for i in items)
-    raise CheckpointMismatchError('\n'.join(lines))
+  check_shapes(path, model.config.name,
+               {n: v.shape.as_list() for n, v in var_map.items()},
+               {n: w.shape for n, w in weights.items()})
 
   slot_updates = []
   if optimizer is not None:
@@ -222,7 +287,7 @@ CONFIG_SUFFIX = '.config.json'
 
 def is_tf1_checkpoint(path: str) -> bool:
   """True for name-based (TF1 Saver) checkpoints, False for TF2 ones."""
-  reader = tf.train.load_checkpoint(path)
+  reader = open_checkpoint(path)
   return '_CHECKPOINTABLE_OBJECT_GRAPH' not in reader.get_variable_to_shape_map()
 
 
@@ -263,6 +328,42 @@ def save_tf2_checkpoint(model, prefix: str, optimizer=None) -> str:
   return path
 
 
+def _model_shapes(source):
+  """{path: shape} of the model's variables in a TF2 checkpoint reader, or
+  of a model as `tf.train.Checkpoint(model=...)` saves it (written to memory
+  and read back).
+
+  A path is the variable's first path from `model` in TF's object graph. Not
+  the checkpoint keys: each value is stored once, under its shortest path from
+  the root, which may go through the optimiser.
+  """
+  if isinstance(source, tf.Module):
+    folder = f'ram://scae_tf_{uuid.uuid4().hex}'
+    try:
+      written = tf.train.Checkpoint(model=source).write(folder + '/ckpt')
+      # Not tf.train.load_checkpoint, which takes ram:// paths for folders.
+      return _model_shapes(tf.compat.v1.train.NewCheckpointReader(written))
+    finally:
+      tf.io.gfile.rmtree(folder)
+  graph = trackable_object_graph_pb2.TrackableObjectGraph()
+  graph.ParseFromString(source.get_tensor('_CHECKPOINTABLE_OBJECT_GRAPH'))
+  stored = source.get_variable_to_shape_map()
+  roots = [c.node_id for c in graph.nodes[0].children
+           if c.local_name == 'model']
+  shapes, queue, seen = {}, collections.deque(), set(roots)
+  queue.extend((node, '') for node in roots)
+  while queue:
+    node, path = queue.popleft()
+    for attribute in graph.nodes[node].attributes:
+      if attribute.name == 'VARIABLE_VALUE':
+        shapes[path] = stored[attribute.checkpoint_key]
+    for child in graph.nodes[node].children:
+      if child.node_id not in seen:
+        seen.add(child.node_id)
+        queue.append((child.node_id, f'{path}/{child.local_name}'.lstrip('/')))
+  return shapes
+
+
 def load_tf2_checkpoint(model, path: str, optimizer=None):
   """Restores a TF2 checkpoint written by `save_tf2_checkpoint` or a
   CheckpointManager, refusing one of another architecture."""
@@ -277,14 +378,21 @@ def load_tf2_checkpoint(model, path: str, optimizer=None):
         f'Checkpoint {path!r} was written for config {saved.name!r}, which '
         f'differs from the model\'s {model.config.name!r} in (saved, model): '
         f'{diff}.')
+  check_readable(path)
+  # Compared before reading: a failed read leaves TF's restore bookkeeping
+  # behind, which logs every unread value when it is collected.
+  check_shapes(path, model.config.name, _model_shapes(model),
+               _model_shapes(open_checkpoint(path)))
   objects = dict(model=model)
   if optimizer is not None:
     objects['optimizer'] = optimizer
   try:
     status = tf.train.Checkpoint(**objects).read(path)
+    # The values left unread on purpose (the optimiser's, when it is not
+    # restored; the save counter) are not worth a warning each.
+    status.expect_partial()
     status.assert_existing_objects_matched()
   except (ValueError, AssertionError) as e:
-    # ValueError: a variable of another shape (no saved config refused it).
     raise CheckpointMismatchError(
         f'Checkpoint {path!r} does not match the model (config '
         f'{model.config.name!r}): {e}') from None

@@ -5,9 +5,13 @@ This module imports nothing heavy, so that a script's `--help` and its flag
 errors answer before TensorFlow loads.
 """
 
+import logging
 import os
 import sys
 from typing import Callable, Sequence
+
+from absl import flags
+from absl import logging as absl_logging
 
 
 class UsageError(ValueError):
@@ -18,6 +22,9 @@ class UsageError(ValueError):
 # (scae_tf.checkpoints) is a ValueError; naming it here would import
 # TensorFlow. OSError covers FileNotFoundError and unreadable data files.
 EXPECTED_ERRORS = (ValueError, OSError)
+
+# The exit status of a script stopped by Ctrl-C: 128 + SIGINT.
+INTERRUPTED = 130
 
 
 def log(msg: str):
@@ -32,12 +39,19 @@ def error(msg) -> int:
 
 
 def quiet_tensorflow():
-  """Silences TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notes).
+  """Silences TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notes)
+  and its Python INFO lines (e.g. one per checkpoint written), which absl's
+  handler prints under `app.run`.
 
-  Only effective before TensorFlow is imported; an explicit
-  TF_CPP_MIN_LOG_LEVEL of the user wins.
+  Only effective before TensorFlow is imported. An explicit
+  TF_CPP_MIN_LOG_LEVEL (for the C++ log) or --verbosity (for the Python one)
+  of the user wins.
   """
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  if not flags.FLAGS['verbosity'].present:
+    # `app.run` set absl's level from --verbosity: INFO unless given.
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger('tensorflow').setLevel(logging.WARNING)
 
 
 def extra_args_error(argv) -> bool:
@@ -56,6 +70,8 @@ def run(argv: Sequence[str], call: Callable[[], object]) -> int:
 
   Expected errors (a bad flag, a missing file, a checkpoint that does not fit)
   become one `error: ...` line on stderr and status 1, without a traceback;
+  Ctrl-C becomes one `interrupted` line (with what was saved, when the
+  interrupted work says) and status 130, as a shell reports SIGINT;
   anything else is a bug and propagates. `call` returns None or an int status.
   """
   if extra_args_error(argv):
@@ -65,6 +81,9 @@ def run(argv: Sequence[str], call: Callable[[], object]) -> int:
     status = call()
   except EXPECTED_ERRORS as e:
     return error(e)
+  except KeyboardInterrupt as e:
+    print(f'interrupted{f": {e}" if str(e) else ""}', file=sys.stderr)
+    return INTERRUPTED
   return 0 if status is None else int(status)
 
 
@@ -98,6 +117,6 @@ def define_run_flags(default_logdir: str):
   flags.DEFINE_string('data_dir', None, 'Folder with the IDX files.')
   flags.DEFINE_integer('save_every', 1000, 'Checkpoint every N steps (and '
                        'at every epoch end).')
-  flags.DEFINE_bool('overwrite', False, 'Delete a different run in '
-                    '--logdir.')
+  flags.DEFINE_bool('overwrite', False, 'Restart the run in --logdir: delete '
+                    'what a run wrote there, whatever its settings.')
   flags.DEFINE_bool('progress', True, 'Show progress bars.')

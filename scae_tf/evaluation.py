@@ -29,6 +29,7 @@ checkpoint, or under the prefix `out`:
 """
 
 import json
+import os
 import time
 from typing import Callable, Optional, Sequence
 
@@ -111,13 +112,23 @@ def evaluate_checkpoint(checkpoint: str, dataset: str = 'mnist', *,
 
   Returns:
     The report written to `<out>.eval.json`, plus its path as 'eval_json'.
-    Nothing is written when an argument, the checkpoint or the data is bad.
+    Nothing is written when an argument, the checkpoint or the data is bad,
+    and an output folder that cannot be written is an error before the
+    work (NotWritableError).
   """
   log = log or (lambda msg: None)
   seeds = _check_arguments(dataset, preprocess, kmeans, seeds,
                            batch_size=batch_size, n_iter=n_iter, n_init=n_init,
                            max_examples=max_examples, k=k)
   start = time.time()
+  # The outputs come after minutes of work: find out now if they cannot.
+  beside = out is None
+  out = out or loading.resolve_checkpoint(checkpoint)
+  try:
+    files.check_writable(os.path.dirname(os.path.abspath(out)))
+  except files.NotWritableError as e:
+    hint = ' (the checkpoint\'s folder; pass out= elsewhere)' if beside else ''
+    raise files.NotWritableError(f'{e}{hint}') from None
   loaded = loading.load_model(checkpoint, config, dataset=dataset,
                               kmeans=False)
   config, prefix = loaded.config, loaded.prefix
@@ -154,7 +165,6 @@ def evaluate_checkpoint(checkpoint: str, dataset: str = 'mnist', *,
         **fit)
     seconds['seed_spread'] = round(time.time() - t, 2)
 
-  out = out or prefix
   saved = {}
   for (kind, metric), clf in sorted(classifiers.items()):
     clf.metadata.update(kmeans_lib.fitted_on(prefix, dataset, preprocess,

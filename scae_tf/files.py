@@ -45,6 +45,31 @@ def atomic_open(path, mode='w'):
     raise
 
 
+class NotWritableError(PermissionError):
+  """A folder the work will write to cannot be written."""
+
+
+def check_writable(folder) -> str:
+  """Checks that files can be created in `folder`, or in the nearest folder
+  above it that exists (which then must take `folder`), so that a run fails
+  before its work rather than when saving it. Writes nothing that stays.
+  Raises NotWritableError naming the folder; returns it."""
+  folder = os.fspath(folder)
+  existing = os.path.abspath(folder)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  probe = os.path.join(existing, f'.write_check.{uuid.uuid4().hex[:12]}.tmp')
+  try:
+    with open(probe, 'x'):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    reason = ('not a folder' if not os.path.isdir(existing)
+              else e.strerror or str(e))
+    raise NotWritableError(f'cannot write to {folder}: {reason}') from None
+  return folder
+
+
 def write_text(path, text: str) -> str:
   """Writes `text` to `path`; returns the path."""
   with atomic_open(path) as f:

@@ -25,6 +25,7 @@ fit the checkpoint, those made for `dataset` tried first. `mnist` and
 """
 
 import dataclasses
+import glob
 import os
 from typing import Any, Callable, Dict, Optional, Sequence, Union
 
@@ -32,6 +33,7 @@ import tensorflow as tf
 
 from scae_tf import checkpoints
 from scae_tf import configs
+from scae_tf import files
 from scae_tf import kmeans as kmeans_lib
 from scae_tf.model import SCAE
 
@@ -99,12 +101,8 @@ def _latest_in(folder):
 
 
 def checkpoint_format(prefix: str) -> str:
-  """'tf1' or 'tf2'; CheckpointMismatchError if no checkpoint can be read."""
-  try:
-    return 'tf1' if checkpoints.is_tf1_checkpoint(prefix) else 'tf2'
-  except tf.errors.OpError as e:
-    raise checkpoints.CheckpointMismatchError(
-        f'{prefix!r} is not a readable checkpoint: {e.message}') from None
+  """'tf1' or 'tf2'; CorruptCheckpointError if its index cannot be read."""
+  return 'tf1' if checkpoints.is_tf1_checkpoint(prefix) else 'tf2'
 
 
 def kmeans_path(prefix: str, kind: str, metric: str = 'cosine') -> str:
@@ -153,6 +151,7 @@ def load_model(path: str, config: ConfigLike = None, *,
 
   Raises:
     FileNotFoundError: no checkpoint at `path`.
+    CorruptCheckpointError: a file of the checkpoint cannot be read back.
     CheckpointMismatchError: the checkpoint does not fit the given config, or
       no named config fits it.
     ValueError: an unknown config name.
@@ -162,7 +161,7 @@ def load_model(path: str, config: ConfigLike = None, *,
   if fmt == 'tf1' and scope is None:
     # Fails early, and clearly, on a TF1 checkpoint that is not an SCAE's.
     scope = checkpoints.detect_scope(
-        tf.train.load_checkpoint(prefix).get_variable_to_shape_map())
+        checkpoints.open_checkpoint(prefix).get_variable_to_shape_map())
   if isinstance(config, str):
     config = configs.get_config(config)
   source = CONFIG_GIVEN
@@ -202,16 +201,35 @@ def _infer_config(prefix, build, dataset):
       f'{", ".join(c.name for c in named)}); pass its config.')
 
 
+def output_prefix(out: str, overwrite: bool = False) -> str:
+  """The checkpoint prefix that `out` designates for writing: `out/ckpt` for
+  an existing folder. Refuses (FileExistsError) to replace a checkpoint
+  unless `overwrite`, and a folder it cannot write to (NotWritableError)."""
+  out = os.fspath(out)
+  if os.path.isdir(out):
+    out = os.path.join(out, 'ckpt')
+  existing = glob.glob(glob.escape(out) + '.index') + glob.glob(
+      glob.escape(out) + '.data-*')
+  if existing and not overwrite:
+    raise FileExistsError(
+        f'{out} is an existing checkpoint ({existing[0]}); pass --overwrite '
+        '(overwrite=True) to replace it, or another --out.')
+  files.check_writable(os.path.dirname(os.path.abspath(out)))
+  return out
+
+
 def convert_tf1_checkpoint(tf1_path: str, out: str,
                            config: ConfigLike = None, *,
                            scope: Optional[str] = None,
-                           with_optimizer: bool = False) -> dict:
+                           with_optimizer: bool = False,
+                           overwrite: bool = False) -> dict:
   """Writes an original TF1 checkpoint as the port's TF2 checkpoint.
 
   The config is resolved as by `load_model` (given, else inferred). With
   `with_optimizer`, the RMSProp slots and `global_step` are converted too, to
-  continue an original run. Nothing is written when the checkpoint does not
-  load.
+  continue an original run. `out` is a prefix, or an existing folder (then
+  `out/ckpt`); an existing checkpoint there is replaced only with
+  `overwrite`. Nothing is written when the checkpoint does not load.
 
   Returns a report: the source `path`, `n_tensors` and `n_params` of the
   model, `optimizer_restored`, the `config` name, the `out` prefix written and,
@@ -221,10 +239,15 @@ def convert_tf1_checkpoint(tf1_path: str, out: str,
   prefix = resolve_checkpoint(tf1_path)
   if checkpoint_format(prefix) != 'tf1':
     raise ValueError(f'{prefix!r} is already a TF2 checkpoint of the port.')
+  out = output_prefix(out, overwrite)
   # The saved config is the one trained with: keep its noise.
   loaded = load_model(prefix, config, scope=scope, noise=True,
                       optimizer=TF1RMSProp if with_optimizer else None,
                       kmeans=False)
+  # What was derived from the replaced checkpoint would describe the new one.
+  for pattern in ('.kmeans_*.npz', '.eval.json'):
+    for path in glob.glob(glob.escape(out) + pattern):
+      os.remove(path)
   variables = checkpoints.tf1_variable_map(loaded.model).values()
   report = dict(
       path=prefix, n_tensors=len(variables),

@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from scae_tf import checkpoints
+from scae_tf import cli
 from scae_tf import configs
 from scae_tf import data
 from scae_tf import recipes
@@ -38,6 +39,11 @@ class RecipeOverrides:
   def apply(self, recipe):
     changes = {k: v for k, v in dataclasses.asdict(self).items()
                if v is not None}
+    if 'train_steps' in changes and 'epochs' in changes:
+      # One of them would silently win.
+      raise cli.UsageError(
+          f'give epochs ({self.epochs}) or max_train_steps '
+          f'({self.train_steps}), not both.')
     if 'train_steps' in changes:
       changes['epochs'] = None
     elif 'epochs' in changes:
@@ -67,13 +73,19 @@ def train_teacher(dataset='mnist', config=None, recipe=None, overrides=None,
     overrides: a `RecipeOverrides`; any change labels the run a deviation.
     logdir: the run folder (default runs/teacher_<dataset>_<recipe>).
     init_from: initial weights, a TF1 or TF2 checkpoint (ignored when
-      resuming).
+      resuming from a checkpoint).
+    overwrite: restart the run in `logdir` (see `training.prepare_logdir`).
     strategy: 'default', 'mirrored' or 'multiworker' (`TF_CONFIG`); the
       global batch is the recipe's, split over the replicas. Worker i > 0 of
       a multi-worker run keeps its own copy of the run in `<logdir>.worker<i>`.
+
+  Raises ValueError / OSError for bad arguments, a log directory holding
+  another run or in use by another process (`training.FolderInUseError`) or
+  not writable, before any work; NonFiniteLossError; TrainingInterrupted
+  (Ctrl-C, after saving).
   """
-  if save_every < 1:
-    raise ValueError(f'save_every must be positive, got {save_every}.')
+  # Every argument is checked before the log directory is touched.
+  cli.check_positive('save_every', save_every)
   config, recipe = resolve(dataset, config, recipe, overrides)
   strategy = training.make_strategy(strategy)
   replicas = strategy.num_replicas_in_sync
@@ -91,19 +103,39 @@ def train_teacher(dataset='mnist', config=None, recipe=None, overrides=None,
   settings = training.run_settings(config, recipe, dataset=dataset,
                                    seed=seed, init_from=init_from,
                                    replicas=replicas)
-  resumed = training.prepare_logdir(logdir, settings, overwrite)
+  # Checks that write nothing first: the lock would leave its file in a
+  # folder that is refused. Only a run that starts needs initial weights.
+  if not training.check_logdir(logdir, settings, overwrite) and init_from:
+    checkpoints.check_readable(checkpoints.resolve_checkpoint(init_from))
+  with training.lock_folder(logdir):
+    resumed = training.prepare_logdir(logdir, settings, overwrite)
+    return _train(dataset, config, recipe, stream, logdir, total_steps,
+                  strategy, resumed=resumed, seed=seed, init_from=init_from,
+                  data_dir=data_dir, save_every=save_every,
+                  kmeans_every_epoch=kmeans_every_epoch, chief=chief,
+                  progress=progress, log=log)
 
+
+def _train(dataset, config, recipe, stream, logdir, total_steps, strategy, *,
+           resumed, seed, init_from, data_dir, save_every, kmeans_every_epoch,
+           chief, progress, log):
+  """`train_teacher` in its checked, prepared and locked log directory."""
   tf.random.set_seed(seed)
   np.random.seed(seed)  # the template init draws from numpy
   with strategy.scope():
     model = SCAE(config)
     optimizer = TF1RMSProp.for_recipe(model.trainable_variables, recipe)
-  if init_from and not resumed:
+  ckpt_dir = os.path.join(logdir, training.CHECKPOINT_DIR)
+  # Not from `resumed`: a run killed before its first checkpoint has its
+  # run.json, and restarts from the initial weights.
+  has_checkpoints = resumed and os.path.isdir(ckpt_dir) and any(
+      name.endswith('.index') for name in os.listdir(ckpt_dir))
+  if init_from and not has_checkpoints:
     report = checkpoints.load_checkpoint(model, init_from)
     log(f'initialised from {report["path"]}')
-  log(f'{"resuming" if resumed else "starting"} {logdir}: config '
-      f'{config.name}, recipe {recipe.name}, {total_steps} steps '
-      f'({stream.steps_per_epoch} per epoch), {replicas} replica(s)')
+  log(f'run {logdir}: config {config.name}, recipe {recipe.name}, '
+      f'{total_steps} steps ({stream.steps_per_epoch} per epoch), '
+      f'{strategy.num_replicas_in_sync} replica(s)')
   if recipe.deviation:
     log(f'DEVIATION from the paper: {recipe.deviation}')
 
@@ -121,7 +153,7 @@ def train_teacher(dataset='mnist', config=None, recipe=None, overrides=None,
   metrics = training.train_loop(
       model, optimizer, stream, logdir, total_steps, noise=recipe.noise,
       seed=seed, evaluators=evaluators, save_every=save_every,
-      strategy=strategy, progress=progress)
+      strategy=strategy, progress=progress, log=log)
   log(f'done: step {int(optimizer.step.numpy())}, loss '
       f'{metrics.get("loss", float("nan")):.2f}')
   return metrics

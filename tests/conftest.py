@@ -79,6 +79,19 @@ def with_rmsprop_slots(weights, global_step, ms, mom):
   return tensors
 
 
+def unprivileged(command):
+  """`command` run so that file permissions bind it: as root, without the
+  capabilities that let root write anywhere (`setpriv`); skips the test if
+  that is not possible."""
+  if os.geteuid() != 0:
+    return list(command)
+  import shutil  # pylint: disable=g-import-not-at-top
+  if shutil.which('setpriv') is None:
+    pytest.skip('running as root without setpriv: permissions do not bind')
+  return ['setpriv', '--bounding-set=-dac_override,-dac_read_search',
+          '--'] + list(command)
+
+
 _fixture_outcomes = {'passed': 0, 'skipped': 0}
 
 

@@ -49,3 +49,32 @@ def test_argument_checks():
     with pytest.raises(cli.UsageError, match=f'k must be positive, got '
                        f'{value}'):
       cli.check_positive('k', value)
+
+
+def test_ctrl_c_is_one_line_and_status_130(capsys):
+  def call():
+    raise KeyboardInterrupt('at step 7, saved in run/ckpt/ckpt-7.')
+
+  assert cli.run(['script'], call) == 130
+  assert capsys.readouterr().err == (
+      'interrupted: at step 7, saved in run/ckpt/ckpt-7.\n')
+  assert cli.run(['script'], _raise(KeyboardInterrupt())) == 130
+  assert capsys.readouterr().err == 'interrupted\n'
+
+
+def test_scripts_quiet_the_python_log_of_tensorflow_unless_asked(
+    monkeypatch):
+  import logging  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(flags.FLAGS['verbosity'], 'present', 0)
+  absl_logging.set_verbosity(absl_logging.INFO)
+  cli.run(['script'], lambda: None)
+  assert absl_logging.get_verbosity() == absl_logging.WARNING
+  assert logging.getLogger('tensorflow').level == logging.WARNING
+  # --verbosity=0 on the command line: the user's choice stays.
+  monkeypatch.setattr(flags.FLAGS['verbosity'], 'present', 1)
+  absl_logging.set_verbosity(absl_logging.INFO)
+  cli.run(['script'], lambda: None)
+  assert absl_logging.get_verbosity() == absl_logging.INFO
+  absl_logging.set_verbosity(absl_logging.WARNING)

@@ -16,6 +16,7 @@ from scae_tf import checkpoints
 from scae_tf import configs
 from scae_tf import data
 from scae_tf import evaluation
+from scae_tf import files
 from scae_tf import kmeans
 from scae_tf import loading
 from scae_tf.kmeans import KMeansClassifier
@@ -96,6 +97,18 @@ def test_bad_arguments_raise_and_write_nothing(tmp_path, arguments, message):
     evaluation.evaluate_checkpoint(checkpoint, data_dir=str(tmp_path),
                                    **arguments)
   assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_an_output_folder_it_cannot_write_is_an_error_before_the_work(
+    tmp_path):
+  prefix = _tiny_checkpoint(tmp_path)
+  (tmp_path / 'file').write_text('x')
+  # No data folder either: the output check comes first.
+  with pytest.raises(files.NotWritableError,
+                     match=f'cannot write to {tmp_path / "file"}: not a '
+                     'folder'):
+    evaluation.evaluate_checkpoint(prefix, data_dir=str(tmp_path / 'none'),
+                                   out=str(tmp_path / 'file' / 'eval'))
 
 
 def test_evaluate_script(tmp_path):

@@ -1,7 +1,10 @@
 """scae_tf.loading: every path form, config resolution, the k-means beside a
 checkpoint, conversion, and the errors."""
 
+import gc
+import logging
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -166,11 +169,159 @@ def test_missing_or_unreadable_checkpoints_are_one_line_errors(tmp_path):
        'nothing_here.index does not exist'),
       (empty, FileNotFoundError, 'empty.* nor in its ckpt/'),
       (two, FileNotFoundError, r'several checkpoints \(a, b\)'),
-      (tmp_path / 'junk', checkpoints.CheckpointMismatchError,
-       'junk.* is not a readable checkpoint')):
+      (tmp_path / 'junk', checkpoints.CorruptCheckpointError,
+       'junk.index is not a readable checkpoint file')):
     with pytest.raises(error, match=pattern) as err:
       loading.load_model(path)
     assert '\n' not in str(err.value), str(err.value)
+
+
+def _tiny_tf2_checkpoint(tmp_path, with_optimizer=False):
+  model = SCAE(configs.tiny_config())
+  opt = TF1RMSProp(model.trainable_variables) if with_optimizer else None
+  return checkpoints.save_tf2_checkpoint(model, str(tmp_path / 'ckpt'), opt)
+
+
+def _damage(path, how):
+  size = pathlib.Path(path).stat().st_size
+  with open(path, 'r+b') as f:
+    if how == 'truncate':
+      f.truncate(size // 2)
+    else:
+      f.write(np.random.RandomState(0).bytes(size))
+
+
+@pytest.mark.parametrize('suffix, how', [
+    ('.data-00000-of-00001', 'truncate'), ('.data-00000-of-00001', 'garble'),
+    ('.index', 'truncate'), ('.index', 'garble')])
+@pytest.mark.parametrize('fmt', ['tf1', 'tf2'])
+def test_a_damaged_checkpoint_is_a_one_line_error_naming_the_file(
+    tmp_path, fmt, suffix, how):
+  if fmt == 'tf1':
+    prefix = write_tf1_checkpoint(
+        tmp_path / 'model.ckpt', random_tf1_weights(configs.tiny_config()))
+  else:
+    prefix = _tiny_tf2_checkpoint(tmp_path)
+  _damage(prefix + suffix, how)
+  with pytest.raises(checkpoints.CorruptCheckpointError) as err:
+    loading.load_model(prefix, configs.tiny_config())
+  assert str(err.value).startswith(
+      f'{prefix}{suffix} is not a readable checkpoint file (corrupt or '
+      'truncated: ')
+  assert '\n' not in str(err.value)
+
+
+def _tf_warnings(caplog):
+  return [r.getMessage() for r in caplog.records
+          if r.levelno >= logging.WARNING]
+
+
+def test_another_configs_checkpoint_is_a_mismatch_without_tf_noise(
+    tmp_path, caplog):
+  # Saved without its config (as by an older version): the shapes tell.
+  prefix = _tiny_tf2_checkpoint(tmp_path, with_optimizer=True)
+  pathlib.Path(prefix + checkpoints.CONFIG_SUFFIX).unlink()
+  with pytest.raises(checkpoints.CheckpointMismatchError) as err:
+    loading.load_model(prefix, 'mnist')
+  lines = str(err.value).split('\n')
+  assert lines[0] == (f'Checkpoint {prefix!r} does not match the model '
+                      "(config 'mnist'); nothing was loaded.")
+  assert '  shape mismatch (54):' in lines
+  assert ('    object_capsules/ccr_bias: checkpoint [3, 1, 6] vs model '
+          '[24, 1, 6]') in lines
+  assert '    ... and 46 more' in lines
+  assert len(lines) < 30
+  gc.collect()  # TF logs the values a failed restore left unread when freed
+  assert _tf_warnings(caplog) == []
+
+
+def test_loading_without_the_optimizer_is_quiet(tmp_path, caplog):
+  prefix = _tiny_tf2_checkpoint(tmp_path, with_optimizer=True)
+  loaded = loading.load_model(prefix)
+  del loaded
+  gc.collect()
+  assert _tf_warnings(caplog) == []
+
+
+def test_convert_refuses_to_replace_a_checkpoint_without_overwrite(tmp_path):
+  config = configs.tiny_config()
+  src = write_tf1_checkpoint(tmp_path / 'model.ckpt',
+                             random_tf1_weights(config))
+  other = write_tf1_checkpoint(tmp_path / 'other.ckpt',
+                               random_tf1_weights(config, seed=1))
+  out = tmp_path / 'out'
+  out.mkdir()
+  # An existing folder means <folder>/ckpt.
+  first = loading.convert_tf1_checkpoint(src, str(out), config)
+  assert first['out'] == str(out / 'ckpt')
+  evaluated = loading.kmeans_path(first['out'], 'prior')
+  pathlib.Path(evaluated).write_bytes(b'k-means of the first checkpoint')
+  before = (out / 'ckpt.data-00000-of-00001').read_bytes()
+  for target in (out, out / 'ckpt'):
+    with pytest.raises(FileExistsError,
+                       match=f'{out / "ckpt"} is an existing checkpoint .*'
+                       'pass --overwrite'):
+      loading.convert_tf1_checkpoint(other, str(target), config)
+  assert (out / 'ckpt.data-00000-of-00001').read_bytes() == before
+  loading.convert_tf1_checkpoint(other, str(out), config, overwrite=True)
+  # What was derived from the replaced checkpoint goes with it.
+  assert not pathlib.Path(evaluated).exists()
+  np.testing.assert_array_equal(
+      _tf1_weights(loading.load_model(out).model)[CONV_W],
+      random_tf1_weights(config, seed=1)[CONV_W])
+
+
+def _script(name, *flags):
+  return subprocess.run([sys.executable, str(REPO / 'run' / name), *flags],
+                        capture_output=True, text=True, timeout=300,
+                        check=False)
+
+
+def _said(stderr):
+  """What a script printed itself, without TensorFlow's start-up log."""
+  return [line for line in stderr.splitlines()
+          if line.startswith(('error:', 'Traceback'))]
+
+
+@pytest.mark.parametrize('script', ['evaluate', 'attack', 'convert_checkpoint'])
+def test_scripts_report_a_damaged_checkpoint_in_one_line(tmp_path, script):
+  if script == 'convert_checkpoint':
+    prefix = write_tf1_checkpoint(
+        tmp_path / 'model.ckpt', random_tf1_weights(configs.MNIST))
+    damaged = prefix + '.data-00000-of-00001'
+    flags = [f'--tf1={prefix}', f'--out={tmp_path / "out"}']
+  else:
+    prefix = _tiny_tf2_checkpoint(tmp_path)
+    damaged = prefix + ('.index' if script == 'attack'
+                        else '.data-00000-of-00001')
+    flags = [f'--checkpoint={prefix}', '--classifier=PriL']
+    flags = flags if script == 'attack' else flags[:1]
+  _damage(damaged, 'truncate')
+  proc = _script(f'{script}.py', *flags)
+  assert proc.returncode == 1
+  said = _said(proc.stderr)
+  assert len(said) == 1, proc.stderr[-2000:]
+  assert said[0].startswith(f'error: {damaged} is not a readable checkpoint '
+                            'file (corrupt or truncated: ')
+  assert not (tmp_path / 'out.index').exists()
+
+
+def test_convert_script_writes_into_a_folder_quietly_and_keeps_it(tmp_path):
+  src = write_tf1_checkpoint(tmp_path / 'model.ckpt',
+                             random_tf1_weights(configs.MNIST))
+  out = tmp_path / 'converted'
+  out.mkdir()
+  first = _script('convert_checkpoint.py', f'--tf1={src}', f'--out={out}')
+  assert first.returncode == 0, first.stderr[-2000:]
+  assert f'"out": "{out / "ckpt"}"' in first.stdout
+  # No INFO line of TensorFlow's (one per checkpoint written, via absl).
+  assert not re.search(r'^I\d{4} ', first.stderr, re.MULTILINE), first.stderr
+  again = _script('convert_checkpoint.py', f'--tf1={src}', f'--out={out}')
+  assert again.returncode == 1
+  assert _said(again.stderr) == [
+      f'error: {out / "ckpt"} is an existing checkpoint '
+      f'({out / "ckpt.index"}); pass --overwrite (overwrite=True) to replace '
+      'it, or another --out.']
 
 
 def test_a_checkpoint_no_config_fits_is_a_clear_error(tmp_path):

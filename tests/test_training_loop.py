@@ -32,14 +32,67 @@ def _tiny_stream(seed=0):
                                       seed=seed, canvas_size=20)
 
 
-def _tiny_run(logdir, steps, **kwargs):
+def _tiny_run(logdir, steps, recipe=TINY_RECIPE, **kwargs):
   tf.random.set_seed(0)
   np.random.seed(0)
   model = SCAE(TINY)
-  opt = TF1RMSProp.for_recipe(model.trainable_variables, TINY_RECIPE)
+  opt = TF1RMSProp.for_recipe(model.trainable_variables, recipe)
+  kwargs.setdefault('log', lambda msg: None)
   training.train_loop(model, opt, _tiny_stream(), str(logdir), steps,
                       progress=False, **kwargs)
   return model, opt
+
+
+class _TinyTrainer:
+  """One tiny model, optimiser and compiled step for many runs. Each run
+  starts from the same initial state, or from its checkpoint, as a new
+  process would, without tracing the step again."""
+
+  def __init__(self, recipe=TINY_RECIPE):
+    tf.random.set_seed(0)
+    np.random.seed(0)
+    self.model = SCAE(TINY)
+    self.opt = TF1RMSProp.for_recipe(self.model.trainable_variables, recipe)
+    self.step = training.make_train_step(self.model, self.opt, seed=0)
+    self.initial = [v.numpy() for v in self._variables()]
+
+  def _variables(self):
+    return list(self.model.variables) + list(self.opt.variables)
+
+  def run(self, logdir, steps, train_step=None, **kwargs):
+    """Trains in `logdir`; returns the state (weights, RMSProp slots, step)."""
+    for v, value in zip(self._variables(), self.initial):
+      v.assign(value)
+    kwargs.setdefault('log', lambda msg: None)
+    training.train_loop(self.model, self.opt, _tiny_stream(), str(logdir),
+                        steps, train_step=train_step or self.step,
+                        progress=False, **kwargs)
+    return [v.numpy() for v in self._variables()]
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  return _TinyTrainer()
+
+
+@pytest.fixture(scope='module')
+def tiny_lr100():
+  # lr 100: step 1 is finite, step 2's loss is inf and its update NaN, as
+  # --lr=0.3 on MNIST.
+  return _TinyTrainer(TINY_RECIPE.replace(learning_rate=100.))
+
+
+def _assert_same_state(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x, y)
+
+
+def _non_finite_tensors(prefix):
+  reader = tf.train.load_checkpoint(prefix)
+  return [name for name, dtype in reader.get_variable_to_dtype_map().items()
+          if dtype.is_floating
+          and not np.all(np.isfinite(reader.get_tensor(name)))]
 
 
 def test_resume_in_process_equals_uninterrupted(tmp_path):
@@ -74,22 +127,171 @@ def test_nan_guard_keeps_last_good_checkpoint(tmp_path):
   assert tf.train.latest_checkpoint(str(tmp_path / 'ckpt')).endswith('ckpt-2')
 
 
-def test_logdir_guard(tmp_path):
-  settings = training.run_settings(TINY, lr=1e-3)
-  assert not training.prepare_logdir(str(tmp_path / 'r'), settings)
-  assert training.prepare_logdir(str(tmp_path / 'r'), settings)  # resume
-  (tmp_path / 'r' / 'keep.txt').write_text('x')
-  other = training.run_settings(TINY, lr=2e-3)
-  with pytest.raises(training.RunMismatchError, match="'lr': \\(0.001, 0.002"):
-    training.prepare_logdir(str(tmp_path / 'r'), other)
-  assert (tmp_path / 'r' / 'keep.txt').exists()
-  assert not training.prepare_logdir(str(tmp_path / 'r'), other,
-                                     overwrite=True)
-  assert not (tmp_path / 'r' / 'keep.txt').exists()
-  (tmp_path / 'junk').mkdir()
-  (tmp_path / 'junk' / 'f').write_text('x')
-  with pytest.raises(training.RunMismatchError, match='not empty'):
-    training.prepare_logdir(str(tmp_path / 'junk'), settings)
+def test_nan_guard_checks_every_saved_variable_not_only_the_weights(
+    tmp_path, tiny):
+  # An optimiser slot gone non-finite while loss and gradient stay finite:
+  # saved, it would poison every step after a resume.
+  def step_fn(images, labels):
+    metrics = tiny.step(images, labels)
+    if int(tiny.opt.step.numpy()) == 4:  # after the update, before its save
+      tiny.opt.ms[5].assign(tf.fill(tiny.opt.ms[5].shape, float('inf')))
+    return metrics
+
+  n = len({v.ref() for v in tiny._variables() if v.dtype.is_floating})
+  with pytest.raises(training.NonFiniteLossError) as err:
+    tiny.run(tmp_path, 10, step_fn, save_every=2)
+  last = str(tmp_path / 'ckpt' / 'ckpt-2')
+  assert str(err.value) == (
+      f'1 of {n} checkpointed variables are non-finite at step 4; not saved. '
+      f'The last finite checkpoint is {last}.')
+  assert tf.train.latest_checkpoint(str(tmp_path / 'ckpt')) == last
+  assert not _non_finite_tensors(last)
+
+
+def test_a_diverging_run_saves_only_finite_states_and_resumes(
+    tmp_path, tiny_lr100):
+  messages = []
+  for attempt in range(2):
+    with pytest.raises(training.NonFiniteLossError) as err:
+      tiny_lr100.run(tmp_path, 10, save_every=1, log=messages.append)
+    assert str(err.value) == (
+        'Non-finite loss and grad_global_norm at step 2 (loss inf, '
+        'grad_global_norm nan); stopped without saving. The last finite '
+        f'checkpoint is {tmp_path / "ckpt" / "ckpt-1"}.'), attempt
+  # The second attempt resumed from it, and met the same NaN.
+  assert messages == ['starting at step 0',
+                      f'resuming from step 1 ({tmp_path / "ckpt" / "ckpt-1"})']
+  assert sorted(p.name for p in (tmp_path / 'ckpt').glob('*.index')) == [
+      'ckpt-1.index']
+  assert not _non_finite_tensors(str(tmp_path / 'ckpt' / 'ckpt-1'))
+
+
+def test_a_run_that_diverges_before_its_first_save_says_there_is_none(
+    tmp_path, tiny_lr100):
+  with pytest.raises(training.NonFiniteLossError,
+                     match='at step 2 .*No checkpoint was saved: there is '
+                     'none to resume from.$'):
+    tiny_lr100.run(tmp_path, 10, save_every=5)
+  assert not list(tmp_path.glob('ckpt/*.index'))
+
+
+def _data_file(prefix):
+  name, = [p for p in os.listdir(os.path.dirname(prefix))
+           if p.startswith(os.path.basename(prefix) + '.data-')]
+  return os.path.join(os.path.dirname(prefix), name)
+
+
+def _truncate_data(prefix):
+  path = _data_file(prefix)
+  with open(path, 'r+b') as f:
+    f.truncate(os.path.getsize(path) // 2)
+  return path
+
+
+def _garble_index(prefix):
+  path = prefix + '.index'
+  size = os.path.getsize(path)
+  with open(path, 'wb') as f:
+    f.write(np.random.RandomState(0).bytes(size))
+  return path
+
+
+def _flip_a_data_byte(prefix):
+  path = _data_file(prefix)
+  with open(path, 'r+b') as f:
+    f.seek(os.path.getsize(path) // 2)
+    byte = f.read(1)
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte[0] ^ 0xFF]))
+  return path
+
+
+@pytest.fixture(scope='module')
+def tiny_8_steps(tiny, tmp_path_factory):
+  """The state after 8 uninterrupted steps."""
+  return tiny.run(tmp_path_factory.mktemp('full'), 8, save_every=2)
+
+
+@pytest.mark.parametrize('damage', [_truncate_data, _garble_index,
+                                    _flip_a_data_byte])
+def test_a_damaged_checkpoint_falls_back_to_the_one_before(
+    tmp_path, tiny, tiny_8_steps, damage):
+  tiny.run(tmp_path, 6, save_every=2)
+  damaged = damage(str(tmp_path / 'ckpt' / 'ckpt-6'))
+  messages = []
+  resumed = tiny.run(tmp_path, 8, save_every=2, log=messages.append)
+  assert messages[0].startswith(
+      f'warning: skipping checkpoint {tmp_path / "ckpt" / "ckpt-6"}: '
+      f'{damaged} is not a readable checkpoint file (corrupt or truncated: ')
+  assert messages[1:] == [
+      f'resuming from step 4 ({tmp_path / "ckpt" / "ckpt-4"})']
+  _assert_same_state(resumed, tiny_8_steps)
+  # Steps 5 and 6 were done again, and ckpt-6 saved whole.
+  assert tf.train.latest_checkpoint(str(tmp_path / 'ckpt')).endswith('ckpt-8')
+  checkpoints.check_readable(str(tmp_path / 'ckpt' / 'ckpt-6'))
+
+
+def test_a_run_without_a_usable_checkpoint_is_an_error(tmp_path, tiny):
+  tiny.run(tmp_path, 4, save_every=2)
+  for step in (2, 4):
+    _garble_index(str(tmp_path / 'ckpt' / f'ckpt-{step}'))
+  with pytest.raises(checkpoints.CorruptCheckpointError,
+                     match='No usable checkpoint in .*ckpt \\(tried ckpt-4, '
+                     'ckpt-2\\); --overwrite restarts the run.'):
+    tiny.run(tmp_path, 6, save_every=2)
+
+
+def test_a_garbled_checkpoint_file_does_not_restart_the_run(
+    tmp_path, tiny, tiny_8_steps):
+  # TF ignores an unparsable `checkpoint` file; the run continues from the
+  # newest checkpoint beside it rather than from scratch.
+  tiny.run(tmp_path, 6, save_every=2)
+  (tmp_path / 'ckpt' / 'checkpoint').write_text('garbage {')
+  messages = []
+  resumed = tiny.run(tmp_path, 8, save_every=2, log=messages.append)
+  assert messages == [f'resuming from step 6 ({tmp_path / "ckpt" / "ckpt-6"})']
+  _assert_same_state(resumed, tiny_8_steps)
+
+
+def test_a_save_cut_before_the_checkpoint_file_named_it_resumes_from_it(
+    tmp_path, tiny, tiny_8_steps):
+  # As a kill between TF writing ckpt-6 and the `checkpoint` file update.
+  tiny.run(tmp_path, 6, save_every=2)
+  ckpt = str(tmp_path / 'ckpt')
+  state = tf.train.get_checkpoint_state(ckpt)
+  tf.compat.v1.train.update_checkpoint_state(
+      ckpt, state.all_model_checkpoint_paths[-2],
+      state.all_model_checkpoint_paths[:-1],
+      all_model_checkpoint_timestamps=(
+          state.all_model_checkpoint_timestamps[:-1]),
+      last_preserved_timestamp=state.last_preserved_timestamp)
+  assert tf.train.latest_checkpoint(ckpt).endswith('ckpt-4')
+  messages = []
+  resumed = tiny.run(tmp_path, 8, save_every=2, log=messages.append)
+  assert messages == [f'resuming from step 6 ({ckpt}/ckpt-6)']
+  _assert_same_state(resumed, tiny_8_steps)
+  assert list(tf.train.get_checkpoint_state(
+      ckpt).all_model_checkpoint_paths) == [f'{ckpt}/ckpt-{step}'
+                                            for step in (4, 6, 8)]
+
+
+def test_ctrl_c_saves_the_step_and_resumes_from_it(
+    tmp_path, tiny, tiny_8_steps):
+  def interrupted_at_3(images, labels):
+    metrics = tiny.step(images, labels)
+    if int(tiny.opt.step.numpy()) == 3:
+      raise KeyboardInterrupt  # as Ctrl-C just after the update
+    return metrics
+
+  with pytest.raises(training.TrainingInterrupted) as err:
+    tiny.run(tmp_path, 8, interrupted_at_3, save_every=2)
+  assert str(err.value) == (
+      f'at step 3, saved in {tmp_path / "ckpt" / "ckpt-3"}. Run the same '
+      'command again to resume.')
+  messages = []
+  resumed = tiny.run(tmp_path, 8, save_every=2, log=messages.append)
+  assert messages == [f'resuming from step 3 ({tmp_path / "ckpt" / "ckpt-3"})']
+  _assert_same_state(resumed, tiny_8_steps)
 
 
 def _teacher(logdir, *flags):
@@ -271,8 +473,16 @@ def test_teacher_under_a_strategy_and_its_errors(tmp_path):
   assert run['recipe']['deviation'] == ('paper recipe with batch_size=8, '
                                         'epochs=None, train_steps=2')
   assert any('DEVIATION' in m for m in messages)
+  assert 'starting at step 0' in messages
   assert tf.train.latest_checkpoint(str(tmp_path / 'run' / 'ckpt')).endswith(
       'ckpt-2')
+  messages.clear()
+  teacher.train_teacher(
+      'mnist', overrides=overrides, logdir=str(tmp_path / 'run'),
+      data_dir=str(DATA_DIR), strategy='mirrored', progress=False,
+      log=messages.append)
+  assert f'resuming from step 2 ({tmp_path / "run" / "ckpt" / "ckpt-2"})' in (
+      messages)
   with pytest.raises(ValueError, match='Unknown strategy'):
     teacher.train_teacher('mnist', strategy='tpu', logdir=str(tmp_path / 'x'))
   with pytest.raises(ValueError, match='TF_CONFIG'):

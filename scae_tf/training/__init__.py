@@ -6,7 +6,8 @@
   loop.py        `train_loop`: resumable, checkpointed, with evaluators and
                  extra checkpointed state.
   evaluators.py  per-epoch evaluations (probe accuracy, the k-means curve).
-  run_dir.py     a run's folder: its identity, its log, the logdir guard.
+  run_dir.py     a run's folder: its identity, its log, its lock, the logdir
+                 guard.
   distribute.py  `tf.distribute` strategies by name.
 """
 
@@ -18,7 +19,12 @@ from scae_tf.training.evaluators import probe_accuracy
 from scae_tf.training.evaluators import ProbeAccuracy
 from scae_tf.training.loop import NonFiniteLossError
 from scae_tf.training.loop import train_loop
+from scae_tf.training.loop import TrainingInterrupted
+from scae_tf.training.run_dir import CHECKPOINT_DIR
+from scae_tf.training.run_dir import check_logdir
+from scae_tf.training.run_dir import FolderInUseError
 from scae_tf.training.run_dir import JsonlLog
+from scae_tf.training.run_dir import lock_folder
 from scae_tf.training.run_dir import LOG_FILE
 from scae_tf.training.run_dir import prepare_logdir
 from scae_tf.training.run_dir import RUN_FILE

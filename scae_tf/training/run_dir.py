@@ -1,19 +1,84 @@
-"""A run's folder: its identity (`run.json`), its log, and the guard that
-keeps two different runs out of one folder."""
+"""A run's folder: its identity (`run.json`), its log, its lock, and the
+guard that keeps two different runs out of one folder."""
 
 import dataclasses
+import fcntl
 import json
 import os
+import re
 import shutil
 
 from scae_tf import files
 
 RUN_FILE = 'run.json'
 LOG_FILE = 'log.jsonl'
+CHECKPOINT_DIR = 'ckpt'
+TB_DIR = 'tb'
+LOCK_FILE = '.lock'
+# Everything a run writes in its folder; `--overwrite` deletes these only.
+RUN_ENTRIES = (RUN_FILE, LOG_FILE, CHECKPOINT_DIR, TB_DIR, LOCK_FILE)
+# What an atomic write of RUN_FILE or LOG_FILE killed before its rename
+# leaves (see `scae_tf.files`).
+_RUN_TEMPORARY = re.compile(
+    rf'({re.escape(RUN_FILE)}|{re.escape(LOG_FILE)})\.[0-9a-f]{{12}}\.tmp')
 
 
 class RunMismatchError(ValueError):
-  """The log directory holds a run with other settings."""
+  """The log directory holds a run with other settings, or no run."""
+
+
+class FolderInUseError(OSError):
+  """Another process holds the folder's lock."""
+
+
+class FolderLock:
+  """An exclusive lock on a folder, for the life of a run that writes there.
+
+  `fcntl.flock` on `<folder>/.lock`, which holds the holder's pid. The kernel
+  releases it when the holder exits, however it dies, so a lock file left by
+  a killed run never blocks the next one. Release with `release()`, a `with`
+  block, or by dropping the object.
+  """
+
+  def __init__(self, folder):
+    self._fd = None
+    self.folder = os.fspath(folder)
+    os.makedirs(files.check_writable(self.folder), exist_ok=True)
+    path = os.path.join(self.folder, LOCK_FILE)
+    # Not truncated on open: that would erase the holder's pid.
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.read(fd, 32).decode(errors='replace').strip()
+      os.close(fd)
+      raise FolderInUseError(
+          f'{self.folder} is in use by another run (pid {holder or "unknown"}'
+          f'; lock {path}); wait for it to end, or use another folder.'
+      ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f'{os.getpid()}\n'.encode())
+    self._fd = fd
+
+  def release(self):
+    if self._fd is not None:
+      os.close(self._fd)  # closing the descriptor drops the flock
+      self._fd = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.release()
+
+  def __del__(self):
+    self.release()
+
+
+def lock_folder(folder) -> FolderLock:
+  """Takes the lock of `folder` (created if needed), or raises
+  FolderInUseError naming the pid of the process that holds it."""
+  return FolderLock(folder)
 
 
 def run_settings(config, recipe=None, **settings):
@@ -25,34 +90,74 @@ def run_settings(config, recipe=None, **settings):
   return json.loads(json.dumps(identity))
 
 
-def prepare_logdir(logdir, settings, overwrite=False):
-  """Creates `logdir`, or checks that the run there has the same settings.
+def _entries(logdir):
+  """The names in `logdir` (none if it does not exist) but its lock, which
+  the run about to write there takes first."""
+  if not os.path.isdir(logdir):
+    return []
+  return sorted(set(os.listdir(logdir)) - {LOCK_FILE})
 
-  Refuses (RunMismatchError) a directory that holds another run unless
-  `overwrite`, which deletes it first. Returns True if a run is resumed.
-  """
+
+def _is_run_entry(name):
+  return name in RUN_ENTRIES or bool(_RUN_TEMPORARY.fullmatch(name))
+
+
+def check_logdir(logdir, settings, overwrite=False):
+  """Raises RunMismatchError unless `prepare_logdir` would accept `logdir`;
+  writes nothing. Returns True if the run there would be resumed."""
+  entries = _entries(logdir)
   path = os.path.join(logdir, RUN_FILE)
   if os.path.exists(path):
+    if overwrite:
+      return False
     with open(path) as f:
       previous = json.load(f)
     if previous == settings:
       return True
-    if not overwrite:
-      diff = {k: (previous.get(k), settings.get(k))
-              for k in sorted(set(previous) | set(settings))
-              if previous.get(k) != settings.get(k)}
-      raise RunMismatchError(
-          f'{logdir} holds a run with other settings (previous, now): '
-          f'{diff}. Use another --logdir, or --overwrite to delete it.')
-    shutil.rmtree(logdir)
-  elif os.path.isdir(logdir) and os.listdir(logdir) and not overwrite:
+    diff = {k: (previous.get(k), settings.get(k))
+            for k in sorted(set(previous) | set(settings))
+            if previous.get(k) != settings.get(k)}
     raise RunMismatchError(
-        f'{logdir} is not empty and holds no {RUN_FILE}; refusing to write '
-        'into it (use --overwrite to delete it).')
-  elif os.path.isdir(logdir):
-    shutil.rmtree(logdir)
-  os.makedirs(logdir, exist_ok=True)
-  files.write_json(path, settings, sort_keys=True)
+        f'{logdir} holds a run with other settings (previous, now): {diff}. '
+        'Use another --logdir, or --overwrite to restart it.')
+  foreign = [name for name in entries if not _is_run_entry(name)]
+  if foreign:
+    shown = ', '.join(foreign[:5]) + (', ...' if len(foreign) > 5 else '')
+    raise RunMismatchError(
+        f'{logdir} holds no {RUN_FILE} and files that no run wrote '
+        f'({shown}); refusing to write into it, with or without '
+        '--overwrite. Use another --logdir.')
+  if entries and not overwrite:
+    raise RunMismatchError(
+        f'{logdir} holds the remains of a run without its {RUN_FILE} '
+        f'({", ".join(entries)}); use --overwrite to delete them.')
+  return False
+
+
+def prepare_logdir(logdir, settings, overwrite=False):
+  """Creates `logdir`, or checks that the run there has the same settings.
+
+  Refuses (RunMismatchError) a folder that holds another run unless
+  `overwrite`, and a folder that holds no run but files of another origin
+  even with `overwrite`. `overwrite` restarts the run: it deletes what a run
+  writes (RUN_ENTRIES), also with the same settings, and leaves other files.
+  A resumed run's folders must be writable (NotWritableError, before any
+  work). Returns True if the run there is resumed.
+  """
+  if check_logdir(logdir, settings, overwrite):
+    for name in ('', CHECKPOINT_DIR, TB_DIR):
+      if os.path.isdir(os.path.join(logdir, name)):
+        files.check_writable(os.path.join(logdir, name))
+    return True
+  for name in _entries(logdir):
+    if _is_run_entry(name):
+      path = os.path.join(logdir, name)
+      if os.path.isdir(path):
+        shutil.rmtree(path)
+      else:
+        os.remove(path)
+  files.check_writable(logdir)
+  files.write_json(os.path.join(logdir, RUN_FILE), settings, sort_keys=True)
   return False
 
 
@@ -76,7 +181,15 @@ class JsonlLog:
     if not os.path.exists(self.path):
       return 0.0
     with open(self.path) as f:
-      keep = [line for line in f if json.loads(line)['step'] <= step]
+      lines = f.readlines()
+    keep, wall_time = [], 0.0
+    for line in lines:
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        continue  # the partial last line of a run killed while writing it
+      if record['step'] <= step:
+        keep.append(line if line.endswith('\n') else line + '\n')
+        wall_time = max(wall_time, record.get('wall_time', 0.0))
     files.write_text(self.path, ''.join(keep))
-    return max((json.loads(line).get('wall_time', 0.0) for line in keep),
-               default=0.0)
+    return wall_time

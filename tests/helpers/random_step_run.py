@@ -16,22 +16,12 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-from scae_tf import configs  # pylint: disable=g-import-not-at-top
-from scae_tf import data  # pylint: disable=g-import-not-at-top
-from scae_tf import recipes  # pylint: disable=g-import-not-at-top
 from scae_tf import training  # pylint: disable=g-import-not-at-top
-from scae_tf.model import SCAE  # pylint: disable=g-import-not-at-top
-from scae_tf.optim import TF1RMSProp  # pylint: disable=g-import-not-at-top
+import tiny_run  # pylint: disable=g-import-not-at-top
 
 
 def run(logdir, steps):
-  tf.random.set_seed(0)
-  np.random.seed(0)
-  config = configs.tiny_config()
-  model = SCAE(config)
-  recipe = recipes.get_recipe('paper').replace(batch_size=4,
-                                               learning_rate=1e-3)
-  opt = TF1RMSProp.for_recipe(model.trainable_variables, recipe)
+  config, recipe, model, opt, stream = tiny_run.build()
   # Seeded the same on every start: only the checkpoint can tell a resumed
   # run where the stream of draws stands.
   generator = tf.random.Generator.from_seed(1)
@@ -44,10 +34,6 @@ def run(logdir, steps):
     return training.scae_objective(
         model, (tf.clip_by_value(images + noise, 0., 1.), labels), ctx)
 
-  rng = np.random.RandomState(0)
-  stream = data.BatchStream.from_arrays(
-      (rng.rand(24, 16, 16) * 255).astype(np.uint8), rng.randint(0, 10, 24),
-      4, 'pad_center', seed=0, canvas_size=20)
   training.prepare_logdir(logdir, training.run_settings(config, recipe))
   training.train_loop(model, opt, stream, logdir, steps, noise=False, seed=0,
                       loss_fn=noisy_objective, save_every=3, progress=False,

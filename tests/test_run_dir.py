@@ -1,0 +1,166 @@
+"""A run's folder (scae_tf.training.run_dir): the guard against mixing runs,
+--overwrite, the lock against two runs at once, the log."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+
+from conftest import data_path
+from conftest import REPO
+from scae_tf import checkpoints
+from scae_tf import configs
+from scae_tf import files
+from scae_tf import training
+
+TINY = configs.tiny_config()
+
+
+def test_logdir_guard(tmp_path):
+  settings = training.run_settings(TINY, lr=1e-3)
+  run = tmp_path / 'r'
+  assert not training.prepare_logdir(str(run), settings)
+  assert training.prepare_logdir(str(run), settings)  # resume
+  (run / 'keep.txt').write_text('x')
+  other = training.run_settings(TINY, lr=2e-3)
+  with pytest.raises(training.RunMismatchError, match="'lr': \\(0.001, 0.002"):
+    training.prepare_logdir(str(run), other)
+  assert json.loads((run / 'run.json').read_text()) == settings
+
+
+def test_overwrite_restarts_a_run_and_deletes_only_what_a_run_wrote(tmp_path):
+  settings = training.run_settings(TINY, lr=1e-3)
+  run = tmp_path / 'r'
+  training.prepare_logdir(str(run), settings)
+  for name in ('ckpt', 'tb'):
+    (run / name).mkdir()
+    (run / name / 'f').write_text('x')
+  (run / 'log.jsonl').write_text('{"step": 10}\n')
+  (run / 'notes.txt').write_text('mine')
+  # Same settings: --overwrite restarts rather than resumes.
+  assert not training.prepare_logdir(str(run), settings, overwrite=True)
+  assert sorted(p.name for p in run.iterdir()) == ['notes.txt', 'run.json']
+  other = training.run_settings(TINY, lr=2e-3)
+  assert not training.prepare_logdir(str(run), other, overwrite=True)
+  assert json.loads((run / 'run.json').read_text()) == other
+  assert (run / 'notes.txt').read_text() == 'mine'
+
+
+def test_a_folder_that_is_no_run_is_refused_unless_empty(tmp_path):
+  settings = training.run_settings(TINY, lr=1e-3)
+  home = tmp_path / 'home'
+  home.mkdir()
+  (home / 'thesis.tex').write_text('x')
+  (home / 'ckpt').mkdir()
+  for overwrite in (False, True):
+    with pytest.raises(training.RunMismatchError,
+                       match=r'files that no run wrote \(thesis.tex\)'):
+      training.prepare_logdir(str(home), settings, overwrite=overwrite)
+  assert sorted(p.name for p in home.iterdir()) == ['ckpt', 'thesis.tex']
+  # The remains of a run that lost its run.json: deleted on request only.
+  (home / 'thesis.tex').unlink()
+  with pytest.raises(training.RunMismatchError, match='use --overwrite'):
+    training.prepare_logdir(str(home), settings)
+  assert not training.prepare_logdir(str(home), settings, overwrite=True)
+  assert sorted(p.name for p in home.iterdir()) == ['run.json']
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  assert not training.prepare_logdir(str(empty), settings)
+
+
+def test_a_partial_last_log_line_is_dropped_on_resume(tmp_path):
+  # What a run killed in the middle of a log write leaves.
+  path = tmp_path / 'log.jsonl'
+  path.write_text('{"step": 10, "wall_time": 5.0}\n'
+                  '{"step": 20, "wall_time": 9.5}\n{"step": 30, "wall_ti')
+  assert training.JsonlLog(str(path)).truncate_after(30) == 9.5
+  assert path.read_text() == ('{"step": 10, "wall_time": 5.0}\n'
+                              '{"step": 20, "wall_time": 9.5}\n')
+
+
+def test_a_second_lock_names_the_holder_and_follows_its_release(tmp_path):
+  lock = training.lock_folder(tmp_path / 'run')
+  assert (tmp_path / 'run' / '.lock').read_text() == f'{os.getpid()}\n'
+  with pytest.raises(training.FolderInUseError,
+                     match=f'in use by another run \\(pid {os.getpid()};'):
+    training.lock_folder(tmp_path / 'run')
+  lock.release()
+  with training.lock_folder(tmp_path / 'run'):
+    with pytest.raises(training.FolderInUseError):
+      training.lock_folder(tmp_path / 'run')
+  training.lock_folder(tmp_path / 'run').release()
+
+
+def test_the_lock_of_a_killed_holder_is_free(tmp_path):
+  holder = subprocess.Popen(
+      [sys.executable, '-c',
+       'import sys, time\n'
+       'from scae_tf.training import run_dir\n'
+       'lock = run_dir.lock_folder(sys.argv[1])\n'
+       'print("locked", flush=True)\n'
+       'time.sleep(600)\n', str(tmp_path)],
+      stdout=subprocess.PIPE, text=True,
+      env=dict(os.environ, PYTHONPATH=str(REPO)))
+  try:
+    assert holder.stdout.readline() == 'locked\n'
+    with pytest.raises(training.FolderInUseError,
+                       match=f'pid {holder.pid};'):
+      training.lock_folder(tmp_path)
+  finally:
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+  # The lock file stays, with the dead pid in it; the lock does not.
+  assert (tmp_path / '.lock').read_text() == f'{holder.pid}\n'
+  training.lock_folder(tmp_path).release()
+
+
+def test_a_second_teacher_on_one_logdir_is_refused_before_any_work(tmp_path):
+  data_dir = data_path('mnist').parent
+  from scae_tf import teacher  # pylint: disable=g-import-not-at-top
+  logdir = tmp_path / 'run'
+  with training.lock_folder(logdir):
+    with pytest.raises(training.FolderInUseError,
+                       match=f'pid {os.getpid()};'):
+      teacher.train_teacher(
+          'mnist', logdir=str(logdir), data_dir=str(data_dir),
+          overrides=teacher.RecipeOverrides(batch_size=8, train_steps=2),
+          progress=False, log=lambda msg: None)
+  assert sorted(p.name for p in logdir.iterdir()) == ['.lock']
+
+
+def test_a_second_attack_on_one_out_dir_is_refused(tmp_path):
+  data_dir = data_path('mnist').parent
+  from attacks import pipeline  # pylint: disable=g-import-not-at-top
+  from scae_tf.model import SCAE  # pylint: disable=g-import-not-at-top
+  tf.random.set_seed(0)
+  prefix = checkpoints.save_tf2_checkpoint(
+      SCAE(configs.tiny_config(canvas_size=40)), str(tmp_path / 'tiny'))
+  out = tmp_path / 'out'
+  with training.lock_folder(out):
+    with pytest.raises(training.FolderInUseError,
+                       match=f'pid {os.getpid()};'):
+      pipeline.attack_checkpoint(
+          prefix, 'PriL', data_dir=str(data_dir), num_samples=2,
+          batch_size=2, out_dir=str(out), progress=False,
+          overrides=dict(outer_iterations=1, inner_iterations=1))
+  assert sorted(p.name for p in out.iterdir()) == ['.lock']
+
+
+def test_writability_is_checked_before_anything_is_written(tmp_path):
+  (tmp_path / 'file').write_text('x')
+  with pytest.raises(files.NotWritableError,
+                     match=f'cannot write to {tmp_path}/file/run: not a '
+                     'folder'):
+    files.check_writable(tmp_path / 'file' / 'run')
+  with pytest.raises(files.NotWritableError, match='not a folder'):
+    training.lock_folder(tmp_path / 'file' / 'run')
+  # A missing folder is writable when its nearest existing parent is; the
+  # check creates nothing.
+  assert files.check_writable(tmp_path / 'a' / 'b') == str(tmp_path / 'a' /
+                                                           'b')
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['file']
+

@@ -1,0 +1,110 @@
+"""scae_tf.teacher and run/train_teacher.py when something is wrong: bad
+numbers, Ctrl-C, a damaged checkpoint, a folder it cannot write."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import tensorflow as tf
+
+from conftest import DATA_DIR
+from conftest import data_path
+from conftest import REPO
+from conftest import unprivileged
+from scae_tf import teacher
+
+SCRIPT = str(REPO / 'run' / 'train_teacher.py')
+
+
+def _errors(stderr):
+  """The lines a script printed itself, without TensorFlow's start-up log."""
+  return [line for line in stderr.splitlines()
+          if line.startswith(('error:', 'interrupted', 'Traceback'))]
+
+
+@pytest.mark.parametrize('arguments, message', [
+    (dict(save_every=0), 'save_every must be positive, got 0.'),
+    (dict(batch_size=0), 'batch_size must be positive, got 0.'),
+    (dict(learning_rate=0.), 'learning_rate must be positive, got 0.0.'),
+    (dict(learning_rate=-1.), 'learning_rate must be positive, got -1.0.'),
+    (dict(epochs=-1), 'epochs must be positive, got -1.'),
+    (dict(train_steps=0), 'train_steps must be positive, got 0.'),
+    (dict(epochs=3, train_steps=5),
+     'give epochs (3) or max_train_steps (5), not both.'),
+    (dict(seed=-1), 'seed must be in [0, 2**32), got -1.'),
+    (dict(init_from='missing'), 'missing.index does not exist'),
+])
+def test_bad_numbers_are_refused_before_the_logdir_is_touched(
+    tmp_path, arguments, message):
+  data_path('mnist')
+  call = dict(logdir=str(tmp_path / 'run'), data_dir=str(DATA_DIR),
+              progress=False)
+  for name in ('save_every', 'seed', 'init_from'):
+    if name in arguments:
+      call[name] = arguments.pop(name)
+  if 'init_from' in call:
+    call['init_from'] = str(tmp_path / call['init_from'])
+  with pytest.raises(ValueError if 'init_from' not in call
+                     else FileNotFoundError) as err:
+    teacher.train_teacher(
+        'mnist', overrides=teacher.RecipeOverrides(**arguments), **call)
+  assert message in str(err.value)
+  assert not (tmp_path / 'run').exists()
+
+
+def _teacher(logdir, *flags):
+  return [sys.executable, SCRIPT, f'--logdir={logdir}',
+          f'--data_dir={DATA_DIR}', '--progress=false', *flags]
+
+
+def test_the_script_refuses_a_zero_batch_in_one_line(tmp_path):
+  data_path('mnist')
+  proc = subprocess.run(_teacher(tmp_path / 'run', '--batch_size=0'),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1
+  assert _errors(proc.stderr) == ['error: batch_size must be positive, got 0.']
+  assert not (tmp_path / 'run').exists()
+
+
+def test_ctrl_c_saves_the_step_and_says_so_in_one_line(tmp_path):
+  data_path('mnist')
+  logdir = tmp_path / 'run'
+  proc = subprocess.Popen(
+      _teacher(logdir, '--batch_size=8', '--max_train_steps=1000',
+               '--save_every=5'),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  while (not tf.train.latest_checkpoint(str(logdir / 'ckpt'))
+         and time.time() < deadline):
+    time.sleep(.02)
+  time.sleep(.5)  # into the steps after the checkpoint
+  proc.send_signal(signal.SIGINT)
+  stdout, stderr = proc.communicate(timeout=300)
+  assert proc.returncode == 130, stderr[-2000:]
+  latest = tf.train.latest_checkpoint(str(logdir / 'ckpt'))
+  step = int(latest.rsplit('-', 1)[1])
+  assert 5 <= step < 1000
+  assert _errors(stderr) == [
+      f'interrupted: at step {step}, saved in {latest}. Run the same command '
+      'again to resume.']
+  assert 'starting at step 0' in stdout.splitlines()
+
+
+def test_a_logdir_it_cannot_write_is_one_line_before_any_work(tmp_path):
+  data_path('mnist')
+  parent = tmp_path / 'read_only'
+  parent.mkdir()
+  parent.chmod(0o555)
+  try:
+    proc = subprocess.run(
+        unprivileged(_teacher(parent / 'run', '--batch_size=8')),
+        capture_output=True, text=True, timeout=300)
+  finally:
+    parent.chmod(0o755)
+  assert proc.returncode == 1
+  assert _errors(proc.stderr) == [
+      f'error: cannot write to {parent / "run"}: Permission denied']
+  assert list(parent.iterdir()) == []
