@@ -110,6 +110,22 @@ def test_each_target_reads_its_own_feature_and_prediction():
   assert {n: int(target(model, n)(x1)[1][0]) for n in want} == CLEAN_PRED
 
 
+def test_targets_run_the_scae_without_its_noise():
+  """The tiny config has presence noise (scale 4); the targets run the
+  inference pass, so every call gives the same features and predictions."""
+  tf.random.set_seed(0)
+  model = SCAE(configs.tiny_config())
+  images = tf.random.uniform([3, 20, 20, 1], seed=1)
+  out = model.forward(images, training=False)
+  for name, want in (('PriL', out.caps_presence_prob),
+                     ('PosL', out.posterior_presence)):
+    clf = classifiers.make_classifier(model, name)
+    (f1, p1), (f2, p2) = clf(images), clf(images)
+    np.testing.assert_array_equal(f1.numpy(), f2.numpy())
+    np.testing.assert_array_equal(p1.numpy(), p2.numpy())
+    np.testing.assert_allclose(f1.numpy(), want.numpy(), rtol=1e-6)
+
+
 @pytest.mark.parametrize('name', ['PriK', 'PosK', 'PriL', 'PosL'])
 def test_attack_moves_the_targets_own_head(name):
   """The capsule loss lowers the target's own feature, so the perturbation

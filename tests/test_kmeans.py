@@ -250,6 +250,59 @@ def test_kmeans_plus_plus_keeps_the_better_candidate_by_hand():
   np.testing.assert_array_equal(info['init_indices'], [1, 4])
 
 
+def test_kmeans_plus_plus_draws_by_hand():
+  """How many candidates are drawn, and from which distribution."""
+  deg = np.radians([0., 0., 60., 90., 180.])
+  x = np.stack([np.cos(deg), np.sin(deg)], 1)
+  # Default: 1 + 10 candidates per centre (the fork's
+  # kmeans_plus_plus_num_retries=10), the best kept: point 1 (potential
+  # 3.5) among points 4 and 1 (3.5 is the smallest of all five points').
+  draws = ScriptedDraws([4] * 10 + [1], [])
+  np.testing.assert_array_equal(kmeans.kmeans_plus_plus(x, 1, seed=draws),
+                                [1])
+  assert not draws._integers
+  # n_retries < 0: 2 + floor(log k) retries, 3 candidates for k = 1; point 3
+  # (90 degrees) has potential 1 + 1 + .134 + 0 + 1 = 3.134 < 3.5.
+  draws = ScriptedDraws([4, 1, 3], [])
+  np.testing.assert_array_equal(
+      kmeans.kmeans_plus_plus(x, 1, seed=draws, n_retries=-1), [3])
+  assert not draws._integers
+  # Close directions (potential .06 + .13 < 1 after the first centre): still
+  # drawn by distance, not uniformly. Distances to point 0: (0, 0, 1 -
+  # cos 20, 1 - cos 30) = (0, 0, .060, .134), cumulated total .194; the
+  # draw .5 lands at .097 -> point 3.
+  deg = np.radians([0., 0., 20., 30.])
+  close = np.stack([np.cos(deg), np.sin(deg)], 1)
+  draws = ScriptedDraws([0], [.5])
+  np.testing.assert_array_equal(
+      kmeans.kmeans_plus_plus(close, 2, seed=draws, n_retries=0), [0, 3])
+  # All points at a chosen centre (total 0): uniform draws, and a chosen
+  # point drawn again is rejected.
+  same = np.ones((3, 2))
+  draws = ScriptedDraws([0, 0, 2], [])
+  np.testing.assert_array_equal(
+      kmeans.kmeans_plus_plus(same, 2, seed=draws, n_retries=0), [0, 2])
+  assert not draws._integers
+
+
+def test_lloyd_update_is_spherical_kmeans():
+  """update='lloyd': each centre is the normalised mean of its points, and
+  the fit stops once the assignment no longer changes."""
+  x, _ = overlapping_groups()
+  centers, info = kmeans.fit_cosine_kmeans(x, 4, n_iter=100, seed=0,
+                                           update='lloyd')
+  assert 1 < info['n_steps'] < 100
+  xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+  assign = info['assignment']
+  np.testing.assert_array_equal(assign, kmeans.cosine_assign(x, centers))
+  for j in range(4):
+    mean = xn[assign == j].sum(0)
+    np.testing.assert_allclose(centers[j], mean / np.linalg.norm(mean),
+                               rtol=0, atol=1e-12)
+  _, info_mb = kmeans.fit_cosine_kmeans(x, 4, n_iter=100, seed=0)
+  assert info_mb['n_steps'] == 100
+
+
 def test_one_step_matches_tf_clustering_ops():
   """Against TF's own (contrib) KMeans: mini-batch, steps_per_iteration=1,
   cosine, given initial centres. Its graph reads the counts with no control
@@ -372,12 +425,16 @@ def test_seed_spread_refits_per_seed(monkeypatch):
     return KMeansClassifier(np.array(centres), metric, feature, mapping)
 
   monkeypatch.setattr(report, 'fit_kmeans_classifier', fake_fit)
+  messages = []
   train_x = np.array([[1., 0.], [0., 1.], [1., .2], [.2, 1.], [1., .2]])
   test_x = np.array([[1., 0.], [0., 1.], [1., .2], [.2, 1.]])
   test_y = np.array([0, 1, 0, 1])
   spread = kmeans.seed_spread(dict(posterior=train_x), np.zeros(5, int),
                               dict(posterior=test_x), test_y, seeds=[0, 3, 4],
-                              kinds=('posterior',), k=2, n_iter=7)
+                              kinds=('posterior',), k=2, n_iter=7,
+                              log=messages.append)
+  assert messages == [f'k-means (cosine) on posterior features, seed {s}...'
+                      for s in (0, 3, 4)]
   assert calls == [(s, 'cosine', 'posterior', dict(k=2, n_iter=7), 5, 5)
                    for s in (0, 3, 4)]
   r = spread['cosine']['posterior']
