@@ -78,6 +78,10 @@ def two_heads_problem(a_dist, b_dist, sign=1., seed=0):
   return TwoHeads(u, v), u, v, x.reshape(-1, 4, 4, 1).astype(np.float32)
 
 
+def _sigmoid(z):
+  return 1. / (1. + np.exp(-z))
+
+
 def test_each_target_reads_its_own_feature_and_prediction():
   model, u, v, _ = two_heads_problem([], [])
   rng = np.random.default_rng(1)
@@ -86,15 +90,13 @@ def test_each_target_reads_its_own_feature_and_prediction():
   a, b = flat @ u, flat @ v
   assert {(s, t) for s, t in zip(a > 0, b > 0)} == {
       (True, True), (True, False), (False, True), (False, False)}
-  sig = lambda z: 1. / (1. + np.exp(-z))
-  prior = np.stack([sig(a), sig(-a)], 1)
-  posterior = np.stack([sig(2 * b) + sig(4 * b), sig(-2 * b) + sig(-4 * b)],
-                       1)
-  want = dict(
-      PriK=(prior, np.where(a > 0, 3, 2)), PosK=(posterior,
-                                               np.where(b > 0, 1, 0)),
-      PriL=(prior, np.where(a > 0, 0, 1)), PosL=(posterior,
-                                               np.where(b > 0, 2, 3)))
+  prior = np.stack([_sigmoid(a), _sigmoid(-a)], 1)
+  posterior = np.stack([_sigmoid(2 * b) + _sigmoid(4 * b),
+                        _sigmoid(-2 * b) + _sigmoid(-4 * b)], 1)
+  want = dict(PriK=(prior, np.where(a > 0, 3, 2)),
+              PosK=(posterior, np.where(b > 0, 1, 0)),
+              PriL=(prior, np.where(a > 0, 0, 1)),
+              PosL=(posterior, np.where(b > 0, 2, 3)))
   for name, (features, pred) in want.items():
     clf = target(model, name)
     assert clf.feature_kind == ('prior' if name.startswith('Pri')
@@ -156,7 +158,8 @@ def test_random_start_is_never_scored():
   """The fork scores p'_1 .. p'_n, never the random start p'_0. Here every
   p'_0 is already adversarial (brightening crosses the prior boundary), but
   the one signed step per outer iteration goes back past the clean image:
-  no success. With a second step, p'_2 = p'_0 is scored and succeeds."""
+  no success. With a second step, p'_2 = p'_0 (to rounding) is scored by
+  the last forward pass and succeeds."""
   model, u, _, x = two_heads_problem([.03, .06, .1], [.3, .3, .3], sign=-1.)
   clf = target(model, 'PriL')
   labels = np.zeros(3, np.int64)
