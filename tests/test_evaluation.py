@@ -128,3 +128,16 @@ def test_evaluate_script(tmp_path):
   assert 'k-means cosine / posterior' in proc.stdout
   assert json.loads(proc.stdout[proc.stdout.index('\n{'):]) == dict(
       report, eval_json=str(tmp_path / 'eval.eval.json'))
+  # The reported accuracies are the model's and the saved classifiers' own
+  # on the first 50 resized test digits.
+  model = loading.load_model(prefix).model
+  images, labels = data.load_split(report['data_dir'], 'test')
+  feats = kmeans.collect_features(
+      model, data.preprocess(images[:50], 'resize'))
+  results = report['results']
+  for kind in ('prior', 'posterior'):
+    assert results['linear_probe'][kind]['test'] == np.mean(
+        feats[f'{kind}_probe_pred'] == labels[:50])
+    clf = KMeansClassifier.load(report['classifiers'][f'{kind}_cosine'])
+    assert results['kmeans']['cosine'][kind]['test'] == clf.accuracy(
+        feats, labels[:50])

@@ -14,6 +14,7 @@ from scae_tf import checkpoints
 from scae_tf import configs
 from scae_tf import kmeans
 from scae_tf.kmeans import KMeansClassifier
+from scae_tf.kmeans import report
 from scae_tf.model import SCAE
 
 N_PER_BLOB = 60
@@ -142,6 +143,171 @@ def test_minibatch_update_rule():
   np.testing.assert_array_equal(info1['counts'], 1 + m)
 
 
+def overlapping_groups(seed=0):
+  """Four presence-like groups whose spreads differ tenfold: they overlap,
+  and the tighter a group, the longer its (unnormalised) mean."""
+  rng = np.random.default_rng(seed)
+  base = 0.1 + 0.8 * np.eye(6)[:4] + 0.3 * np.eye(6)[1:5]
+  spread = np.array([0.05, 0.2, 0.35, 0.5])
+  group = np.repeat(np.arange(4), 40)
+  noise = spread[group, None] * rng.standard_normal((len(group), 6))
+  return np.abs(base[group] + noise), group
+
+
+def reference_minibatch_steps(x, init, n_steps):
+  """The fork's k-means, transcribed from TF-contrib's clustering_ops:
+  unit-normalised points, one mini-batch step per iteration on ALL points;
+  a point goes to the centre of largest cosine similarity with the
+  NORMALISED centre; per-centre counts start at 1 and accumulate over all
+  steps; a centre with m new points moves by (sum of them - m c) / count.
+  Returns the raw centres, the counts and the assignment after each step."""
+  x = np.array(x, np.float64)
+  x /= np.sqrt(np.maximum(np.sum(x * x, 1, keepdims=True), 1e-12))
+  centres = x[np.asarray(init)].copy()
+  counts = np.ones(len(centres))
+
+  def nearest(centres):
+    unit = centres / np.linalg.norm(centres, axis=1, keepdims=True)
+    return np.argmax(x @ unit.T, axis=1)
+
+  history = [nearest(centres)]
+  for _ in range(n_steps):
+    for j in range(len(centres)):
+      members = x[history[-1] == j]
+      if len(members):
+        counts[j] += len(members)
+        centres[j] += (members.sum(0) - len(members) * centres[j]) / counts[j]
+    history.append(nearest(centres))
+  return centres, counts, history
+
+
+def test_minibatch_steps_match_a_transcription_of_contrib():
+  """25 steps on overlapping groups, against the transcription above. The
+  data make both rules matter: points still change cluster after the first
+  step (so the accumulated counts weigh the steps), and the centres'
+  lengths differ (so normalising them moves points)."""
+  x, _ = overlapping_groups()
+  for seed in (0, 1):
+    centers, info = kmeans.fit_cosine_kmeans(x, 4, n_iter=25, seed=seed)
+    raw, counts, history = reference_minibatch_steps(
+        x, info['init_indices'], 25)
+    np.testing.assert_allclose(info['raw_centers'], raw, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(info['counts'], counts)
+    np.testing.assert_array_equal(info['assignment'], history[-1])
+    np.testing.assert_allclose(centers, raw / np.linalg.norm(
+        raw, axis=1, keepdims=True), rtol=0, atol=1e-12)
+    assert info['n_steps'] == 25
+    changed = [int(np.sum(a != b)) for a, b in zip(history, history[1:])]
+    assert sum(changed[1:]) > 0, changed
+    lengths = np.linalg.norm(raw, axis=1)
+    assert lengths.min() < 0.97 * lengths.max(), lengths
+    # Counts: 1 + every assignment received over the 25 steps.
+    np.testing.assert_array_equal(
+        counts, 1 + sum(np.bincount(a, minlength=4) for a in history[:-1]))
+
+
+class ScriptedDraws(np.random.Generator):
+  """A Generator whose `integers` and `random` return scripted values."""
+
+  def __init__(self, integers, reals):
+    super().__init__(np.random.PCG64(0))
+    self._integers, self._reals = list(integers), list(reals)
+
+  def integers(self, *args, **kwargs):
+    del args, kwargs
+    return self._integers.pop(0)
+
+  def random(self, *args, **kwargs):
+    del args, kwargs
+    return self._reals.pop(0)
+
+
+def test_kmeans_plus_plus_keeps_the_better_candidate_by_hand():
+  """Unit vectors at 0, 0, 60, 90 and 180 degrees; k = 2, two candidates
+  per centre (n_retries=1). On unit vectors the half squared distance is the
+  cosine distance 1 - cos: 0-60: .5, 0-90: 1, 0-180: 2, 60-90: 1 - sqrt(3)/2
+  (= .134), 60-180: 1.5, 90-180: 1."""
+  deg = np.radians([0., 0., 60., 90., 180.])
+  x = np.stack([np.cos(deg), np.sin(deg)], 1)
+  # First centre, candidates drawn uniformly: points 4 (180) and 1 (0).
+  # Potentials: 2 + 2 + 1.5 + 1 + 0 = 6.5 and 0 + 0 + .5 + 1 + 2 = 3.5:
+  # point 1 is kept. Second centre: distances to point 1 are
+  # (0, 0, .5, 1, 2), cumulated (0, 0, .5, 1.5, 3.5): the draws .1 and .8
+  # land at .35 -> point 2 (60) and 2.8 -> point 4 (180). Potentials with
+  # point 2: 0 + 0 + 0 + .134 + 1.5 = 1.634; with point 4: .5 + 1 + 0 = 1.5:
+  # point 4 is kept.
+  draws = ScriptedDraws([4, 1], [.1, .8])
+  np.testing.assert_array_equal(
+      kmeans.kmeans_plus_plus(x, 2, seed=draws, n_retries=1), [1, 4])
+  # With the candidates in the other order the choice is the same.
+  draws = ScriptedDraws([1, 4], [.8, .1])
+  np.testing.assert_array_equal(
+      kmeans.kmeans_plus_plus(x, 2, seed=draws, n_retries=1), [1, 4])
+  # One candidate per centre (n_retries=0) keeps whatever is drawn: point 4,
+  # then distances (2, 2, 1.5, 1, 0), cumulated (2, 4, 5.5, 6.5, 6.5), and
+  # the draw lands at 5 -> point 2.
+  draws = ScriptedDraws([4], [5 / 6.5])
+  np.testing.assert_array_equal(
+      kmeans.kmeans_plus_plus(x, 2, seed=draws, n_retries=0), [4, 2])
+  # fit_cosine_kmeans seeds with the same procedure.
+  _, info = kmeans.fit_cosine_kmeans(x, 2, n_iter=0, n_retries=1,
+                                     seed=ScriptedDraws([4, 1], [.1, .8]))
+  np.testing.assert_array_equal(info['init_indices'], [1, 4])
+
+
+def test_kmeans_plus_plus_draws_by_hand():
+  """How many candidates are drawn, and from which distribution."""
+  deg = np.radians([0., 0., 60., 90., 180.])
+  x = np.stack([np.cos(deg), np.sin(deg)], 1)
+  # Default: 1 + 10 candidates per centre (the fork's
+  # kmeans_plus_plus_num_retries=10), the best kept: point 1 (potential
+  # 3.5) among points 4 and 1 (3.5 is the smallest of all five points').
+  draws = ScriptedDraws([4] * 10 + [1], [])
+  np.testing.assert_array_equal(kmeans.kmeans_plus_plus(x, 1, seed=draws),
+                                [1])
+  assert not draws._integers
+  # n_retries < 0: 2 + floor(log k) retries, 3 candidates for k = 1; point 3
+  # (90 degrees) has potential 1 + 1 + .134 + 0 + 1 = 3.134 < 3.5.
+  draws = ScriptedDraws([4, 1, 3], [])
+  np.testing.assert_array_equal(
+      kmeans.kmeans_plus_plus(x, 1, seed=draws, n_retries=-1), [3])
+  assert not draws._integers
+  # Close directions (potential .06 + .13 < 1 after the first centre): still
+  # drawn by distance, not uniformly. Distances to point 0: (0, 0, 1 -
+  # cos 20, 1 - cos 30) = (0, 0, .060, .134), cumulated total .194; the
+  # draw .5 lands at .097 -> point 3.
+  deg = np.radians([0., 0., 20., 30.])
+  close = np.stack([np.cos(deg), np.sin(deg)], 1)
+  draws = ScriptedDraws([0], [.5])
+  np.testing.assert_array_equal(
+      kmeans.kmeans_plus_plus(close, 2, seed=draws, n_retries=0), [0, 3])
+  # All points at a chosen centre (total 0): uniform draws, and a chosen
+  # point drawn again is rejected.
+  same = np.ones((3, 2))
+  draws = ScriptedDraws([0, 0, 2], [])
+  np.testing.assert_array_equal(
+      kmeans.kmeans_plus_plus(same, 2, seed=draws, n_retries=0), [0, 2])
+  assert not draws._integers
+
+
+def test_lloyd_update_is_spherical_kmeans():
+  """update='lloyd': each centre is the normalised mean of its points, and
+  the fit stops once the assignment no longer changes."""
+  x, _ = overlapping_groups()
+  centers, info = kmeans.fit_cosine_kmeans(x, 4, n_iter=100, seed=0,
+                                           update='lloyd')
+  assert 1 < info['n_steps'] < 100
+  xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+  assign = info['assignment']
+  np.testing.assert_array_equal(assign, kmeans.cosine_assign(x, centers))
+  for j in range(4):
+    mean = xn[assign == j].sum(0)
+    np.testing.assert_allclose(centers[j], mean / np.linalg.norm(mean),
+                               rtol=0, atol=1e-12)
+  _, info_mb = kmeans.fit_cosine_kmeans(x, 4, n_iter=100, seed=0)
+  assert info_mb['n_steps'] == 100
+
+
 def test_one_step_matches_tf_clustering_ops():
   """Against TF's own (contrib) KMeans: mini-batch, steps_per_iteration=1,
   cosine, given initial centres. Its graph reads the counts with no control
@@ -264,27 +430,69 @@ def test_evaluate_kmeans_report():
   assert 'k-means cosine / prior' in kmeans.format_results(results)
 
 
-def test_seed_spread_refits_per_seed():
-  # Overlapping blobs, so that the seed matters.
+def test_seed_spread_refits_per_seed(monkeypatch):
+  """The spread's numbers from hand-made fits, one per seed: the expected
+  accuracies and distances are worked out below, not by the library."""
+  r2 = 1. / np.sqrt(1.04)  # cosine between (1, 0) and (1, .2)
+  fits = {  # seed -> (centres, cluster -> label)
+      0: ([[1., 0.], [0., 1.]], [0, 1]),
+      3: ([[1., .2], [.2, 1.]], [1, 0]),   # the right clusters, labels swapped
+      4: ([[1., 0.], [1., .1]], [0, 1])}   # both centres near the x axis
+  calls = []
+
+  def fake_fit(features, labels, metric, feature, seed, **kwargs):
+    calls.append((seed, metric, feature, kwargs, len(features), len(labels)))
+    centres, mapping = fits[seed]
+    return KMeansClassifier(np.array(centres), metric, feature, mapping)
+
+  monkeypatch.setattr(report, 'fit_kmeans_classifier', fake_fit)
+  messages = []
+  train_x = np.array([[1., 0.], [0., 1.], [1., .2], [.2, 1.], [1., .2]])
+  test_x = np.array([[1., 0.], [0., 1.], [1., .2], [.2, 1.]])
+  test_y = np.array([0, 1, 0, 1])
+  spread = kmeans.seed_spread(dict(posterior=train_x), np.zeros(5, int),
+                              dict(posterior=test_x), test_y, seeds=[0, 3, 4],
+                              kinds=('posterior',), k=2, n_iter=7,
+                              log=messages.append)
+  assert messages == [f'k-means (cosine) on posterior features, seed {s}...'
+                      for s in (0, 3, 4)]
+  assert calls == [(s, 'cosine', 'posterior', dict(k=2, n_iter=7), 5, 5)
+                   for s in (0, 3, 4)]
+  r = spread['cosine']['posterior']
+  # Seed 4: (1, .2) is nearer (1, .1) (label 1, wrong); (.2, 1) too (right).
+  assert r['per_seed'] == {0: 1., 3: 0., 4: .75}
+  assert (r['min'], r['max']) == (0., 1.)
+  assert r['mean'] == pytest.approx(1.75 / 3)
+  # Mean cosine distance to the nearest centre over the five train rows.
+  sim4 = (np.array([1., .1, 1.02, .3, 1.02]) / np.sqrt(1.01)
+          / np.array([1., 1., np.sqrt(1.04), np.sqrt(1.04), np.sqrt(1.04)]))
+  distance = {0: 3 * (1 - r2) / 5, 3: 2 * (1 - r2) / 5,
+              4: float(np.mean(1. - np.maximum(sim4, [1., 0., r2, .2 * r2,
+                                                      r2])))}
+  assert list(r['train_distance']) == [0, 3, 4]
+  for seed, want in distance.items():
+    # (float32 centres)
+    assert r['train_distance'][seed] == pytest.approx(want, abs=1e-6), seed
+  # The unsupervised pick (smallest distance) is seed 3, the worst one here.
+  assert r['best_by_distance'] == dict(seed=3, test=0.)
+  json.dumps(spread)
+
+
+def test_seed_spread_of_real_fits():
+  # Separated blobs: every seed finds them (accuracy 1); overlapping blobs:
+  # some seed merges two classes (below 1), so the seeds do reach the fit.
+  x, y = blobs()
+  xt, yt = blobs(seed=3)
+  kw = dict(kinds=('prior',), k=5, n_iter=30)
+  easy = kmeans.seed_spread(dict(prior=x), y, dict(prior=xt), yt,
+                            seeds=[0, 3, 4], **kw)['cosine']['prior']
+  assert easy['per_seed'] == {0: 1., 3: 1., 4: 1.}
   x, y = blobs(noise=0.4)
   xt, yt = blobs(noise=0.4, seed=3)
-  train, test = dict(prior=x), dict(prior=xt)
-  spread = kmeans.seed_spread(train, y, test, yt, seeds=[0, 3, 4],
-                              kinds=('prior',), k=5, n_iter=30)
-  r = spread['cosine']['prior']
-  expected = {s: kmeans.fit_kmeans_classifier(
-      x, y, k=5, n_iter=30, seed=s).accuracy(xt, yt) for s in (0, 3, 4)}
-  assert r['per_seed'] == expected
-  assert r['min'] == min(expected.values())
-  assert r['max'] == max(expected.values())
-  assert r['mean'] == pytest.approx(np.mean(list(expected.values())))
-  assert r['min'] < r['max']
-  distance = {s: kmeans.fit_kmeans_classifier(
-      x, y, k=5, n_iter=30, seed=s).mean_distance(x) for s in (0, 3, 4)}
-  assert r['train_distance'] == distance
-  best = min(distance, key=distance.get)
-  assert r['best_by_distance'] == dict(seed=best, test=expected[best])
-  json.dumps(spread)
+  hard = kmeans.seed_spread(dict(prior=x), y, dict(prior=xt), yt,
+                            seeds=[0, 3, 4], **kw)['cosine']['prior']
+  assert hard['min'] < hard['max'] <= 1.
+  assert set(hard['per_seed']) == {0, 3, 4}
 
 
 def test_mean_distance_hand_made():

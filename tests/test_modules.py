@@ -166,7 +166,15 @@ def test_probe_sees_stopped_gradient():
   with tf.GradientTape() as tape:
     res = probe(feats, tf.constant([0, 1, 2, 0, 1]))
   assert tape.gradient(res.xe, feats) is None
-  assert res.logits.shape == [5, 3] and 0 <= float(res.acc) <= 1
+  assert res.logits.shape == [5, 3]
+  labels = np.array([0, 1, 2, 0, 1])
+  logits = res.logits.numpy()
+  np.testing.assert_array_equal(res.pred.numpy(), np.argmax(logits, 1))
+  assert float(res.acc) == pytest.approx(np.mean(np.argmax(logits, 1)
+                                                 == labels))
+  log_softmax = logits - np.log(np.sum(np.exp(logits), 1, keepdims=True))
+  assert float(res.xe) == pytest.approx(
+      -np.mean(log_softmax[np.arange(5), labels]), rel=1e-5)
 
 
 def test_tiny_scae_forward_loss_and_gradients():
