@@ -1,7 +1,6 @@
 """scae_tf.teacher and run/train_teacher.py when something is wrong: bad
 numbers, Ctrl-C, a damaged checkpoint, a folder it cannot write."""
 
-import os
 import signal
 import subprocess
 import sys
