@@ -29,6 +29,7 @@ from attacks import protocol
 from attacks.classifiers import CapsuleClassifier
 from conftest import data_path
 from scae_tf import checkpoints, configs, data, kmeans, loading
+from scae_tf.training import run_dir
 from scae_tf.kmeans import KMeansClassifier
 from scae_tf.model import SCAE
 
@@ -724,10 +725,13 @@ def killable_attack(tmp_path):
 
 
 def _outputs(out_dir):
-  """{path in out_dir: its bytes, or {name: array} for an .npz}."""
+  """{path in out_dir: its bytes, or {name: array} for an .npz}; the folder
+  lock (which holds the pid of the last run) is no output."""
   found = {}
   for folder, _, names in os.walk(out_dir):
     for name in names:
+      if name == run_dir.LOCK_FILE and folder == str(out_dir):
+        continue
       path = os.path.join(folder, name)
       if name.endswith('.npz'):
         with np.load(path) as z:
