@@ -86,10 +86,14 @@ def _restore(ckpt, manager, variables, log):
       log(f'warning: skipping checkpoint {path}: {e}')
       continue
     try:
-      ckpt.read(path).assert_existing_objects_matched()
+      status = ckpt.read(path)
+      status.assert_existing_objects_matched()
     except (AssertionError, ValueError) as e:
       raise checkpoints.CheckpointMismatchError(
           f'Checkpoint {path!r} does not fit this run: {e}') from None
+    # The save counter exists only from the first save on: a run stopped
+    # before it would leave it unread, and TF would warn at exit.
+    status.expect_partial()
     bad = _count_non_finite(variables)
     if not bad:
       return path
