@@ -28,16 +28,6 @@ from scae_tf.training import step
 AD_TARGETS = ('input', 'clean')
 
 
-def _scae_terms(model, images, labels, target, ctx):
-  """(loss, metrics) of the SCAE objective with a given reconstruction
-  target."""
-  out = model.forward(images, labels, target=target, training=ctx.noise,
-                      full=False, noise_seed=ctx.seed)
-  metrics = {k: getattr(out, k) for k in step.METRICS[1:]
-             if getattr(out, k) is not None}
-  return model.loss(out), metrics, out
-
-
 def _attack_metrics(batch):
   return dict(adversarial=tf.cast(batch.adversarial, tf.float32),
               attack_success_rate=batch.success_rate,
@@ -46,8 +36,8 @@ def _attack_metrics(batch):
 
 def adversarial_training_objective(model, batch, ctx):
   """Eq. 7: the model fed `batch.images`, reconstructing `batch.clean`."""
-  loss, metrics, _ = _scae_terms(model, batch.images, batch.labels,
-                                 batch.clean, ctx)
+  loss, metrics, _ = step.scae_terms(model, batch.images, batch.labels, ctx,
+                                     target=batch.clean)
   return loss, {**metrics, **_attack_metrics(batch)}
 
 
@@ -77,8 +67,8 @@ def distillation_objective(weight=0.5, target='input'):
 
   def loss_fn(pair, batch, ctx):
     rec_target = batch.images if target == 'input' else batch.clean
-    student_loss, metrics, stu = _scae_terms(
-        pair.student, batch.images, batch.labels, rec_target, ctx)
+    student_loss, metrics, stu = step.scae_terms(
+        pair.student, batch.images, batch.labels, ctx, target=rec_target)
     tch = pair.teacher.forward(batch.clean, full=False)
     distill = replicas.sum_share(
         tf.nn.l2_loss(stu.caps_presence_prob

@@ -188,6 +188,5 @@ def _switch_phase(run_ckpt, index, step, phase_var, log):
       mom.assign(tf.zeros_like(mom))
   run_ckpt.optimizer.step.assign(step)
   phase_var.assign(index)
-  if index > 0:
-    log(f'phase {index + 1} from step {step}: RMSProp slots restart')
-    run_ckpt.save()
+  log(f'phase {index + 1} from step {step}: RMSProp slots restart')
+  run_ckpt.save()

@@ -36,9 +36,9 @@ from scae_tf import configs
 from scae_tf import files
 from scae_tf import kmeans as kmeans_lib
 from scae_tf.model import SCAE
+from scae_tf.training import run_dir
 
 # Where `training.train_loop` keeps the checkpoints of a run directory.
-RUN_CHECKPOINT_DIR = 'ckpt'
 
 # How the config of a `LoadedModel` was found.
 CONFIG_GIVEN = 'given'
@@ -74,13 +74,13 @@ def resolve_checkpoint(path: str) -> str:
   """The checkpoint prefix that `path` designates (see the module doc)."""
   path = os.fspath(path)
   if os.path.isdir(path):
-    for folder in (path, os.path.join(path, RUN_CHECKPOINT_DIR)):
+    for folder in (path, os.path.join(path, run_dir.CHECKPOINT_DIR)):
       latest = _latest_in(folder) if os.path.isdir(folder) else None
       if latest is not None:
         return latest
     raise FileNotFoundError(
         f'no checkpoint found in directory {path!r} nor in its '
-        f'{RUN_CHECKPOINT_DIR}/ subdirectory.')
+        f'{run_dir.CHECKPOINT_DIR}/ subdirectory.')
   return checkpoints.resolve_checkpoint(path)
 
 

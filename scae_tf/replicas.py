@@ -57,10 +57,3 @@ def sum_share(local_sum):
   n = num_replicas()
   return local_sum if n == 1 else local_sum * float(n)
 
-
-def mean(values):
-  """Mean over replicas of a structure of scalars (identity with one)."""
-  ctx = _context()
-  if ctx is None:
-    return values
-  return ctx.all_reduce(tf.distribute.ReduceOp.MEAN, values)

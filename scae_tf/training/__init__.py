@@ -33,4 +33,5 @@ from scae_tf.training.run_dir import RunMismatchError
 from scae_tf.training.step import make_train_step
 from scae_tf.training.step import METRICS
 from scae_tf.training.step import scae_objective
+from scae_tf.training.step import scae_terms
 from scae_tf.training.step import StepContext

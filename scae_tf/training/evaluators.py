@@ -10,9 +10,12 @@ import numpy as np
 import tensorflow as tf
 
 
-def probe_accuracy(model, batches):
-  """Linear-probe accuracy (prior, posterior) over (images, labels)."""
-  step = tf.function(lambda x: model.forward(x, full=False))
+def probe_accuracy(model, batches, forward=None):
+  """Linear-probe accuracy (prior, posterior) over (images, labels).
+
+  `forward`: the model's compiled forward pass, if the caller keeps one.
+  """
+  step = forward or tf.function(lambda x: model.forward(x, full=False))
   correct = np.zeros(2)
   total = 0
   for images, labels in batches:
@@ -35,10 +38,12 @@ class ProbeAccuracy:
   def __init__(self, model, batches):
     self.model = model
     self.batches = batches
+    # Traced once, not at every epoch.
+    self.forward = tf.function(lambda x: model.forward(x, full=False))
 
   def __call__(self, step):
     del step
-    return probe_accuracy(self.model, self.batches())
+    return probe_accuracy(self.model, self.batches(), self.forward)
 
 
 class KMeansCurve:

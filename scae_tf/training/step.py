@@ -52,17 +52,22 @@ class StepContext:
   seed: Optional[tf.Tensor]
 
 
-def scae_objective(model, batch, ctx: StepContext):
-  """The SCAE training objective (upstream `ImageAutoencoder._loss`).
-
-  Only the parts of the graph the loss needs are computed (full=False).
-  """
-  images, labels = batch
-  out = model.forward(images, labels, training=ctx.noise, full=False,
-                      noise_seed=ctx.seed)
+def scae_terms(model, images, labels, ctx: StepContext, target=None):
+  """(loss, metrics, output) of the SCAE objective (upstream
+  `ImageAutoencoder._loss`) on `images`, reconstructing `target` (default:
+  the images themselves). Only the parts of the graph the loss needs are
+  computed (full=False)."""
+  out = model.forward(images, labels, target=target, training=ctx.noise,
+                      full=False, noise_seed=ctx.seed)
   metrics = {k: getattr(out, k) for k in METRICS[1:]
              if getattr(out, k) is not None}
-  return model.loss(out), metrics
+  return model.loss(out), metrics, out
+
+
+def scae_objective(model, batch, ctx: StepContext):
+  """The SCAE training objective: the default loss function."""
+  loss, metrics, _ = scae_terms(model, *batch, ctx)
+  return loss, metrics
 
 
 def make_train_step(model, optimizer, loss_fn=scae_objective, noise=True,
