@@ -12,6 +12,9 @@ of epochs. Its learning rate is the recipe's (3e-5, paper Table 2), decayed
 
 At a phase switch (HAT) the code restores the student into a new graph: the
 RMSProp slots restart (ms = 1, mom = 0) and the global step carries on.
+
+A preset names the phases' lengths: 'paper' (section 6.2) or 'cpu', a
+DEVIATION for a 2-core CPU budget whose text goes into every run using it.
 """
 
 import dataclasses
@@ -56,22 +59,65 @@ METHODS = {m.name: m for m in (
 )}
 
 
+@dataclasses.dataclass(frozen=True)
+class Preset:
+  """Epochs per phase kind (None: the method's own, section 6.2) and, for a
+  preset that departs from the paper, how."""
+  name: str
+  description: str
+  epochs: Optional[Tuple[Tuple[str, int], ...]] = None
+  deviation: Optional[str] = None
+
+
+PRESETS = {p.name: p for p in (
+    Preset('paper', 'section 6.2: AT and AD 100 epochs, HAT 50 + 50, NTAT '
+           '50'),
+    # An MNIST epoch holds 300 adversarial batches of 150 attack iterations:
+    # about 2.7 hours on an idle 2-core CPU (RESULTS.md).
+    Preset('cpu', 'one epoch per phase (HAT 1 + 1)',
+           epochs=(('ad', 1), ('at', 1)),
+           deviation='1 epoch per phase instead of section 6.2\'s 100 (AT, '
+                     'AD), 50 + 50 (HAT) and 50 (NTAT), for a 2-core CPU '
+                     'budget'),
+)}
+
+
+def get_preset(name: str) -> Preset:
+  from scae_tf import named  # pylint: disable=g-import-not-at-top
+  return named.lookup(PRESETS, name, 'preset')
+
+
 def get_method(name: str) -> Method:
   from scae_tf import named  # pylint: disable=g-import-not-at-top
   return named.lookup(METHODS, name, 'method')
 
 
 def plan(method: Method, ad_epochs: Optional[int] = None,
-         at_epochs: Optional[int] = None, lr_schedule: str = 'code'):
+         at_epochs: Optional[int] = None, lr_schedule: str = 'code',
+         epochs: Optional[int] = None, preset: str = 'paper'):
   """The method's phases with their epochs and learning-rate decay.
 
-  `ad_epochs` / `at_epochs` override the default epochs of the method's AD
-  / AT phase; giving one for a phase the method does not have is an error.
+  `epochs` sets the length of a one-phase method; `ad_epochs` / `at_epochs`
+  that of the method's AD / AT phase; either overrides the preset. Giving
+  one for a phase the method does not have is an error.
   """
   if lr_schedule not in LR_SCHEDULES:
     raise ValueError(f'Unknown lr_schedule {lr_schedule!r}; expected one of '
                      f'{LR_SCHEDULES}.')
+  preset = get_preset(preset) if isinstance(preset, str) else preset
   kinds = [k for k, _ in method.phases]
+  if epochs is not None:
+    if len(kinds) > 1:
+      raise ValueError(f'--epochs does not apply to {method.name}, which has '
+                       f'{len(kinds)} phases: use --ad_epochs and '
+                       '--at_epochs.')
+    if kinds[0] == 'ad' and ad_epochs is not None or \
+        kinds[0] == 'at' and at_epochs is not None:
+      raise ValueError(f'Give --epochs or --{kinds[0]}_epochs, not both.')
+    if epochs < 1:
+      raise ValueError(f'--epochs must be positive, got {epochs}.')
+    ad_epochs, at_epochs = ((epochs, at_epochs) if kinds[0] == 'ad'
+                            else (ad_epochs, epochs))
   for kind, value in (('ad', ad_epochs), ('at', at_epochs)):
     if value is None:
       continue
@@ -80,8 +126,10 @@ def plan(method: Method, ad_epochs: Optional[int] = None,
                        f'which has no {kind.upper()} phase.')
     if value < 1:
       raise ValueError(f'--{kind}_epochs must be positive, got {value}.')
-  epochs = dict(ad=ad_epochs, at=at_epochs)
+  chosen = dict(preset.epochs or ())
+  chosen.update({k: v for k, v in (('ad', ad_epochs), ('at', at_epochs))
+                 if v is not None})
   return tuple(
-      Phase(kind, epochs[kind] or default,
+      Phase(kind, chosen.get(kind, default),
             lr_decay=(lr_schedule == 'decay' or kind == 'ad'))
       for kind, default in method.phases)

@@ -24,6 +24,7 @@ from attacks import evasion
 from defenses import methods
 from defenses import objectives
 from defenses.adversarial_batches import AdversarialBatches
+from scae_tf import checkpoints
 from scae_tf import configs
 from scae_tf import data
 from scae_tf import evaluation
@@ -50,23 +51,39 @@ def _recipe(batch_size=None, learning_rate=None):
   return recipe.replace(**changes) if changes else recipe
 
 
-def _saved_phase(prefix):
-  """(step, phase) recorded in a checkpoint, or (0, 0) without one."""
-  if prefix is None:
-    return 0, 0
-  reader = tf.train.load_checkpoint(prefix)
-  step = reader.get_tensor('optimizer/step/.ATTRIBUTES/VARIABLE_VALUE')
-  phase = reader.get_tensor('phase/.ATTRIBUTES/VARIABLE_VALUE')
-  return int(step), int(phase)
+def _deviations(method, phases, preset, recipe, clean_batches, ad_weight,
+                attack_overrides):
+  """How a run departs from the paper's protocol (section 6.2), in words;
+  empty for the paper's."""
+  found = []
+  defaults = dict(method.phases)
+  changed = [f'{p.kind.upper()} {p.epochs} epochs instead of '
+             f'{defaults[p.kind]}' for p in phases
+             if p.epochs != defaults[p.kind]]
+  if changed:
+    found.append(f'{preset.deviation} ({", ".join(changed)})'
+                 if preset.deviation else ', '.join(changed))
+  if recipe.deviation:
+    found.append(recipe.deviation)
+  if clean_batches != 1:
+    found.append(f'k={clean_batches} clean batches between adversarial ones '
+                 'instead of 1')
+  if ad_weight != 0.5 and any(p.kind == 'ad' for p in phases):
+    found.append(f'lambda={ad_weight} instead of 0.5')
+  if attack_overrides:
+    found.append('paper_train attack with ' + ', '.join(
+        f'{k}={v}' for k, v in sorted(attack_overrides.items())))
+  return found
 
 
 def train_defense(method, dataset='mnist', teacher=None, logdir=None, seed=0,
-                  ad_epochs=None, at_epochs=None, lr_schedule='code',
-                  ad_target='input', ad_weight=0.5, clean_batches=1,
-                  batch_size=None, learning_rate=None, attack_overrides=None,
-                  data_dir=None, save_every=1000, fit_kmeans=True,
-                  overwrite=False, progress=True, log=print, config=None,
-                  stream=None):
+                  preset='paper', epochs=None, ad_epochs=None, at_epochs=None,
+                  lr_schedule='code', ad_target='input', ad_weight=0.5,
+                  clean_batches=1, batch_size=None, learning_rate=None,
+                  attack_overrides=None, max_train_steps=None, data_dir=None,
+                  save_every=1000, fit_kmeans=True, overwrite=False,
+                  progress=True, log=print, config=None, stream=None,
+                  eval_data=None):
   """Trains (or resumes) a defended SCAE; returns the last step's metrics.
 
   Args:
@@ -74,25 +91,52 @@ def train_defense(method, dataset='mnist', teacher=None, logdir=None, seed=0,
     teacher: the teacher for AD / HAT / NTAT: a run directory of
       run/train_teacher.py or any checkpoint `load_model` reads (original TF1
       ones included). Its config is the student's, with noise off.
-    ad_epochs, at_epochs: override the method's phase lengths.
+    preset: 'paper' (section 6.2's epochs) or 'cpu' (a labelled deviation).
+    epochs: the length of a one-phase method (AT, AD, NTAT).
+    ad_epochs, at_epochs: the length of the method's AD / AT phase.
     lr_schedule: 'code' (what the authors' code ran) or 'decay' (Table 2).
     ad_target: 'input' (code) or 'clean' (Eq. 8 as written).
+    ad_weight: lambda of Eq. 8. clean_batches: k, the clean batches
+      between two adversarial ones.
     batch_size, learning_rate, attack_overrides: deviations from the paper
-      (tests, budgets); recorded in the run's identity.
+      (tests, budgets).
+    max_train_steps: stop at this step (a smoke test, or a budget); the same
+      command without it resumes the run to its end. A stopped run is
+      evaluated as a finished one, and its report says where it stopped.
     config: the model config of a method without teacher (default: the
-      dataset's).
+      dataset's); with a teacher, the config the teacher must have.
     stream: a batch stream to train on instead of the dataset's train split
       (small tests).
+    eval_data: a function returning the (images, labels) batches of the
+      per-epoch probe accuracy, instead of the dataset's test split (small
+      tests).
+
+  Everything but max_train_steps, save_every and the display is the run's
+  identity (`run.json`): a run folder refuses other settings, and any
+  departure from the paper is written there under 'deviations' and printed
+  at the start.
   """
   method = methods.get_method(method)
-  phases = methods.plan(method, ad_epochs, at_epochs, lr_schedule)
+  preset = methods.get_preset(preset)
+  phases = methods.plan(method, ad_epochs, at_epochs, lr_schedule,
+                        epochs=epochs, preset=preset)
   if ad_target not in objectives.AD_TARGETS:
     raise ValueError(f'Unknown ad_target {ad_target!r}; expected one of '
                      f'{objectives.AD_TARGETS}.')
   if method.needs_teacher and teacher is None:
     raise ValueError(f'--method={method.name} needs --teacher.')
+  if not method.needs_teacher and teacher is not None:
+    raise ValueError(f'--method={method.name} trains from scratch and takes '
+                     'no --teacher.')
+  if not 0. <= ad_weight <= 1.:
+    raise ValueError(f'--lambda_ must be in [0, 1], got {ad_weight}.')
+  if clean_batches < 0:
+    raise ValueError(f'--k must be >= 0, got {clean_batches}.')
   if save_every < 1:
     raise ValueError(f'save_every must be positive, got {save_every}.')
+  if max_train_steps is not None and max_train_steps < 1:
+    raise ValueError(f'--max_train_steps must be positive, got '
+                     f'{max_train_steps}.')
   recipe = _recipe(batch_size, learning_rate)
   attack_config = evasion.get_config('paper_train',
                                      **(attack_overrides or {}))
@@ -102,20 +146,31 @@ def train_defense(method, dataset='mnist', teacher=None, logdir=None, seed=0,
       seed=seed, data_dir=data_dir)
   teacher_model = None
   if teacher is not None:
-    loaded = loading.load_model(teacher, dataset=dataset, kmeans=False)
+    loaded = loading.load_model(teacher, config=config, dataset=dataset,
+                                kmeans=False)
+    if loaded.config.dataset != dataset:
+      raise checkpoints.CheckpointMismatchError(
+          f'The teacher {teacher!r} is a {loaded.config.dataset} model '
+          f'(config {loaded.config.name!r}); this run is on {dataset}.')
     teacher_model, config = loaded.model, loaded.config.without_noise()
   else:
     config = (config or configs.get_config(dataset)).without_noise()
+  deviations = _deviations(method, phases, preset, recipe, clean_batches,
+                           ad_weight, attack_overrides)
   logdir = logdir or os.path.join('runs', f'{method.name}_{dataset}')
   settings = training.run_settings(
       config, recipe, method=method.name, dataset=dataset, teacher=teacher,
-      seed=seed, phases=[dataclasses.asdict(p) for p in phases],
+      seed=seed, preset=preset.name,
+      phases=[dataclasses.asdict(p) for p in phases],
       lr_schedule=lr_schedule, ad_target=ad_target, ad_weight=ad_weight,
-      clean_batches=clean_batches, attack=dataclasses.asdict(attack_config))
+      clean_batches=clean_batches, attack=dataclasses.asdict(attack_config),
+      deviations=deviations)
   # Checks that write nothing first; then the folder is ours alone.
   training.check_logdir(logdir, settings, overwrite)
   with training.lock_folder(logdir):
     resumed = training.prepare_logdir(logdir, settings, overwrite)
+    for text in deviations:
+      log(f'DEVIATION from the paper: {text}')
 
     tf.random.set_seed(seed)
     np.random.seed(seed)
@@ -130,49 +185,65 @@ def train_defense(method, dataset='mnist', teacher=None, logdir=None, seed=0,
                                  preset=attack_config)
     phase_var = tf.Variable(0, dtype=tf.int64, trainable=False, name='phase')
     state = dict(adversarial=batches, phase=phase_var)
-    ad_loss = objectives.distillation_objective(ad_weight, ad_target)
     losses = dict(
-        ad=ad_loss,
+        ad=objectives.distillation_objective(ad_weight, ad_target),
         at=lambda m, b, c: objectives.adversarial_training_objective(
             student, b, c))
-    evaluators = [training.ProbeAccuracy(student, lambda: data.eval_batches(
-        dataset, 'test', EVAL_BATCH, preprocess=recipe.preprocess,
-        data_dir=data_dir))]
+    evaluators = [training.ProbeAccuracy(student, eval_data or (
+        lambda: data.eval_batches(dataset, 'test', EVAL_BATCH,
+                                  preprocess=recipe.preprocess,
+                                  data_dir=data_dir)))]
 
+    def checkpoint_of(phase):
+      optimizer = TF1RMSProp.for_recipe(
+          student.trainable_variables,
+          recipe.replace(lr_decay=phase.lr_decay, deviation=recipe.deviation))
+      return RunCheckpoint(logdir, student, optimizer, state, config, log=log)
+
+    # Where the run stands: the newest checkpoint that reads back whole and
+    # finite (as the loop's own restore), or the start.
+    where = checkpoint_of(phases[0])
+    restored = where.restore()
+    step = int(where.optimizer.step.numpy()) if restored else 0
+    saved_phase = int(phase_var.numpy()) if restored else 0
     spe = stream.steps_per_epoch
     ends = np.cumsum([p.epochs * spe for p in phases]).tolist()
-    step, saved_phase = _saved_phase(
-        tf.train.latest_checkpoint(os.path.join(logdir, CHECKPOINT_DIR)))
-    log(f'{"resuming at step " + str(step) if resumed and step else "starting"}'
+    stop = min(ends[-1], max_train_steps or ends[-1])
+    log(f'{"resuming at step " + str(step) if resumed and restored else "starting"}'
         f' {logdir}: {method.name} ({method.description}), phases '
         + ', '.join(f'{p.kind} {p.epochs} epochs' for p in phases)
-        + f', lr {lr_schedule}, {spe} steps per epoch')
+        + f', lr {lr_schedule}, {spe} steps per epoch'
+        + (f', stopping at step {stop} of {ends[-1]}' if stop < ends[-1]
+           else ''))
     metrics = {}
     for index, (phase, end) in enumerate(zip(phases, ends)):
       if step >= end and saved_phase >= index:
         continue
-      optimizer = TF1RMSProp.for_recipe(
-          student.trainable_variables,
-          recipe.replace(lr_decay=phase.lr_decay, deviation=recipe.deviation))
-      run_ckpt = RunCheckpoint(logdir, student, optimizer, state, config,
-                               log=log)
+      if step >= stop:
+        break
+      run_ckpt = checkpoint_of(phase)
       if saved_phase < index:
         _switch_phase(run_ckpt, index, step, phase_var, log)
       metrics = training.train_loop(
-          model, optimizer, stream, logdir, end, noise=False, seed=seed,
-          loss_fn=losses[phase.kind], prepare=batches, state=state,
-          evaluators=evaluators, save_every=save_every, progress=progress,
-          config=config, checkpoint_model=student, log=log,
-          description=f'{method.name} phase {index + 1}/{len(phases)} '
-                      f'({phase.kind})')
-      step, saved_phase = end, index
+          model, run_ckpt.optimizer, stream, logdir, min(end, stop),
+          noise=False, seed=seed, loss_fn=losses[phase.kind], prepare=batches,
+          state=state, evaluators=evaluators, save_every=save_every,
+          progress=progress, config=config, checkpoint_model=student,
+          log=log, description=f'{method.name} phase {index + 1}/'
+                               f'{len(phases)} ({phase.kind})')
+      step, saved_phase = min(end, stop), index
     final = tf.train.latest_checkpoint(os.path.join(logdir, CHECKPOINT_DIR))
+    if stop < ends[-1]:
+      log(f'stopped at step {stop} of {ends[-1]} (--max_train_steps); the '
+          'same command without it resumes the run')
     if fit_kmeans:
       evaluation.evaluate_checkpoint(final, dataset, data_dir=data_dir,
                                      kmeans='cosine', progress=progress,
                                      log=log)
     curves.plot_runs([logdir], os.path.join(logdir, 'accuracy.png'),
-                     title=f'{method.name.upper()} on {dataset}')
+                     title=f'{method.name.upper()} on {dataset}'
+                     + (f', step {stop} of {ends[-1]}' if stop < ends[-1]
+                        else ''))
     log(f'done: {final}')
     return metrics
 

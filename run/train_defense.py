@@ -3,13 +3,16 @@
   python run/train_defense.py --method=at
   python run/train_defense.py --method=ad --teacher=runs/teacher_mnist_paper
   python run/train_defense.py --method=hat --teacher=path/to/fork/model.ckpt
-  python run/train_defense.py --method=ntat --teacher=runs/teacher_mnist_cpu
+  python run/train_defense.py --method=ntat --teacher=pretrained/teacher_mnist_cpu
+  python run/train_defense.py --method=ntat --teacher=... --preset=cpu
 
 Defaults are the authors' code (../shared/SPEC_NOTES.md, Defences): every
 second batch adversarial (Algorithm 5 against the trained model's posterior
 probe), lr 3e-5 decayed in AD phases only (--lr_schedule=decay: paper Table 2
 everywhere), AD's student reconstructing its own input (--ad_target=clean:
-Eq. 8 as written). Re-running the same command resumes.
+Eq. 8 as written). --preset=cpu (one epoch per phase) is a deviation for a
+CPU budget, written into every output. Re-running the same command resumes;
+a run stopped by --max_train_steps resumes without it.
 """
 
 from absl import app
@@ -22,6 +25,11 @@ flags.DEFINE_string('dataset', 'mnist', 'mnist or fashion_mnist.')
 flags.DEFINE_string('teacher', None, 'The teacher (AD, HAT, NTAT): a run '
                     'directory of run/train_teacher.py or a TF1/TF2 '
                     'checkpoint.')
+flags.DEFINE_string('preset', 'paper', 'paper (section 6.2: AT and AD 100 '
+                    'epochs, HAT 50 + 50, NTAT 50) or cpu (1 epoch per phase, '
+                    'a deviation).')
+flags.DEFINE_integer('epochs', None, 'Epochs of a one-phase method (AT, AD, '
+                     'NTAT; default: the preset\'s).')
 for _kind, _defaults in (('ad', 'AD 100, HAT 50'),
                          ('at', 'AT 100, HAT 50, NTAT 50')):
   flags.DEFINE_integer(f'{_kind}_epochs', None, f'Epochs of the '
@@ -30,6 +38,13 @@ flags.DEFINE_string('lr_schedule', 'code', 'code (as the authors\' code ran) '
                     'or decay (paper Table 2 everywhere).')
 flags.DEFINE_string('ad_target', 'input', 'AD reconstruction target: input '
                     '(code) or clean (Eq. 8).')
+flags.DEFINE_integer('k', 1, 'Clean batches between two adversarial ones '
+                     '(paper: 1, every second batch adversarial).')
+flags.DEFINE_float('lambda_', 0.5, 'lambda of Eq. 8, the distillation weight '
+                   '(AD, HAT).')
+flags.DEFINE_integer('max_train_steps', None, 'Stop at this step, evaluate '
+                     'and plot (a smoke test or a time budget); the same '
+                     'command without it resumes.')
 flags.mark_flag_as_required('method')
 cli.define_run_flags('runs/<method>_<dataset>')
 FLAGS = flags.FLAGS
@@ -40,11 +55,13 @@ def _train():
   from defenses import trainer  # pylint: disable=g-import-not-at-top
   trainer.train_defense(
       FLAGS.method, dataset=FLAGS.dataset, teacher=FLAGS.teacher,
-      logdir=FLAGS.logdir, seed=FLAGS.seed, ad_epochs=FLAGS.ad_epochs,
+      logdir=FLAGS.logdir, seed=FLAGS.seed, preset=FLAGS.preset,
+      epochs=FLAGS.epochs, ad_epochs=FLAGS.ad_epochs,
       at_epochs=FLAGS.at_epochs, lr_schedule=FLAGS.lr_schedule,
-      ad_target=FLAGS.ad_target, data_dir=FLAGS.data_dir,
-      save_every=FLAGS.save_every, overwrite=FLAGS.overwrite,
-      progress=FLAGS.progress)
+      ad_target=FLAGS.ad_target, ad_weight=FLAGS.lambda_,
+      clean_batches=FLAGS.k, max_train_steps=FLAGS.max_train_steps,
+      data_dir=FLAGS.data_dir, save_every=FLAGS.save_every,
+      overwrite=FLAGS.overwrite, progress=FLAGS.progress)
 
 
 def main(argv):

@@ -48,23 +48,17 @@ FLAGS = flags.FLAGS
 def _train():
   # Imported here so that --help answers without loading TensorFlow.
   from scae_tf import teacher  # pylint: disable=g-import-not-at-top
-  from scae_tf import training  # pylint: disable=g-import-not-at-top
   overrides = teacher.RecipeOverrides(
       batch_size=FLAGS.batch_size, epochs=FLAGS.epochs,
       train_steps=FLAGS.max_train_steps, learning_rate=FLAGS.lr,
       lr_decay=FLAGS.lr_decay, preprocess=FLAGS.preprocess, noise=FLAGS.noise)
-  try:
-    teacher.train_teacher(
-        dataset=FLAGS.dataset, config=FLAGS.config, recipe=FLAGS.recipe,
-        overrides=overrides, logdir=FLAGS.logdir, seed=FLAGS.seed,
-        init_from=FLAGS.init_from, data_dir=FLAGS.data_dir,
-        save_every=FLAGS.save_every,
-        kmeans_every_epoch=FLAGS.kmeans_every_epoch, strategy=FLAGS.strategy,
-        overwrite=FLAGS.overwrite, progress=FLAGS.progress)
-  except training.NonFiniteLossError as e:
-    cli.error(e)
-    return 2
-  return 0
+  teacher.train_teacher(
+      dataset=FLAGS.dataset, config=FLAGS.config, recipe=FLAGS.recipe,
+      overrides=overrides, logdir=FLAGS.logdir, seed=FLAGS.seed,
+      init_from=FLAGS.init_from, data_dir=FLAGS.data_dir,
+      save_every=FLAGS.save_every,
+      kmeans_every_epoch=FLAGS.kmeans_every_epoch, strategy=FLAGS.strategy,
+      overwrite=FLAGS.overwrite, progress=FLAGS.progress)
 
 
 def main(argv):

@@ -18,6 +18,11 @@ class UsageError(ValueError):
   """A bad flag value or combination of flags."""
 
 
+class TrainingFailed(RuntimeError):
+  """Training stopped on a state it must not save (e.g. a NaN); the message
+  names the last good checkpoint. Scripts exit with TRAINING_FAILED."""
+
+
 # What a script reports as one `error: ...` line. CheckpointMismatchError
 # (scae_tf.checkpoints) is a ValueError; naming it here would import
 # TensorFlow. OSError covers FileNotFoundError and unreadable data files.
@@ -25,6 +30,8 @@ EXPECTED_ERRORS = (ValueError, OSError)
 
 # The exit status of a script stopped by Ctrl-C: 128 + SIGINT.
 INTERRUPTED = 130
+# The exit status of a training that failed (TrainingFailed).
+TRAINING_FAILED = 2
 
 
 def log(msg: str):
@@ -70,6 +77,7 @@ def run(argv: Sequence[str], call: Callable[[], object]) -> int:
 
   Expected errors (a bad flag, a missing file, a checkpoint that does not fit)
   become one `error: ...` line on stderr and status 1, without a traceback;
+  a failed training (TrainingFailed) one line and status 2;
   Ctrl-C becomes one `interrupted` line (with what was saved, when the
   interrupted work says) and status 130, as a shell reports SIGINT;
   anything else is a bug and propagates. `call` returns None or an int status.
@@ -81,6 +89,9 @@ def run(argv: Sequence[str], call: Callable[[], object]) -> int:
     status = call()
   except EXPECTED_ERRORS as e:
     return error(e)
+  except TrainingFailed as e:
+    error(e)
+    return TRAINING_FAILED
   except KeyboardInterrupt as e:
     print(f'interrupted{f": {e}" if str(e) else ""}', file=sys.stderr)
     return INTERRUPTED

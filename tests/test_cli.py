@@ -24,6 +24,14 @@ def test_expected_errors_are_one_error_line_and_status_1(capsys, error):
   assert captured.err == f'error: {error}\n' and captured.out == ''
 
 
+def test_a_failed_training_is_one_error_line_and_status_2(capsys):
+  from scae_tf import training  # pylint: disable=g-import-not-at-top
+  error = training.NonFiniteLossError('Non-finite loss at step 2; the last '
+                                      'finite checkpoint is ckpt-1.')
+  assert cli.run(['script'], _raise(error)) == cli.TRAINING_FAILED == 2
+  assert capsys.readouterr().err == f'error: {error}\n'
+
+
 def test_status_of_the_call_and_bugs_pass_through(capsys):
   assert cli.run(['script'], lambda: None) == 0
   assert cli.run(['script'], lambda: 2) == 2

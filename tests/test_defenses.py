@@ -2,6 +2,9 @@
 loss functions, the adversarial batches of Algorithm 5 inside the compiled
 step, and a frozen teacher."""
 
+import os
+import signal
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -281,11 +284,47 @@ def test_ntat_starts_from_the_teacher_with_a_fresh_optimizer(tmp_path,
     (dict(method='at', ad_epochs=3), 'ad_epochs does not apply'),
     (dict(method='at', lr_schedule='cosine'), 'Unknown lr_schedule'),
     (dict(method='at', ad_target='noise'), 'Unknown ad_target'),
+    (dict(method='hat', epochs=3, teacher='t'), 'epochs does not apply'),
+    (dict(method='ntat', epochs=3, at_epochs=2, teacher='t'),
+     'not both'),
+    (dict(method='at', teacher='t'), 'takes no --teacher'),
+    (dict(method='at', preset='fast'), 'Unknown preset'),
+    (dict(method='at', clean_batches=-1), '--k must be'),
+    (dict(method='ad', ad_weight=1.5, teacher='t'), 'lambda_ must be'),
+    (dict(method='at', max_train_steps=0), 'max_train_steps must be'),
+    (dict(method='ad', teacher='no/such/teacher'), 'No checkpoint'),
 ])
 def test_bad_defence_settings_fail_before_any_work(tmp_path, kwargs,
                                                    message):
-  with pytest.raises(ValueError, match=message):
+  # What the scripts report as one `error:` line (scae_tf.cli).
+  with pytest.raises((ValueError, OSError), match=message):
     trainer.train_defense(logdir=str(tmp_path / 'run'), **kwargs)
+  assert not (tmp_path / 'run').exists()
+
+
+def test_a_teacher_of_another_config_or_data_set_or_a_corrupt_one_is_refused(
+    tmp_path, small_teacher):
+  teacher_path, _ = small_teacher
+  kwargs = dict(logdir=str(tmp_path / 'run'), stream=_stream(), batch_size=4,
+                log=lambda msg: None)
+  with pytest.raises(checkpoints.CheckpointMismatchError):
+    trainer.train_defense('ad', teacher=teacher_path,
+                          config=configs.tiny_config(), **kwargs)
+  with pytest.raises(checkpoints.CheckpointMismatchError,
+                     match='a mnist model .* on fashion_mnist'):
+    trainer.train_defense('ad', teacher=teacher_path, config=SMALL,
+                          dataset='fashion_mnist', **kwargs)
+  corrupt = tmp_path / 'corrupt'
+  corrupt.mkdir()
+  for name in os.listdir(os.path.dirname(teacher_path)):
+    content = open(os.path.join(os.path.dirname(teacher_path), name),
+                   'rb').read()
+    if name.endswith('.data-00000-of-00001'):
+      content = content[:len(content) // 2]
+    (corrupt / name).write_bytes(content)
+  with pytest.raises(checkpoints.CorruptCheckpointError):
+    trainer.train_defense('ad', teacher=str(corrupt / 'model'), config=SMALL,
+                          **kwargs)
   assert not (tmp_path / 'run').exists()
 
 
@@ -301,3 +340,53 @@ def test_defence_script_reports_a_missing_teacher_in_one_line(tmp_path):
   assert proc.stderr.strip().splitlines()[-1] == (
       'error: --method=hat needs --teacher.')
   assert not (tmp_path / 'run').exists()
+
+
+def _checkpoint_tensors(prefix):
+  """Every saved value of a run's checkpoint but TF's save counter (a count
+  of saves, which a killed run makes more of)."""
+  reader = tf.train.load_checkpoint(prefix)
+  return {name: reader.get_tensor(name)
+          for name in reader.get_variable_to_shape_map()
+          if not name.startswith('save_counter')}
+
+
+def test_hat_killed_mid_phase_resumes_bit_identical(tmp_path, small_teacher):
+  """SIGKILL in the middle of an epoch of each phase (after step 3 of the
+  AD phase, after step 7 of the AT phase), then the same command: the run
+  ends exactly as an uninterrupted one, weights, RMSProp slots, phase,
+  adversarial counter and generator state included."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from conftest import REPO  # pylint: disable=g-import-not-at-top
+  teacher_path, _ = small_teacher
+  script = str(REPO / 'tests' / 'helpers' / 'defence_run.py')
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (
+                 str(REPO), os.environ.get('PYTHONPATH')))))
+
+  def run(logdir, *kill):
+    return subprocess.run(
+        [sys.executable, script, str(logdir), teacher_path, *kill], env=env,
+        capture_output=True, text=True, timeout=600)
+
+  for kill in ('3', '7'):
+    proc = run(tmp_path / 'killed', kill)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+  # The kill came before step 7's save: the folder's newest is step 6.
+  assert tf.train.latest_checkpoint(str(tmp_path / 'killed' / 'ckpt')) \
+      .endswith('ckpt-6')
+  for logdir in (tmp_path / 'killed', tmp_path / 'whole'):
+    proc = run(logdir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+  got = _checkpoint_tensors(str(tmp_path / 'killed' / 'ckpt' / 'ckpt-8'))
+  want = _checkpoint_tensors(str(tmp_path / 'whole' / 'ckpt' / 'ckpt-8'))
+  assert sorted(got) == sorted(want)
+  assert any(n.startswith('adversarial/generator') for n in want)
+  assert any(n.startswith('optimizer/ms') for n in want)
+  for name in want:
+    np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+  # And the kills changed the run: its log has the replayed steps once.
+  import json  # pylint: disable=g-import-not-at-top
+  steps = [json.loads(line)['step'] for line in
+           open(tmp_path / 'killed' / 'log.jsonl') if '"eval"' not in line]
+  assert steps == sorted(set(steps))

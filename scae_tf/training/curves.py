@@ -28,6 +28,22 @@ def read_log(run_dir):
   return train, evals, kmeans
 
 
+def run_deviations(run_dir):
+  """How the run in `run_dir` departs from the paper (its `run.json`: the
+  recipe's deviation and a defence's 'deviations'); [] when it does not, or
+  when the folder has no run.json."""
+  path = os.path.join(run_dir, 'run.json')
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    settings = json.load(f)
+  found = list(settings.get('deviations') or ())
+  recipe = (settings.get('recipe') or {}).get('deviation')
+  if recipe and recipe not in found:
+    found.insert(0, recipe)
+  return found
+
+
 def epoch_table(evals, kmeans):
   """Markdown rows: epoch, step, wall h, k-means prior / posterior, probes.
 
@@ -64,6 +80,9 @@ def plot_runs(runs, out, labels=None, smooth=20, title=None):
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   labels = labels or [os.path.basename(r.rstrip('/')) for r in runs]
+  caption = [f'{label}: DEVIATION from the paper: {text}'
+             for run_dir, label in zip(runs, labels)
+             for text in run_deviations(run_dir)]
   fig, axes = plt.subplots(1, 4, figsize=(20, 5.5))
   for run_dir, label in zip(runs, labels):
     train, evals, kmeans = read_log(run_dir)
@@ -103,5 +122,8 @@ def plot_runs(runs, out, labels=None, smooth=20, title=None):
   if title:
     fig.suptitle(title)
   fig.tight_layout()
+  if caption:
+    fig.text(0.01, -0.02, '\n'.join(caption), fontsize=8, va='top',
+             ha='left', color='darkred', wrap=True)
   fig.savefig(out, dpi=110, bbox_inches='tight')
   return out

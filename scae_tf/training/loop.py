@@ -17,6 +17,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from scae_tf import checkpoints
+from scae_tf import cli
 from scae_tf.training.run_dir import CHECKPOINT_DIR
 from scae_tf.training.run_dir import JsonlLog
 from scae_tf.training.run_dir import LOG_FILE
@@ -27,7 +28,7 @@ from scae_tf.training.step import make_train_step
 CHECKPOINT_NAME = 'ckpt'
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(cli.TrainingFailed):
   """Training produced a NaN/inf; nothing non-finite was saved."""
 
 
@@ -237,6 +238,7 @@ def train_loop(model, optimizer, stream, logdir, total_steps, *, noise=True,
   bar = tqdm(total=total_steps, initial=start, disable=not progress,
              unit='step', dynamic_ncols=True, desc=description)
   t0 = time.time() - elapsed
+  adversarial = 0.
   try:
     for images, labels in stream.batches(start):
       step = int(optimizer.step.numpy())
@@ -254,9 +256,17 @@ def train_loop(model, optimizer, stream, logdir, total_steps, *, noise=True,
             f'stopped without saving. {run_ckpt.where_to_resume()}')
       step += 1
       bar.update(1)
-      bar.set_postfix(loss=f'{metrics["loss"]:.1f}',
-                      prior=f'{metrics.get("prior_cls_acc", 0):.2f}',
-                      post=f'{metrics.get("posterior_cls_acc", 0):.2f}')
+      postfix = dict(loss=f'{metrics["loss"]:.1f}',
+                     prior=f'{metrics.get("prior_cls_acc", 0):.2f}',
+                     post=f'{metrics.get("posterior_cls_acc", 0):.2f}')
+      if 'adversarial' in metrics:
+        # A defence: the share of adversarial batches so far, and how the
+        # last attack did.
+        adversarial += metrics['adversarial']
+        postfix['adv'] = f'{adversarial / (step - start):.2f}'
+        if metrics['adversarial']:
+          postfix['hit'] = f'{metrics["attack_success_rate"]:.2f}'
+      bar.set_postfix(**postfix)
       # Every adversarial batch of a defence is logged with its attack's
       # success rate and L2.
       if (step % 10 == 0 or step == total_steps

@@ -1,0 +1,157 @@
+"""Shipping a trained SCAE in the repository (`pretrained/<name>/`).
+
+A pretrained folder holds what `run/attack.py --checkpoint=pretrained/<name>`
+and `scae_tf.loading.load_model` need, and nothing to train on:
+
+  model.index, model.data-*        the weights only (no optimiser slots)
+  model.config.json                its model config
+  checkpoint                       names `model`, relative to the folder
+  model.kmeans_<kind>_cosine.npz   the fork's cosine k-means, fitted on the
+                                   train split of the exported weights
+  model.eval.json                  their report (`scae_tf.evaluation`)
+  MODEL_CARD.md                    provenance, accuracy and deviations
+
+The card is written from the source run's `run.json` and from the report, so
+every number in it was measured on the files beside it.
+"""
+
+import json
+import os
+import shutil
+
+import tensorflow as tf
+
+from scae_tf import checkpoints
+from scae_tf import evaluation
+from scae_tf import files
+from scae_tf import loading
+from scae_tf.training import curves
+
+PREFIX = 'model'
+#: What a pretrained folder may weigh: it lives in git.
+MAX_BYTES = 12 * 2 ** 20
+
+
+def export(source, out, dataset='mnist', *, command=None, data_dir=None,
+           max_examples=None, overwrite=False, progress=True, log=print):
+  """Writes the weights of `source` (a run folder or any checkpoint
+  `load_model` reads) to the folder `out`, fits and saves its k-means, and
+  writes its model card. Returns the card's path.
+
+  `command`: how the source run was trained, for the card.
+  `max_examples`: fit and evaluate the k-means on the first examples of each
+  split only (tests); the card says how many.
+  """
+  if os.path.exists(out) and os.listdir(out):
+    if not overwrite:
+      raise FileExistsError(f'{out!r} is not empty; pass --overwrite to '
+                            'replace it.')
+    shutil.rmtree(out)
+  loaded = loading.load_model(source, dataset=dataset, kmeans=False)
+  os.makedirs(out, exist_ok=True)
+  prefix = os.path.join(out, PREFIX)
+  checkpoints.save_tf2_checkpoint(loaded.model, prefix)
+  # Relative, so that the folder works wherever the repository is cloned.
+  tf.compat.v1.train.update_checkpoint_state(out, PREFIX, [PREFIX])
+  size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
+  if size > MAX_BYTES:
+    raise ValueError(f'The exported weights take {size / 2 ** 20:.1f} MiB, '
+                     f'more than the {MAX_BYTES // 2 ** 20} MiB a pretrained '
+                     'folder may take.')
+  log(f'weights of {loaded.prefix} -> {prefix} ({size / 2 ** 20:.1f} MiB)')
+  report = evaluation.evaluate_checkpoint(
+      prefix, dataset, data_dir=data_dir, kmeans='cosine',
+      max_examples=max_examples, progress=progress, log=log)
+  card = model_card(os.path.basename(os.path.normpath(out)), loaded, report,
+                    _run_folder(source), command)
+  path = os.path.join(out, 'MODEL_CARD.md')
+  files.write_text(path, card)
+  log(f'model card: {path}')
+  return path
+
+
+def _run_folder(source):
+  """The run folder a checkpoint path belongs to, or None."""
+  folder = source if os.path.isdir(source) else os.path.dirname(source)
+  for candidate in (folder, os.path.dirname(os.path.normpath(folder))):
+    if os.path.exists(os.path.join(candidate, 'run.json')):
+      return candidate
+  return None
+
+
+def _pct(value):
+  return f'{100 * value:.2f} %'
+
+
+def model_card(name, loaded, report, run_folder=None, command=None):
+  """The Markdown model card of an exported model."""
+  settings = {}
+  if run_folder is not None:
+    with open(os.path.join(run_folder, 'run.json')) as f:
+      settings = json.load(f)
+  step = _checkpoint_step(loaded.prefix)
+  lines = [f'# {name}', '']
+  recipe = settings.get('recipe') or {}
+  what = settings.get('method')
+  lines.append(
+      f'SCAE, config `{loaded.config.name}`, trained on '
+      f'{settings.get("dataset", report["dataset"])}'
+      + (f' with the `{what}` defence' if what else
+         f' with the `{recipe.get("name", "?")}` recipe')
+      + (f', stopped at step {step}' if step is not None else '') + '.')
+  lines += ['', '## Provenance', '']
+  lines.append(f'- source checkpoint: `{loaded.prefix}` '
+               f'({loaded.format.upper()})')
+  if recipe:
+    lines.append(f'- recipe `{recipe["name"]}`: {recipe["description"]}')
+  for key in ('init_from', 'teacher', 'seed', 'phases', 'lr_schedule',
+              'ad_target'):
+    if key in settings and settings[key] is not None:
+      lines.append(f'- {key}: `{json.dumps(settings[key])}`')
+  if command:
+    lines += ['', 'Trained with:', '', f'    {command}']
+  deviations = curves.run_deviations(run_folder) if run_folder else []
+  total = _planned_steps(settings, report['results']['n_train'])
+  if step is not None and total and step < total:
+    deviations.append(f'stopped at step {step} of the {total} the run '
+                      'planned')
+  lines += ['', '## Deviations from the paper', '']
+  lines += [f'- {d}' for d in deviations] or ['- none']
+  results = report['results']
+  lines += ['', '## Accuracy', '',
+            'Cosine k-means (the fork\'s protocol, clusters matched to labels '
+            'on the train split) and the linear probes, measured on the '
+            f'exported weights ({results["n_train"]} train, '
+            f'{results["n_test"]} test images, '
+            f'{report["preprocess"]} preprocessing):', '',
+            '| classifier | train | test | train + test |', '|---|---|---|---|']
+  for kind, r in results['kmeans']['cosine'].items():
+    lines.append(f'| k-means cosine / {kind} | {_pct(r["train"])} | '
+                 f'{_pct(r["test"])} | {_pct(r["train+test"])} |')
+  for kind, r in results['linear_probe'].items():
+    lines.append(f'| linear probe / {kind} | '
+                 + ' | '.join(_pct(r[s]) if s in r else '-'
+                              for s in ('train', 'test')) + ' | - |')
+  lines += ['', '## Use', '',
+            f'    python run/attack.py --checkpoint=pretrained/{name} '
+            '--classifier=PosK', '',
+            f'    from scae_tf import loading',
+            f'    loaded = loading.load_model("pretrained/{name}")', '']
+  return '\n'.join(lines)
+
+
+def _checkpoint_step(prefix):
+  tail = prefix.rsplit('-', 1)[-1]
+  return int(tail) if tail.isdigit() else None
+
+
+def _planned_steps(settings, n_train):
+  """The steps the run meant to train, when its run.json says."""
+  recipe = settings.get('recipe') or {}
+  if recipe.get('train_steps'):
+    return recipe['train_steps']
+  epochs = (sum(p['epochs'] for p in settings['phases'])
+            if settings.get('phases') else recipe.get('epochs'))
+  if epochs and recipe.get('batch_size'):
+    return epochs * (n_train // recipe['batch_size'])
+  return None

@@ -1,0 +1,92 @@
+"""pretrained/: exporting a run as weights, config, k-means and model card,
+and the shipped models working straight from a clone."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from scae_tf import checkpoints
+from scae_tf import configs
+from scae_tf import loading
+from scae_tf import pretrained
+from scae_tf import recipes
+from scae_tf import training
+from scae_tf.model import SCAE
+
+SMALL = configs.tiny_config(canvas_size=40)
+QUICK = dict(outer_iterations=1, inner_iterations=2)
+
+
+def _run_folder(root, step=40):
+  """A run folder as run/train_teacher.py leaves it, with a cpu-recipe
+  run.json (a deviation) and one checkpoint at `step`."""
+  tf.random.set_seed(1)
+  model = SCAE(SMALL)
+  folder = root / 'run'
+  (folder / 'ckpt').mkdir(parents=True)
+  checkpoints.save_tf2_checkpoint(model, str(folder / 'ckpt' / f'ckpt-{step}'))
+  tf.compat.v1.train.update_checkpoint_state(str(folder / 'ckpt'),
+                                             f'ckpt-{step}')
+  recipe = recipes.get_recipe('cpu').replace(batch_size=4)
+  settings = training.run_settings(SMALL, recipe, dataset='mnist', seed=0,
+                                   init_from=None, replicas=1)
+  (folder / 'run.json').write_text(json.dumps(settings))
+  return folder, model
+
+
+def test_export_writes_weights_kmeans_and_a_card_and_refuses_to_overwrite(
+    tmp_path):
+  from conftest import DATA_DIR, data_path  # pylint: disable=g-import-not-at-top
+  data_path('mnist')
+  source, model = _run_folder(tmp_path)
+  out = tmp_path / 'pretrained' / 'tiny'
+  card = pretrained.export(str(source), str(out), 'mnist',
+                           command='python run/train_teacher.py --recipe=cpu',
+                           data_dir=str(DATA_DIR), max_examples=200,
+                           progress=False, log=lambda msg: None)
+  names = sorted(os.listdir(out))
+  assert names == sorted([
+      'MODEL_CARD.md', 'checkpoint', 'model.config.json',
+      'model.data-00000-of-00001', 'model.index', 'model.eval.json',
+      'model.kmeans_posterior_cosine.npz', 'model.kmeans_prior_cosine.npz'])
+  # Weights only: no optimiser slots, nothing but the model.
+  keys = [n for n, _ in tf.train.list_variables(str(out / 'model'))]
+  assert not [n for n in keys if n.startswith('optimizer')]
+  loaded = loading.load_model(str(out))
+  assert loaded.config.architecture() == SMALL.architecture()
+  for a, b in zip(loaded.model.variables, model.variables):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+  assert set(loaded.kmeans) == {'prior_cosine', 'posterior_cosine'}
+  text = open(card).read()
+  report = json.load(open(out / 'model.eval.json'))
+  test_acc = report['results']['kmeans']['cosine']['prior']['test']
+  assert f'{100 * test_acc:.2f} %' in text
+  assert 'DEVIATION' not in text  # Said once, under its heading:
+  assert 'lr 3e-4 instead of 3e-5' in text
+  # 80 epochs of 200 // 4 steps planned by the cpu recipe, 40 done.
+  assert 'stopped at step 40 of the 4000 the run planned' in text
+  assert 'python run/train_teacher.py --recipe=cpu' in text
+  with pytest.raises(FileExistsError, match='not empty'):
+    pretrained.export(str(source), str(out), 'mnist', data_dir=str(DATA_DIR),
+                      max_examples=200, progress=False, log=lambda msg: None)
+
+
+def test_an_exported_folder_is_attacked_with_its_own_kmeans(tmp_path):
+  from attacks import pipeline  # pylint: disable=g-import-not-at-top
+  from conftest import DATA_DIR, data_path  # pylint: disable=g-import-not-at-top
+  data_path('mnist')
+  source, _ = _run_folder(tmp_path)
+  out = tmp_path / 'tiny'
+  pretrained.export(str(source), str(out), 'mnist', data_dir=str(DATA_DIR),
+                    max_examples=200, progress=False, log=lambda msg: None)
+  # Moved elsewhere (a fresh clone): the folder still reads whole.
+  moved = tmp_path / 'elsewhere' / 'tiny'
+  os.renames(out, moved)
+  result = pipeline.attack_checkpoint(
+      str(moved), 'PosK', dataset='mnist', data_dir=str(DATA_DIR),
+      num_samples=2, batch_size=2, overrides=QUICK,
+      out_dir=str(tmp_path / 'attack'), progress=False, log=lambda msg: None)
+  assert result['summary']['num_samples'] == 2
