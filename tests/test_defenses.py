@@ -390,3 +390,28 @@ def test_hat_killed_mid_phase_resumes_bit_identical(tmp_path, small_teacher):
   steps = [json.loads(line)['step'] for line in
            open(tmp_path / 'killed' / 'log.jsonl') if '"eval"' not in line]
   assert steps == sorted(set(steps))
+
+
+def test_max_train_steps_stops_evaluates_and_the_same_command_resumes(
+    tmp_path):
+  logs = []
+  kwargs = dict(config=SMALL, batch_size=4, attack_overrides=QUICK,
+                stream=_stream(), eval_data=lambda: [_stream().batch(0)],
+                save_every=1000, fit_kmeans=False, progress=False,
+                log=logs.append, logdir=str(tmp_path / 'at'), epochs=2)
+  trainer.train_defense('at', max_train_steps=3, **kwargs)
+  ckpt = str(tmp_path / 'at' / 'ckpt')
+  assert tf.train.latest_checkpoint(ckpt).endswith('ckpt-3')
+  assert 'stopped at step 3 of 4 (--max_train_steps); the same command ' \
+         'without it resumes the run' in logs
+  # 2 epochs instead of AT's 100: a deviation, said at the start, in
+  # run.json and under the accuracy plot.
+  assert 'DEVIATION from the paper: AT 2 epochs instead of 100' in logs
+  import json  # pylint: disable=g-import-not-at-top
+  settings = json.load(open(tmp_path / 'at' / 'run.json'))
+  assert settings['deviations'][0] == 'AT 2 epochs instead of 100'
+  assert (tmp_path / 'at' / 'accuracy.png').stat().st_size > 0
+  logs.clear()
+  trainer.train_defense('at', **kwargs)
+  assert tf.train.latest_checkpoint(ckpt).endswith('ckpt-4')
+  assert any(line.startswith('resuming at step 3') for line in logs)
