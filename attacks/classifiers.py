@@ -11,11 +11,11 @@ in pure TensorFlow (it runs inside the attack's compiled loop):
   PosL  the posterior linear probe      `posterior_cls_pred`
 
 The first three letters fix the capsule loss (fork: `classifier[:3]`), the
-last one the prediction. Any model with the SCAE's `forward(images,
-full=False, training=False)` outputs and a `config` (canvas_size,
-n_channels, n_part_caps, n_obj_caps, num_classes) plugs in through
-`ModelClassifier`, the tests' toy model included; other targets subclass
-`CapsuleClassifier`.
+last one the prediction. Any model with a `config` (canvas_size,
+n_channels, n_part_caps, n_obj_caps, num_classes) and either the SCAE's
+lean `capsule_features(images, kind)` or its `forward(images, full=False,
+training=False)` outputs plugs in through `ModelClassifier`, the tests' toy
+models included; other targets subclass `CapsuleClassifier`.
 """
 
 from typing import Optional, Tuple
@@ -73,9 +73,11 @@ def feature_kind_of(name: str) -> str:
 class ModelClassifier(CapsuleClassifier):
   """One of PriK / PosK / PriL / PosL on an SCAE-like model.
 
-  model: has `config` and `forward(images, full=False, training=False)`
-    returning `caps_presence_prob` [B, K], `posterior_mixing_probs`
-    [B, P, K], `prior_cls_pred` and `posterior_cls_pred` [B].
+  model: has `config` and either `capsule_features(images, kind)` returning
+    (features [B, K], the probe's prediction [B]) as `SCAE` does, or
+    `forward(images, full=False, training=False)` returning
+    `caps_presence_prob` [B, K], `posterior_mixing_probs` [B, P, K],
+    `prior_cls_pred` and `posterior_cls_pred` [B].
     Build the SCAE with `config.without_noise()` for attacks: with noise on,
     every forward pass draws new presence noise.
   kmeans: a `scae_tf.kmeans.KMeansClassifier` (anything with `feature`,
@@ -105,18 +107,23 @@ class ModelClassifier(CapsuleClassifier):
     self.kmeans = kmeans if name.endswith('K') else None
 
   def __call__(self, images):
-    out = self.model.forward(images, full=False, training=False)
-    if self.feature_kind == 'prior':
-      features = out.caps_presence_prob
-    else:
-      features = tf.reduce_sum(out.posterior_mixing_probs, 1)
-    if self.kmeans is not None:
-      pred = self.kmeans.tf_predict(features)
-    elif self.feature_kind == 'prior':
-      pred = out.prior_cls_pred
-    else:
-      pred = out.posterior_cls_pred
+    features, probe_pred = capsule_features(self.model, images,
+                                            self.feature_kind)
+    pred = (self.kmeans.tf_predict(features) if self.kmeans is not None
+            else probe_pred)
     return features, tf.cast(pred, tf.int64)
+
+
+def capsule_features(model, images, kind):
+  """(features [B, K], probe prediction [B]) of `kind` on `model`: its lean
+  `capsule_features` where it has one, else read off its forward pass."""
+  if hasattr(model, 'capsule_features'):
+    return tuple(model.capsule_features(images, kind))
+  out = model.forward(images, full=False, training=False)
+  if kind == 'prior':
+    return out.caps_presence_prob, out.prior_cls_pred
+  return (tf.reduce_sum(out.posterior_mixing_probs, 1),
+          out.posterior_cls_pred)
 
 
 def make_classifier(model, name: str,

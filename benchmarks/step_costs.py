@@ -14,6 +14,21 @@ with and without XLA (`jit_compile`), for
     backward share (train_step - forward);
   * cnn_fwd_bwd: the part CNN alone, forward + backward, the yardstick of
     the speed target (train_step <= 3 x cnn_fwd_bwd).
+Without XLA (as the defences run), also the real attack and defence steps:
+  * attack_iteration: `CapsuleAttack.in_graph` of the defences' preset
+    (paper_train, target PosL) with one outer iteration of --attack_inner
+    steps, compiled, divided by --attack_inner. It includes the clean pass
+    and the final test pass, so it errs high by two forward passes per
+    --attack_inner iterations. Target: <= 1.0 x cnn_fwd_bwd;
+  * adversarial_batch: one AT step on an adversarial batch as the defences
+    run it (`AdversarialBatches` as `prepare` of `make_train_step`, the
+    whole paper_train attack, 5 x 30 = 150 iterations, then the Eq. 7
+    step); clean_batch: the same step on a clean batch; ad_clean_batch:
+    AD's step on a clean batch (the student's step plus a frozen teacher's
+    forward pass). Target: adversarial_batch <= 1.05 x (150
+    attack_iteration + clean_batch);
+  * projections: one AT epoch (600 batches of 100, every 2nd adversarial)
+    and the paper's HAT run (50 AD + 50 AT epochs), in hours.
 Inputs are random images; the weights are a fresh init of the config.
 `native_resampler` says whether the compiled resampler kernel was used
 (scae_tf/kernels; SCAE_TF_NATIVE=0 times the pure-TF fallback).
@@ -34,18 +49,24 @@ flags.DEFINE_integer('batch_size', 100, 'Batch size.')
 flags.DEFINE_integer('repeats', 10, 'Timed calls per measurement.')
 flags.DEFINE_list('xla', ['off', 'on'], 'XLA modes to time: off, on.')
 flags.DEFINE_bool('noise', True, 'Train step with the config noise.')
+flags.DEFINE_integer('attack_inner', 30, 'Attack iterations per timed call '
+                     'of attack_iteration.')
+flags.DEFINE_integer('defence_repeats', 5, 'Timed rounds of the attack and '
+                     'defence steps (an adversarial batch runs 150 attack '
+                     'iterations).')
+flags.DEFINE_bool('defences', True, 'Time the attack and the defence steps '
+                  '(XLA off only).')
 FLAGS = flags.FLAGS
 
 
 def median_seconds(fn, *args, repeats=10):
   """Median wall time of fn(*args) over `repeats` calls, after one warm-up."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.nest.map_structure(lambda t: t.numpy(), fn(*args))
+  tf_numpy(fn(*args))
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    tf.nest.map_structure(lambda t: t.numpy(), fn(*args))
+    tf_numpy(fn(*args))
     times.append(time.perf_counter() - start)
   return float(np.median(times))
 
@@ -105,6 +126,98 @@ def build_functions(model, optimizer, jit, noise):
                                  jit_compile=jit))
 
 
+#: MNIST's training split in batches of 100, and the paper's HAT schedule.
+BATCHES_PER_EPOCH = 600
+HAT_EPOCHS = dict(ad=50, at=50)
+
+
+def defence_functions(config, recipe, inner):
+  """The attack and the defence steps, built as the defences build them."""
+  from attacks import evasion  # pylint: disable=g-import-not-at-top
+  from defenses import objectives  # pylint: disable=g-import-not-at-top
+  from defenses.adversarial_batches import AdversarialBatches  # pylint: disable=g-import-not-at-top
+  from scae_tf.model import SCAE  # pylint: disable=g-import-not-at-top
+  from scae_tf.optim import TF1RMSProp  # pylint: disable=g-import-not-at-top
+  from scae_tf.training import make_train_step  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  config = config.without_noise()
+  student, teacher = SCAE(config), SCAE(config)
+  attack = evasion.make_attack(student, 'paper_train', outer_iterations=1,
+                               inner_iterations=inner)
+  rng = tf.random.Generator.from_seed(0)
+  fns = dict(attack_inner_loop=tf.function(
+      lambda images, labels: attack.in_graph(images, labels, rng)))
+  at_loss = (lambda m, b, c: objectives.adversarial_training_objective(
+      student, b, c))
+  pair = objectives.StudentTeacher(student, teacher)
+  # clean_batches=0: every batch adversarial; a huge k: none is.
+  for name, model, loss, clean_batches in (
+      ('adversarial_batch', student, at_loss, 0),
+      ('clean_batch', student, at_loss, 10 ** 9),
+      ('ad_clean_batch', pair, objectives.distillation_objective(), 10 ** 9)):
+    batches = AdversarialBatches(model, attacked=lambda _: student,
+                                 clean_batches=clean_batches)
+    optimizer = TF1RMSProp.for_recipe(student.trainable_variables, recipe)
+    fns[name] = make_train_step(model, optimizer, loss_fn=loss, noise=False,
+                                prepare=batches)
+  return fns
+
+
+def alternating_medians(calls, rounds):
+  """{name: median seconds} of calls {name: (fn, args)}, called in turn
+  `rounds` times after one warm-up each: a background load shifts all of
+  them alike, so their ratios hold."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  times = {name: [] for name in calls}
+  for _ in range(rounds + 1):
+    for name, (fn, args) in calls.items():
+      start = time.perf_counter()
+      tf_numpy(fn(*args))
+      times[name].append(time.perf_counter() - start)
+  return {name: float(np.median(t[1:])) for name, t in times.items()}
+
+
+def tf_numpy(outputs):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf.nest.map_structure(lambda t: t.numpy(), outputs)
+
+
+def time_defences(config, recipe, images, labels, cnn_fwd_bwd):
+  """Seconds of the attack iteration and the defence steps (alternated with
+  the CNN yardstick), the checks of the two targets and the projected AT
+  epoch and HAT run in hours."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from attacks import evasion  # pylint: disable=g-import-not-at-top
+  preset = evasion.get_config('paper_train')
+  n_attack = preset.outer_iterations * preset.inner_iterations
+  fns = defence_functions(config, recipe, FLAGS.attack_inner)
+  args = (images, tf.cast(labels, tf.int64))
+  t = alternating_medians(dict(
+      cnn_fwd_bwd=(cnn_fwd_bwd, (images,)),
+      attack_inner_loop=(fns['attack_inner_loop'], args),
+      clean_batch=(fns['clean_batch'], args),
+      ad_clean_batch=(fns['ad_clean_batch'], args),
+      adversarial_batch=(fns['adversarial_batch'], args),
+  ), FLAGS.defence_repeats)
+  t['attack_iteration'] = t.pop('attack_inner_loop') / FLAGS.attack_inner
+  t = {k if k != 'cnn_fwd_bwd' else 'cnn_fwd_bwd_alternated': v
+       for k, v in t.items()}
+  t['attack_iteration_over_cnn_fwd_bwd'] = (
+      t['attack_iteration'] / t['cnn_fwd_bwd_alternated'])
+  t['adversarial_batch_over_iterations_plus_step'] = t[
+      'adversarial_batch'] / (n_attack * t['attack_iteration']
+                              + t['clean_batch'])
+  half = BATCHES_PER_EPOCH // 2
+  attack_cost = t['adversarial_batch'] - t['clean_batch']
+  at_epoch = half * (t['adversarial_batch'] + t['clean_batch'])
+  ad_epoch = half * (attack_cost + 2 * t['ad_clean_batch'])
+  hours = dict(at_epoch=at_epoch / 3600,
+               hat_run=(HAT_EPOCHS['at'] * at_epoch
+                        + HAT_EPOCHS['ad'] * ad_epoch) / 3600)
+  return t, hours
+
+
 def main(argv):
   del argv
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -152,6 +265,11 @@ def main(argv):
     t['backward_and_update'] = t['train_step'] - t['forward']
     t['train_step_over_cnn_fwd_bwd'] = t['train_step'] / t['cnn_fwd_bwd']
     t['attack_step_over_train_step'] = t['attack_step'] / t['train_step']
+    if FLAGS.defences and mode == 'off':
+      defence, hours = time_defences(config, recipe, images, labels,
+                                     fns['cnn_fwd_bwd'])
+      t.update(defence)
+      result['projected_hours'] = {k: round(v, 2) for k, v in hours.items()}
     result['seconds'][f'xla_{mode}'] = {k: round(v, 4) for k, v in t.items()}
   print(json.dumps(result, indent=1))
 

@@ -69,12 +69,13 @@ def distillation_objective(weight=0.5, target='input'):
     rec_target = batch.images if target == 'input' else batch.clean
     student_loss, metrics, stu = step.scae_terms(
         pair.student, batch.images, batch.labels, ctx, target=rec_target)
-    tch = pair.teacher.forward(batch.clean, full=False)
+    # The teacher's capsules only: its image decoder and losses are unused.
+    tch = pair.teacher.encode(batch.clean).obj
     distill = replicas.sum_share(
         tf.nn.l2_loss(stu.caps_presence_prob
                       - tf.stop_gradient(tch.caps_presence_prob))
-        + tf.nn.l2_loss(stu.posterior_mixing_probs
-                        - tf.stop_gradient(tch.posterior_mixing_probs)))
+        + tf.nn.l2_loss(stu.posterior_mixing_probs - tf.stop_gradient(
+            tch.likelihood.posterior_mixing_probs)))
     loss = (1. - weight) * student_loss + weight * distill
     metrics = {**metrics, **_attack_metrics(batch),
                'student_loss': student_loss, 'distillation_loss': distill}

@@ -19,7 +19,7 @@ import tensorflow_probability as tfp
 from scae_tf import losses
 from scae_tf import math_ops
 from scae_tf.configs import ScaeConfig
-from scae_tf.objects import ObjectCapsules
+from scae_tf.objects import ObjectCapsuleOutput, ObjectCapsules
 from scae_tf.parts import PartCapsules, PartEncoder, Rendering, TemplateDecoder
 from scae_tf.set_transformer import SetTransformer
 
@@ -28,6 +28,19 @@ class RenderingSummary(NamedTuple):
   transformed_templates: tf.Tensor
   mixing_logits: tf.Tensor
   mode: tf.Tensor
+
+
+class Capsules(NamedTuple):
+  """The encoding every output of the SCAE is computed from."""
+  part: PartCapsules
+  templates: tf.Tensor      # [B, P, h, w, C] templates coloured per example
+  obj: ObjectCapsuleOutput  # with the capsule likelihood of the part poses
+
+
+class CapsuleFeatures(NamedTuple):
+  """What an attack target reads (`SCAE.capsule_features`)."""
+  features: tf.Tensor    # [B, K] prior presences or posterior masses
+  probe_pred: tf.Tensor  # [B] int64, the linear probe of those features
 
 
 class ScaeOutput(NamedTuple):
@@ -90,8 +103,7 @@ class ScaeOutput(NamedTuple):
 
   @property
   def posterior_presence(self):
-    """Posterior object presence: mixing probabilities summed over parts."""
-    return tf.reduce_sum(self.posterior_mixing_probs, 1)
+    return posterior_presence(self.posterior_mixing_probs)
 
 
 class SCAE(snt.Module):
@@ -146,38 +158,10 @@ class SCAE(snt.Module):
     c = self.config
     if target is None:
       target = images if c.prep == 'none' else normalized_sobel_edges(images)
-
-    part_seed = obj_seed = None
-    if noise_seed is not None:
-      part_seed, obj_seed = tf.unstack(
-          tf.random.experimental.stateless_split(noise_seed, 2))
-    part = self.part_encoder(images, noise=training, seed=part_seed)
+    part, templates, obj = self.encode(
+        images, training=training, noise_seed=noise_seed,
+        full=full or c.vote_type != 'enc' or c.pres_type != 'enc')
     pose, pres = part.pose, part.presence
-
-    input_pose = tf.concat([pose, 1. - pres[..., tf.newaxis]], -1)
-    input_pres = pres
-    templates = self.template_decoder.make_templates(part.feature)
-    inpt_templates = templates
-    if c.stop_grad_caps_inpt:
-      input_pose = tf.stop_gradient(input_pose)
-      input_pres = tf.stop_gradient(pres)
-      inpt_templates = tf.stop_gradient(templates)
-    target_pose, target_pres = pose, pres
-    if c.stop_grad_caps_target:
-      target_pose = tf.stop_gradient(target_pose)
-      target_pres = tf.stop_gradient(target_pres)
-
-    batch_size = tf.shape(images)[0]
-    inpt_templates = tf.reshape(
-        tf.broadcast_to(inpt_templates, tf.concat(
-            [[batch_size], tf.shape(inpt_templates)[1:]], 0)),
-        [batch_size, c.n_part_caps, -1])
-    set_input = tf.concat([input_pose, part.feature, inpt_templates], -1)
-    h = self.set_transformer(set_input, input_pres)
-
-    obj = self.object_capsules(h, target_pose, target_pres, noise=training,
-                               full=full or c.vote_type != 'enc'
-                               or c.pres_type != 'enc', seed=obj_seed)
     ll = obj.likelihood
 
     dec_vote = {'enc': pose, 'soft': ll.soft_winner,
@@ -193,7 +177,7 @@ class SCAE(snt.Module):
           dec_vote, dec_pres, part.feature, target)
 
     n_points = float(ll.posterior_mixing_probs.shape[1])
-    mass_explained_by_capsule = tf.reduce_sum(ll.posterior_mixing_probs, 1)
+    mass_explained_by_capsule = posterior_presence(ll.posterior_mixing_probs)
     post_within, post_between = losses.sparsity_loss(
         c.posterior_sparsity_loss_type, mass_explained_by_capsule / n_points,
         num_classes=c.num_classes)
@@ -243,6 +227,67 @@ class SCAE(snt.Module):
                                              target))
     return ScaeOutput(**fields)
 
+  def encode(self, images, *, training=False, noise_seed=None,
+             full=False) -> Capsules:
+    """Part capsules, Set Transformer, object capsules and the capsule
+    likelihood of the part poses: the shared trunk of `forward` and
+    `capsule_features` (arguments as `forward`'s; `full` adds the
+    likelihood's winners)."""
+    c = self.config
+    part_seed = obj_seed = None
+    if noise_seed is not None:
+      part_seed, obj_seed = tf.unstack(
+          tf.random.experimental.stateless_split(noise_seed, 2))
+    part = self.part_encoder(images, noise=training, seed=part_seed)
+    pose, pres = part.pose, part.presence
+
+    input_pose = tf.concat([pose, 1. - pres[..., tf.newaxis]], -1)
+    input_pres = pres
+    templates = self.template_decoder.make_templates(part.feature)
+    inpt_templates = templates
+    if c.stop_grad_caps_inpt:
+      input_pose = tf.stop_gradient(input_pose)
+      input_pres = tf.stop_gradient(pres)
+      inpt_templates = tf.stop_gradient(templates)
+    target_pose, target_pres = pose, pres
+    if c.stop_grad_caps_target:
+      target_pose = tf.stop_gradient(target_pose)
+      target_pres = tf.stop_gradient(target_pres)
+
+    batch_size = tf.shape(images)[0]
+    inpt_templates = tf.reshape(
+        tf.broadcast_to(inpt_templates, tf.concat(
+            [[batch_size], tf.shape(inpt_templates)[1:]], 0)),
+        [batch_size, c.n_part_caps, -1])
+    set_input = tf.concat([input_pose, part.feature, inpt_templates], -1)
+    h = self.set_transformer(set_input, input_pres)
+
+    obj = self.object_capsules(h, target_pose, target_pres, noise=training,
+                               full=full, seed=obj_seed)
+    return Capsules(part, templates, obj)
+
+  def capsule_features(self, images, kind='posterior') -> CapsuleFeatures:
+    """The features of an attack target and its probe's prediction, equal
+    to `forward(images, full=False, training=False)`'s: `caps_presence_prob`
+    and `prior_cls_pred` ('prior'), or `posterior_presence` and
+    `posterior_cls_pred` ('posterior').
+
+    Each attack iteration runs this under a gradient tape. The template
+    decoder's image likelihood (the costliest part of the forward pass after
+    the CNN), the sparsity losses and the other probe are not built at all:
+    graph pruning would not remove the decoder's likelihood, whose fused
+    kernel is a stateful call.
+    """
+    obj = self.encode(images).obj
+    if kind == 'prior':
+      features, probe = obj.caps_presence_prob, self.prior_probe
+    elif kind == 'posterior':
+      features = posterior_presence(obj.likelihood.posterior_mixing_probs)
+      probe = self.posterior_probe
+    else:
+      raise ValueError(f'kind must be prior or posterior, got {kind!r}.')
+    return CapsuleFeatures(features, probe(features).pred)
+
   def _evaluation_outputs(self, part, obj, rec: Rendering, templates, target):
     """Outputs the loss does not need: mode/mean images, winners, and the
     other three decoder calls of upstream (for plots)."""
@@ -289,6 +334,12 @@ class SCAE(snt.Module):
 
   def loss(self, out: ScaeOutput):
     return losses.total_loss(self.config, out)
+
+
+def posterior_presence(posterior_mixing_probs):
+  """[B, P, K] -> [B, K]: posterior object presence, the mixing
+  probabilities summed over the parts (the mass each capsule explains)."""
+  return tf.reduce_sum(posterior_mixing_probs, 1)
 
 
 def normalized_sobel_edges(img):
