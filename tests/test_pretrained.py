@@ -90,3 +90,35 @@ def test_an_exported_folder_is_attacked_with_its_own_kmeans(tmp_path):
       num_samples=2, batch_size=2, overrides=QUICK,
       out_dir=str(tmp_path / 'attack'), progress=False, log=lambda msg: None)
   assert result['summary']['num_samples'] == 2
+
+
+SHIPPED = ('teacher_mnist_cpu',)
+
+
+@pytest.mark.parametrize('name', SHIPPED)
+def test_a_shipped_model_is_whole_and_its_card_tells_the_truth(name):
+  """The folder in the repository: under 12 MiB, weights only, k-means
+  fitted on exactly these weights, and the card's test accuracies are what
+  the shipped k-means gives on the whole MNIST test split."""
+  from conftest import DATA_DIR, REPO, data_path  # pylint: disable=g-import-not-at-top
+  from scae_tf import evaluation  # pylint: disable=g-import-not-at-top
+  from scae_tf.kmeans import provenance  # pylint: disable=g-import-not-at-top
+  data_path('mnist')
+  folder = REPO / 'pretrained' / name
+  assert sum(f.stat().st_size for f in folder.iterdir()) <= \
+      pretrained.MAX_BYTES
+  loaded = loading.load_model(str(folder))
+  assert not [n for n, _ in tf.train.list_variables(loaded.prefix)
+              if n.startswith('optimizer')]
+  report = json.load(open(folder / 'model.eval.json'))
+  card = (folder / 'MODEL_CARD.md').read_text()
+  feats, labels = evaluation.split_features(loaded.model, 'test',
+                                            str(DATA_DIR))
+  for kind in ('prior', 'posterior'):
+    clf = loaded.kmeans[f'{kind}_cosine']
+    assert not provenance.mismatches(clf.metadata, loaded.prefix, 'mnist',
+                                     'resize')
+    acc = clf.accuracy(feats[kind], labels)
+    assert acc == report['results']['kmeans']['cosine'][kind]['test']
+    assert f'{100 * acc:.2f} %' in card
+  assert '## Deviations from the paper' in card and '- none' not in card
