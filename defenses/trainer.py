@@ -31,6 +31,7 @@ from scae_tf import evaluation
 from scae_tf import loading
 from scae_tf import recipes
 from scae_tf import training
+from scae_tf.kmeans import report as kmeans_report
 from scae_tf.model import SCAE
 from scae_tf.optim import TF1RMSProp
 from scae_tf.training import curves
@@ -237,15 +238,31 @@ def train_defense(method, dataset='mnist', teacher=None, logdir=None, seed=0,
       log(f'stopped at step {stop} of {ends[-1]} (--max_train_steps); the '
           'same command without it resumes the run')
     if fit_kmeans:
-      evaluation.evaluate_checkpoint(final, dataset, data_dir=data_dir,
-                                     kmeans='cosine', progress=progress,
-                                     log=log)
+      _fit_kmeans(final, dataset, data_dir, logdir, stop / spe, progress, log)
     curves.plot_runs([logdir], os.path.join(logdir, 'accuracy.png'),
                      title=f'{method.name.upper()} on {dataset}'
                      + (f', step {stop} of {ends[-1]}' if stop < ends[-1]
                         else ''))
     log(f'done: {final}')
     return metrics
+
+
+def _fit_kmeans(final, dataset, data_dir, logdir, epoch, progress, log):
+  """The fork's cosine k-means of the final checkpoint (train split), saved
+  beside it; its test accuracy joins the run's per-epoch curve. Done once:
+  a finished run started again finds it."""
+  if os.path.exists(f'{final}.eval.json'):
+    log(f'{final} is evaluated already ({final}.eval.json)')
+    return
+  report = evaluation.evaluate_checkpoint(
+      final, dataset, data_dir=data_dir, kmeans='cosine', progress=progress,
+      log=log)
+  log(kmeans_report.format_results(report['results']))
+  step = int(final.rsplit('-', 1)[-1])
+  training.JsonlLog(os.path.join(logdir, training.LOG_FILE)).write(dict(
+      step=step, epoch=epoch, eval=True, kmeans=True,
+      **{f'kmeans_{kind}_test_acc': r['test']
+         for kind, r in report['results']['kmeans']['cosine'].items()}))
 
 
 def _switch_phase(run_ckpt, index, step, phase_var, log):
