@@ -28,13 +28,13 @@ random start p'_0) with n + 1 forward passes instead of the fork's 2n.
 """
 
 import dataclasses
-import numbers
 from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
 
 from attacks import objectives
+from attacks import settings
 from attacks.classifiers import CapsuleClassifier, make_classifier
 from attacks.optimizers import OPTIMIZERS, make_optimizer
 
@@ -99,22 +99,12 @@ class AttackConfig:
                          f'{allowed}.')
     for name in ('outer_iterations', 'inner_iterations', 'mask_radius',
                  'mask_times'):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
-          or value < 1:
-        raise ValueError(f'{name} must be a positive integer, got {value!r}.')
+      settings.check_integer(name, getattr(self, name))
     for name in ('learning_rate', 'const_init'):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not (isinstance(value, numbers.Real)
-                                         and np.isfinite(value) and value > 0):
-        raise ValueError(f'{name} must be a positive number, got {value!r}.')
+      settings.check_positive_number(name, getattr(self, name))
 
   def replace(self, **changes) -> 'AttackConfig':
-    unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
-    if unknown:
-      raise ValueError(f'Unknown attack setting(s) {unknown}; known: '
-                       f'{[f.name for f in dataclasses.fields(self)]}.')
-    return dataclasses.replace(self, **changes)
+    return settings.replace_fields(self, 'attack', changes)
 
 
 #: The fork's `AttackerOPT.OptimizerConfigs` ([outer, inner, lr, optimizer]).
@@ -137,14 +127,8 @@ PRESETS = {
 
 def get_config(preset='paper_eval', **overrides) -> AttackConfig:
   """The named preset (or an AttackConfig) with `overrides` applied."""
-  if isinstance(preset, AttackConfig):
-    config = preset
-  elif isinstance(preset, str) and preset in PRESETS:
-    config = PRESETS[preset]
-  else:
-    raise ValueError(f'Unknown attack preset {preset!r}; expected one of '
-                     f'{", ".join(PRESETS)} or an AttackConfig.')
-  return config.replace(**overrides) if overrides else config
+  return settings.preset_config(PRESETS, preset, AttackConfig, 'attack',
+                                overrides)
 
 
 @dataclasses.dataclass(frozen=True)
