@@ -1,0 +1,57 @@
+"""The per-sample worst case over several attacks on the same samples.
+
+Each attack gives a protocol amount per sample (`attacks.protocol`): 0 for
+a clean error, inf for a failure, else the L2 of its success. A sample
+survives a budget t only if EVERY attack needs more than t, so the
+worst-case amount is the per-sample minimum, and its accuracy curve lies
+below each attack's.
+
+    merged = worst_case.merge({'capsule': l2_a, 'pgd_l2': l2_b})
+    merged.l2        # [N] the smallest amount per sample
+    merged.winner    # [N] index into merged.names; -1 where all failed
+    merged.wins()    # {name: samples where it was the strongest}
+
+Ties go to the attack listed first, so a clean error (0 for every attack)
+is credited to the first one; `wins` counts only samples some attack broke.
+"""
+
+import dataclasses
+from typing import Dict, Mapping, Tuple
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class WorstCase:
+  """l2: [N] float64 minimum amount; winner: [N] int64 index of the attack
+  that achieved it (-1 where every attack failed); names: the attacks."""
+  l2: np.ndarray
+  winner: np.ndarray
+  names: Tuple[str, ...]
+
+  def wins(self) -> Dict[str, int]:
+    """{attack: samples broken (finite amount) where it was the
+    strongest}."""
+    return {name: int(np.sum(self.winner == i))
+            for i, name in enumerate(self.names)}
+
+
+def merge(amounts: Mapping[str, np.ndarray]) -> WorstCase:
+  """The worst case of {attack name: [N] amounts} (see module doc)."""
+  if not amounts:
+    raise ValueError('merge needs the amounts of at least one attack.')
+  names = tuple(amounts)
+  table = [np.asarray(amounts[n], np.float64) for n in names]
+  shape = table[0].shape
+  for name, values in zip(names, table):
+    if values.ndim != 1 or values.shape != shape:
+      raise ValueError(f'{name}: expected amounts of shape {list(shape)} '
+                       f'(one per sample, as the first attack), got '
+                       f'{list(values.shape)}.')
+    if np.isnan(values).any() or (values < 0).any():
+      raise ValueError(f'{name}: amounts must be >= 0 or inf (no NaN).')
+  stacked = np.stack(table)
+  winner = np.argmin(stacked, axis=0).astype(np.int64)  # first of ties
+  l2 = stacked.min(axis=0)
+  return WorstCase(l2=l2, winner=np.where(np.isinf(l2), -1, winner),
+                   names=names)

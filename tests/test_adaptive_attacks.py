@@ -1,0 +1,261 @@
+"""Adaptive attacks (issue 13): margin losses, PGD-L2, its minimal-norm
+search and the worst case over attacks, on toys with closed-form answers.
+
+`LinearProbeToy` has the prior features of `test_attacks.ToyLinearCapsules`,
+sigmoid([a, -a]) with a = <w, x - 0.5> and w a unit vector, and a linear
+probe that is the identity: label 0 iff a > 0 for the probe (PriL) and
+for a k-means on the unit centres (PriK). The smallest L2 perturbation that
+flips an image at distance d = a / ||w|| from the boundary is d (its
+projection stays inside the box in `linear_problem`).
+"""
+
+import types
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from attacks import classifiers, margins, pgd, worst_case
+from scae_tf import configs
+from scae_tf.kmeans import KMeansClassifier
+from scae_tf.model import SCAE
+from test_attacks import ToyConfig, linear_problem
+
+
+class LinearProbeToy:
+  """Prior features sigmoid([a, -a]); both probes predict argmax of them."""
+
+  def __init__(self, w):
+    self.config = ToyConfig()
+    self.w = tf.constant(np.asarray(w, np.float32).reshape(-1, 1))
+    identity = types.SimpleNamespace(linear=tf.identity)
+    self.prior_probe = self.posterior_probe = identity
+
+  def capsule_features(self, images, kind):
+    del kind
+    flat = tf.reshape(images, [tf.shape(images)[0], -1])
+    a = tf.matmul(flat - 0.5, self.w)
+    features = tf.sigmoid(tf.concat([a, -a], -1))
+    return features, tf.argmax(features, -1)
+
+
+def toy_target(w, name='PriL'):
+  km = None
+  if name.endswith('K'):
+    km = KMeansClassifier(np.eye(2), 'cosine', 'prior', [0, 1])
+  return classifiers.make_classifier(LinearProbeToy(w), name, kmeans=km)
+
+
+# --- margins -----------------------------------------------------------------
+
+def test_logit_margin_by_hand():
+  logits = tf.constant([[2., 5., 1.], [2., 5., 1.], [0., 0., -3.],
+                        [-1., -4., -2.]])
+  labels = tf.constant([1, 0, 0, 2])
+  # 5 - 2; 2 - 5; a tie is no margin; -2 - (-1).
+  np.testing.assert_allclose(margins.logit_margin(logits, labels).numpy(),
+                             [3., -3., 0., -1.])
+
+
+def test_cosine_kmeans_margin_on_hand_placed_centroids():
+  # f = (3, 4) has unit vector (.6, .8): cosine distances 1 - cos to the
+  # centres (1, 0), (0, 1), (1, 1)/sqrt2 are .4, .2, 1 - 1.4/sqrt2.
+  d = np.array([.4, .2, 1. - 1.4 / np.sqrt(2.)])
+  centers = np.array([[1., 0.], [0., 1.], [1., 1.]])
+  f = tf.constant([[3., 4.]] * 3)
+
+  def margin(mapping, labels):
+    km = KMeansClassifier(centers, 'cosine', 'prior', mapping)
+    scores = km.tf_cluster_scores(f)
+    return margins.kmeans_margin(scores, km.cluster_to_label,
+                                 tf.constant(labels)).numpy()
+
+  # One cluster per label: min_{j != y} d_j - d_y.
+  np.testing.assert_allclose(margin([0, 1, 2], [0, 1, 2]),
+                             [d[2] - d[0], d[2] - d[1], d[1] - d[2]],
+                             rtol=1e-5)
+  # Clusters 0 and 2 both say 0: label 0's nearest (2) counts.
+  np.testing.assert_allclose(margin([0, 1, 0], [0, 1, 0]),
+                             [d[1] - d[2], d[2] - d[1], d[1] - d[2]],
+                             rtol=1e-5)
+  # Label 2 has no cluster: never predicted, margin at most -1 (finite);
+  # label 1 owns two clusters.
+  got = margin([0, 1, 1], [2, 1, 0])
+  assert np.isfinite(got).all() and got[0] <= -1.
+  np.testing.assert_allclose(got[1:], [d[0] - d[2], d[2] - d[0]], rtol=1e-5)
+
+
+def test_kmeans_margin_sign_is_the_classifiers_decision():
+  rng = np.random.default_rng(0)
+  km = KMeansClassifier(rng.normal(size=(7, 5)), 'cosine', 'prior',
+                        [0, 1, 2, 0, 1, 3, 3])
+  f = rng.normal(size=(500, 5)).astype(np.float32)
+  labels = rng.integers(0, 5, 500)  # label 4 has no cluster
+  m = margins.kmeans_margin(km.tf_cluster_scores(f), km.cluster_to_label,
+                            labels).numpy()
+  right = km.predict(f) == labels
+  assert right.any() and (~right).any()
+  assert (m[right] > 0).all() and (m[~right] < 0).all()
+  assert (m[labels == 4] <= -1).all()
+
+
+def test_margin_target_on_the_scae_has_the_probes_gradient():
+  """The SCAE's probe stops the gradient of its input: the probe's logits
+  give a zero image gradient. The margin target's logits equal the probe's
+  and do carry the gradient."""
+  tf.random.set_seed(0)
+  model = SCAE(configs.tiny_config().without_noise())
+  images = tf.random.uniform([3, 20, 20, 1], seed=1)
+  out = model.forward(images, training=False)
+  labels = tf.constant([0, 3, 7], tf.int64)
+  target = margins.margin_target(classifiers.make_classifier(model, 'PriL'))
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch(images)
+    margin, pred = target(images, labels)
+    stopped = model.prior_probe(model.capsule_features(images, 'prior')
+                                .features).logits
+  want = margins.logit_margin(out.prior_cls_logits, labels)
+  np.testing.assert_allclose(margin.numpy(), want.numpy(), rtol=1e-5,
+                             atol=1e-6)
+  np.testing.assert_array_equal(pred.numpy(), out.prior_cls_pred.numpy())
+  assert tape.gradient(stopped, images) is None
+  assert np.abs(tape.gradient(margin, images).numpy()).max() > 0
+
+
+def test_margin_target_bad_inputs():
+  model = types.SimpleNamespace(config=ToyConfig(),
+                                capsule_features=lambda x, kind: None)
+  with pytest.raises(ValueError, match='no prior linear probe'):
+    margins.margin_target(classifiers.make_classifier(model, 'PriL'))
+  with pytest.raises(ValueError, match='needs a k-means'):
+    classifiers.make_classifier(model, 'PosK')
+  with pytest.raises(ValueError, match='ModelClassifier'):
+    margins.margin_target(object())
+
+
+# --- PGD-L2 ------------------------------------------------------------------
+
+@pytest.mark.parametrize('name', ['PriL', 'PriK'])
+def test_pgd_breaks_exactly_the_samples_within_the_budget(name):
+  """eps = .25: the samples at distance <= eps are broken, with an L2 no
+  smaller than the closed-form minimum d and within the budget; those at
+  d > eps keep a positive margin. A sample already on the wrong side
+  (d < 0) is a success too."""
+  d = np.array([.05, .15, .24, .3, .5, -.1])
+  _, w, x = linear_problem(d, seed=3)
+  labels = np.zeros(len(d), np.int64)
+  attack = pgd.PGDAttack(toy_target(w, name), 'pgd_l2', eps=.25, steps=40,
+                         restarts=2)
+  r = attack(x, labels, seed=1)
+  np.testing.assert_array_equal(r.success, d <= .25)
+  np.testing.assert_array_equal(r.clean_pred, (d < 0).astype(np.int64))
+  ok = r.success[:3]
+  assert (r.l2[:3][ok] >= d[:3] - 1e-4).all()
+  assert (r.l2[:3] <= .25 + 1e-4).all()
+  assert (r.margin[:3] < 0).all() and (r.margin[3:5] > 0).all()
+  assert np.isinf(r.l2[3:5]).all() and np.isnan(r.adversarial[3:5]).all()
+  # Re-evaluated: every kept image is misclassified, in the box, at its L2.
+  adv = r.adversarial[:3]
+  a = (adv.reshape(3, -1) - .5) @ w
+  assert (a < 0).all() and adv.min() >= 0. and adv.max() <= 1.
+  np.testing.assert_allclose(
+      np.linalg.norm((adv - x[:3]).reshape(3, -1), axis=1), r.l2[:3],
+      rtol=1e-4)
+
+
+@pytest.mark.parametrize('zero_start', [True, False])
+def test_pgd_keeps_the_most_negative_margin_in_the_ball(zero_start):
+  """At eps = .3 the margin at the kept point is sigmoid(a) - sigmoid(-a)
+  there, and it is the best in the ball, reached at x - eps * w:
+  a = d - eps. From the clean image PGD walks straight there; from random
+  starts only the projection removes their orthogonal part, and PGD ends
+  a little short (see `attacks.pgd`)."""
+  d = np.array([.1, .2])
+  _, w, x = linear_problem(d, seed=4)
+  r = pgd.PGDAttack(toy_target(w), 'pgd_l2', eps=.3, steps=60, restarts=3,
+                    zero_start=zero_start)(x, np.zeros(2, np.int64), seed=0)
+  a = (r.adversarial.reshape(2, -1) - .5) @ w
+  s = 1. / (1. + np.exp(-a))
+  np.testing.assert_allclose(r.margin, 2. * s - 1., rtol=1e-4, atol=1e-6)
+  best = d - .3
+  if zero_start:
+    np.testing.assert_allclose(a, best, atol=1e-4)
+  else:
+    assert (a > best).all() and (a < best + .3 * .05).all()
+
+
+@pytest.mark.parametrize('name', ['PriL', 'PriK'])
+def test_pgd_minimal_norm_finds_the_closed_form_distance(name):
+  """Ceiling .5: the samples within it get L2 within the search's
+  resolution .5 / 2^10 above d; the one beyond fails; the clean error
+  comes back clean at L2 0."""
+  d = np.array([.05, .17, .33, .6, -.1])
+  _, w, x = linear_problem(d, seed=5)
+  attack = pgd.PGDAttack(toy_target(w, name), 'pgd_l2_min', eps=.5, steps=40,
+                         search_steps=10)
+  calls = []
+  r = attack(x, np.zeros(len(d), np.int64), seed=2,
+             callback=lambda i, n: calls.append((i, n)))
+  assert calls == [(i, 11) for i in range(11)]
+  np.testing.assert_array_equal(r.success, [True, True, True, False, True])
+  assert (r.l2[:3] >= d[:3] - 1e-5).all()
+  assert (r.l2[:3] <= d[:3] + .5 / 2 ** 10).all()
+  assert np.isinf(r.l2[3]) and r.l2[4] == 0.
+  np.testing.assert_array_equal(r.adversarial[4], x[4])
+  a = (r.adversarial[:3].reshape(3, -1) - .5) @ w
+  assert (a < 0).all()
+
+
+def test_pgd_config_errors():
+  with pytest.raises(ValueError, match='eps must be a positive number'):
+    pgd.get_config('pgd_l2', eps=0.)
+  with pytest.raises(ValueError, match='eps must be a positive number'):
+    pgd.get_config('pgd_l2', eps=-1.)
+  with pytest.raises(ValueError, match='steps must be a positive integer'):
+    pgd.get_config('pgd_l2', steps=0)
+  with pytest.raises(ValueError, match='Unknown PGD preset'):
+    pgd.get_config('pgd_linf')
+  with pytest.raises(ValueError, match='Unknown PGD setting'):
+    pgd.get_config('pgd_l2', learning_rate=1.)
+  with pytest.raises(ValueError, match='search_steps must be an integer >= 0'):
+    pgd.get_config('pgd_l2_min', search_steps=-1)
+  assert pgd.PRESETS['pgd_l2'].steps == 100
+  assert pgd.PRESETS['pgd_l2'].restarts == 5
+
+
+def test_random_start_lies_in_the_ball_and_the_box():
+  rng = tf.random.Generator.from_seed(0)
+  x = tf.constant(np.full((200, 4, 4, 1), .5, np.float32))
+  eps = tf.fill([200], .3)
+  start = pgd.random_start(rng, x, eps).numpy()
+  norms = np.linalg.norm((start - .5).reshape(200, -1), axis=1)
+  assert norms.max() <= .3 + 1e-6
+  # Uniform in 16 dimensions: P(radius < .8 eps) = .8^16 ~ 3 %.
+  assert .75 * .3 < np.median(norms) < .3
+  # A corner pixel at 0 is clipped back into the box.
+  y = pgd.project(tf.constant(-np.ones((1, 2, 2, 1), np.float32)),
+                  tf.zeros([1, 2, 2, 1]), tf.constant([1.])).numpy()
+  np.testing.assert_array_equal(y, np.zeros((1, 2, 2, 1)))
+  z = pgd.project(tf.constant(np.full((1, 2, 2, 1), .9, np.float32)),
+                  tf.fill([1, 2, 2, 1], .5), tf.constant([.4])).numpy()
+  np.testing.assert_allclose(z, np.full((1, 2, 2, 1), .7), rtol=1e-6)
+
+
+# --- worst case --------------------------------------------------------------
+
+def test_worst_case_merge_of_known_arrays():
+  inf = np.inf
+  merged = worst_case.merge({
+      'capsule': [0., 1.5, inf, 2.0, inf, 3.0],
+      'pgd_l2': [0., 2.5, 1.0, 2.0, inf, inf],
+      'margin_cw': [0., 1.7, 4.0, 0.5, inf, inf]})
+  np.testing.assert_array_equal(merged.l2, [0., 1.5, 1.0, .5, inf, 3.0])
+  np.testing.assert_array_equal(merged.winner, [0, 0, 1, 2, -1, 0])
+  assert merged.names == ('capsule', 'pgd_l2', 'margin_cw')
+  assert merged.wins() == dict(capsule=3, pgd_l2=1, margin_cw=1)
+  with pytest.raises(ValueError, match='expected amounts of shape'):
+    worst_case.merge({'a': [1., 2.], 'b': [1.]})
+  with pytest.raises(ValueError, match='no NaN'):
+    worst_case.merge({'a': [1., np.nan]})
+  with pytest.raises(ValueError, match='at least one'):
+    worst_case.merge({})
