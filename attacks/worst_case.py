@@ -20,6 +20,9 @@ from typing import Dict, Mapping, Tuple
 
 import numpy as np
 
+from attacks.protocol import accuracy_at
+from attacks.protocol import summarize as summarize_amounts
+
 
 @dataclasses.dataclass(frozen=True)
 class WorstCase:
@@ -55,3 +58,50 @@ def merge(amounts: Mapping[str, np.ndarray]) -> WorstCase:
   l2 = stacked.min(axis=0)
   return WorstCase(l2=l2, winner=np.where(np.isinf(l2), -1, winner),
                    names=names)
+
+
+def strongest_by_threshold(amounts: Mapping[str, np.ndarray],
+                           thresholds) -> str:
+  """Which attack leaves the lowest accuracy, threshold by threshold, as
+  runs 'a-b name' joined by '; ' ('tie' where the lowest is shared)."""
+  names = tuple(amounts)
+  curves = np.array([[accuracy_at(amounts[n], t) for t in thresholds]
+                     for n in names])
+  lowest = curves.min(axis=0)
+  shared = (curves == lowest).sum(axis=0) > 1
+  who = [('tie' if shared[i] else names[int(np.argmin(curves[:, i]))])
+         for i in range(len(thresholds))]
+  runs, start = [], 0
+  for i in range(1, len(who) + 1):
+    if i == len(who) or who[i] != who[start]:
+      runs.append(f'{thresholds[start]:g}-{thresholds[i - 1]:g} {who[start]}')
+      start = i
+  return '; '.join(runs)
+
+
+def summarize(merged: WorstCase, amounts: Mapping[str, np.ndarray],
+              clean_correct, threshold: float, max_threshold: float) -> dict:
+  """The numbers of `worst_case.json`: the worst case's protocol summary
+  (`attacks.protocol.summarize`), each attack's accuracy at the threshold
+  and its wins, the strongest attack at the threshold and along the curve,
+  and on how many samples each later attack needs less than the first (the
+  paper's attack when it is listed first)."""
+  summary = summarize_amounts(merged.l2, clean_correct, threshold)
+  first = merged.names[0]
+  for name in merged.names:
+    summary[f'{name}_accuracy_at_threshold'] = accuracy_at(amounts[name],
+                                                           threshold)
+  for name, wins in merged.wins().items():
+    summary[f'{name}_wins'] = wins
+  at_t = {n: summary[f'{n}_accuracy_at_threshold'] for n in merged.names}
+  lowest = min(at_t.values())
+  strongest = [n for n in merged.names if at_t[n] == lowest]
+  summary['strongest_at_threshold'] = (
+      strongest[0] if len(strongest) == 1 else 'tie: ' + ', '.join(strongest))
+  grid = np.round(np.arange(int(round(max_threshold / .25)) + 1) * .25, 10)
+  summary['strongest_by_threshold'] = strongest_by_threshold(amounts, grid)
+  for name in merged.names[1:]:
+    smaller = np.asarray(amounts[name], np.float64) < np.asarray(
+        amounts[first], np.float64)
+    summary[f'{name}_smaller_than_{first}'] = int(smaller.sum())
+  return summary

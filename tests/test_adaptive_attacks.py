@@ -9,17 +9,23 @@ flips an image at distance d = a / ||w|| from the boundary is d (its
 projection stays inside the box in `linear_problem`).
 """
 
+import dataclasses
+import json
+import os
+import subprocess
+import sys
 import types
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from attacks import classifiers, margins, pgd, worst_case
-from scae_tf import configs
+from attacks import classifiers, margins, pgd, pipeline, worst_case
+from conftest import data_path
+from scae_tf import checkpoints, configs, loading
 from scae_tf.kmeans import KMeansClassifier
 from scae_tf.model import SCAE
-from test_attacks import ToyConfig, linear_problem
+from test_attacks import REPO, ToyConfig, linear_problem
 
 
 class LinearProbeToy:
@@ -259,3 +265,120 @@ def test_worst_case_merge_of_known_arrays():
     worst_case.merge({'a': [1., np.nan]})
   with pytest.raises(ValueError, match='at least one'):
     worst_case.merge({})
+
+
+def test_worst_case_summary_of_known_arrays():
+  inf = np.inf
+  amounts = dict(capsule=np.array([0., 1.5, inf, 2.0, inf, 3.0]),
+                 pgd_l2=np.array([0., 2.5, 1.0, 2.0, inf, inf]))
+  merged = worst_case.merge(amounts)
+  s = worst_case.summarize(merged, amounts, amounts['capsule'] > 0, 2.,
+                           max_threshold=3.)
+  # Worst case [0, 1.5, 1, 2, inf, 3]: > 2 for two of six samples.
+  assert s['accuracy_at_threshold'] == pytest.approx(2 / 6)
+  assert s['capsule_accuracy_at_threshold'] == pytest.approx(3 / 6)
+  assert s['pgd_l2_accuracy_at_threshold'] == pytest.approx(3 / 6)
+  assert s['strongest_at_threshold'] == 'tie: capsule, pgd_l2'
+  # Ties (samples 0 and 3) go to the first attack; sample 4 to none.
+  assert (s['capsule_wins'], s['pgd_l2_wins']) == (4, 1)
+  assert s['pgd_l2_smaller_than_capsule'] == 1
+  # Accuracies (capsule, pgd): t < 1: (5/6, 5/6); 1 <= t < 1.5: (5/6, 4/6);
+  # 1.5 <= t < 2: (4/6, 4/6); 2 <= t < 2.5: (3/6, 3/6); 2.5 <= t < 3:
+  # (3/6, 2/6); t = 3: (2/6, 2/6).
+  assert s['strongest_by_threshold'] == (
+      '0-0.75 tie; 1-1.25 pgd_l2; 1.5-2.25 tie; 2.5-2.75 pgd_l2; 3-3 tie')
+
+
+# --- run/attack.py -----------------------------------------------------------
+
+@pytest.mark.parametrize('settings,error', [
+    (dict(attack='pgd_linf'), "unknown attack='pgd_linf'"),
+    (dict(attack='margin_cw'), 'not built yet'),
+    (dict(attack='pgd_l2', eps=0.), 'eps must be a positive number'),
+    (dict(attack='all', eps=-4.), 'eps must be a positive number'),
+    (dict(attack='capsule', eps=float('nan')), 'eps must be a positive'),
+    (dict(attack='pgd_l2', pgd_overrides=dict(steps=0)),
+     'steps must be a positive integer'),
+    (dict(attack='pgd_l2', pgd_preset='pgd_linf'), 'Unknown PGD preset'),
+])
+def test_bad_attack_settings_fail_before_the_model_loads(tmp_path, settings,
+                                                         error):
+  out = tmp_path / 'out'
+  with pytest.raises(ValueError, match=error):
+    pipeline.attack_checkpoint(str(tmp_path / 'no_checkpoint'), 'PosK',
+                               out_dir=str(out), progress=False, **settings)
+  assert not out.exists()
+
+
+def test_the_script_refuses_an_unknown_attack_with_one_line(tmp_path):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', PYTHONPATH=os.pathsep.join(
+      filter(None, (REPO, os.environ.get('PYTHONPATH')))))
+  done = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'run', 'attack.py'),
+       f'--checkpoint={tmp_path}', '--attack=fgsm',
+       f'--out_dir={tmp_path / "out"}'],
+      env=env, capture_output=True, text=True, timeout=300, check=False)
+  assert done.returncode == 1
+  assert done.stderr.strip().splitlines()[-1] == (
+      "error: unknown attack='fgsm'; expected one of capsule, pgd_l2, all.")
+  assert not (tmp_path / 'out').exists()
+
+
+def test_pgd_settings_of_a_run():
+  fixed = pipeline.pgd_config('pgd_l2', None, 5., seed=3)
+  assert (fixed.eps, fixed.seed, fixed.search_steps) == (5., 3, 0)
+  search = pipeline.pgd_config('pgd_l2_min', None, 5., seed=0)
+  assert search.eps == pgd.PRESETS['pgd_l2_min'].eps
+  assert pipeline.pgd_config('pgd_l2_min', 7., 5., 0, dict(steps=3)) == \
+      dataclasses.replace(pgd.PRESETS['pgd_l2_min'], eps=7., steps=3)
+
+
+def _tiny_checkpoint(tmp_path):
+  tf.random.set_seed(0)
+  return checkpoints.save_tf2_checkpoint(
+      SCAE(configs.tiny_config(canvas_size=40)), str(tmp_path / 'tiny'))
+
+
+def test_kmeans_pgd_without_a_fitted_kmeans_fails_before_attacking(tmp_path):
+  _tiny_checkpoint(tmp_path)
+  out = tmp_path / 'out'
+  with pytest.raises(FileNotFoundError, match='run run/evaluate.py'):
+    pipeline.attack_checkpoint(
+        str(tmp_path), 'PriK', attack='pgd_l2', dataset='mnist',
+        data_dir=str(data_path('mnist')), num_samples=2, out_dir=str(out),
+        progress=False)
+  assert not out.exists()
+
+
+def test_attack_all_runs_both_on_the_same_samples_and_merges(tmp_path):
+  prefix = _tiny_checkpoint(tmp_path)
+  KMeansClassifier(np.eye(3, dtype=np.float32), 'cosine', 'posterior',
+                   [3, 1, 7]).save(loading.kmeans_path(prefix, 'posterior'))
+  out = tmp_path / 'all'
+  result = pipeline.attack_checkpoint(
+      str(tmp_path), 'PosK', attack='all', dataset='mnist',
+      data_dir=str(data_path('mnist')), num_samples=4, batch_size=2,
+      overrides=dict(outer_iterations=1, inner_iterations=2),
+      pgd_overrides=dict(steps=2, search_steps=1), out_dir=str(out),
+      progress=False)
+  assert sorted(result['runs']) == ['capsule', 'pgd_l2']
+  pgd_settings = result['runs']['pgd_l2']['settings']
+  assert pgd_settings['attack_name'] == 'pgd_l2'
+  assert pgd_settings['attack']['steps'] == 2
+  assert 'attack_name' not in result['runs']['capsule']['settings']
+  amounts = {}
+  for name in ('capsule', 'pgd_l2'):
+    with np.load(out / name / 'l2.npz') as z:
+      amounts[name] = z['perturbation']
+      indices = z['indices']
+  with np.load(out / 'worst_case.npz') as z:
+    np.testing.assert_array_equal(z['indices'], indices)
+    np.testing.assert_array_equal(
+        z['perturbation'], np.minimum(amounts['capsule'], amounts['pgd_l2']))
+    np.testing.assert_array_equal(z['perturbation_pgd_l2'],
+                                  amounts['pgd_l2'])
+  assert result['summary']['num_samples'] == 4
+  assert (out / 'accuracy_vs_l2.png').exists()
+  with open(out / 'worst_case.json') as f:
+    saved = json.load(f)
+  assert saved['summary'] == json.loads(json.dumps(result['summary']))
