@@ -212,6 +212,39 @@ def test_pgd_minimal_norm_finds_the_closed_form_distance(name):
   assert (a < 0).all()
 
 
+class SaturatingMargin:
+  """A margin target on 4 x 4 images: a = <w, x - .5> with w = 1/4
+  everywhere (a unit vector), margin max(a, -.005) for label 0: its
+  gradient vanishes once a <= -.005, so PGD stays at the first point that
+  far past the boundary, inside the ball when the steps are long."""
+  name = 'saturating'
+  image_shape = (4, 4, 1)
+  num_classes = 2
+  w = np.full(16, .25)
+
+  def __call__(self, images, labels):
+    del labels  # all 0 here
+    a = tf.reduce_sum(images - .5, [1, 2, 3]) * .25
+    return tf.maximum(a, -.005), tf.cast(a <= 0, tf.int64)
+
+
+def test_minimal_norm_reports_the_l2_of_the_image_it_returns():
+  """The search's L2 is that of the kept image, not the budget it was
+  found at. d = .1 and .3, ceiling 1, 5 steps of 2.5 * eps / 5 = eps / 2,
+  from the clean image along -w: at eps 1 both stop after one step, at
+  L2 .5. The search's round at eps .25 stops d = .1 after one step, at
+  .125, and leaves d = .3 on the sphere at a = .05, a failure."""
+  d = np.array([.1, .3])
+  x = (.5 + d[:, None] * SaturatingMargin.w).reshape(2, 4, 4, 1)
+  r = pgd.PGDAttack(SaturatingMargin(), 'pgd_l2_min', eps=1., steps=5,
+                    search_steps=1)(x.astype(np.float32),
+                                    np.zeros(2, np.int64))
+  assert r.success.all()
+  np.testing.assert_allclose(r.l2, [.125, .5], rtol=1e-5)
+  norms = np.linalg.norm((r.adversarial - x).reshape(2, -1), axis=1)
+  np.testing.assert_allclose(r.l2, norms, rtol=1e-5)
+
+
 def test_pgd_config_errors():
   with pytest.raises(ValueError, match='eps must be a positive number'):
     pgd.get_config('pgd_l2', eps=0.)
