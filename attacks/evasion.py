@@ -242,11 +242,11 @@ class CapsuleAttack:
                   p):
     """One outer iteration from p = p'_0: inner_iterations optimiser steps.
     Returns (best_l2 [B], best_img [B,H,W,C], hit [B] bool)."""
-    cfg, clf, opt = self.config, self.classifier, self._optimizer
+    cfg, opt = self.config, self._optimizer
 
     def forward(p):
       x_adv = objectives.adversarial_images(w, mask, p)
-      features, pred = clf(x_adv)
+      features, pred = self._features(x_adv, target)
       return x_adv, features, pred, objectives.perturbation_loss(x_adv, x)
 
     def record(active, x_adv, pred, p_loss, hit, best_l2, best_img):
@@ -266,8 +266,7 @@ class CapsuleAttack:
       with tf.GradientTape() as tape:
         tape.watch(p)
         x_adv, features, pred, p_loss = forward(p)
-        c_loss = objectives.capsule_loss(features, subset, clf.feature_kind,
-                                         clf.n_part_caps, cfg.capsule_loss)
+        c_loss = self._attack_loss(features, subset)
         loss = objectives.total_loss(c_loss, p_loss, const,
                                      cfg.const_coupling)
       grad = tape.gradient(loss, p)
@@ -280,6 +279,19 @@ class CapsuleAttack:
     hit, best_l2, best_img = record(tf.constant(True), x_adv, pred, p_loss,
                                     hit, best_l2, best_img)
     return best_l2, best_img, hit
+
+  # Hooks of the loss, which `attacks.margin_cw` replaces.
+
+  def _features(self, x_adv, target):
+    """(what the attack loss reads, predictions [B]) at x_adv."""
+    del target  # the capsule loss does not depend on the label
+    return self.classifier(x_adv)
+
+  def _attack_loss(self, features, subset):
+    """[B] the loss weighted by alpha: the capsule loss."""
+    clf = self.classifier
+    return objectives.capsule_loss(features, subset, clf.feature_kind,
+                                   clf.n_part_caps, self.config.capsule_loss)
 
   def in_graph(self, images, labels, rng: tf.random.Generator):
     """The whole attack as traceable TF ops, for use inside a compiled

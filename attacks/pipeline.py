@@ -84,7 +84,9 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
       time; the seed draws them and seeds the attack.
     preset, overrides: `attacks.evasion.get_config(preset, **overrides)`.
     attack: 'capsule' (the paper's), 'pgd_l2' (`attacks.pgd` on the
-      classifier's margin) or 'all' (each on the same samples, in
+      classifier's margin), 'margin_cw' (`attacks.margin_cw`: the paper's
+      search on the margin, preset 'margin_cw' with `overrides` applied
+      as to the capsule attack's) or 'all' (each on the same samples, in
       `<out_dir>/<attack>/`, and their per-sample worst case in `out_dir`,
       `write_worst_case`).
     pgd_preset, eps, pgd_overrides: `attacks.pgd.get_config(pgd_preset,
@@ -110,7 +112,7 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
   """
   # Imported here: the reports alone need neither TensorFlow nor a model.
   # pylint: disable=g-import-not-at-top
-  from attacks import classifiers, evasion, pgd
+  from attacks import classifiers, evasion, margin_cw, pgd
   from attacks import settings as settings_lib
   from scae_tf import data, loading
   from scae_tf import kmeans as kmeans_lib
@@ -133,11 +135,15 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
   if 'capsule' in names:
     attack_configs['capsule'] = evasion.get_config(preset, seed=seed,
                                                    **(overrides or {}))
+  if 'margin_cw' in names:
+    attack_configs['margin_cw'] = margin_cw.get_config(seed=seed,
+                                                       **(overrides or {}))
   if 'pgd_l2' in names:
     attack_configs['pgd_l2'] = pgd_config(pgd_preset, eps, threshold, seed,
                                           pgd_overrides)
-  label = dict(capsule=preset, pgd_l2=pgd_preset, all='all')[attack]
-  out_dir = out_dir or default_out_dir(dataset, name, label)
+  presets = dict(capsule=preset, pgd_l2=pgd_preset, margin_cw='margin_cw',
+                 all='all')
+  out_dir = out_dir or default_out_dir(dataset, name, presets[attack])
 
   # Attacks run without noise: with it, every forward pass would draw anew.
   loaded = loading.load_model(checkpoint, config, dataset=dataset)
@@ -157,8 +163,9 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
     kmeans_lib.check_fitted_on(kmeans_clf, kmeans, prefix, dataset,
                                preprocess, allow_kmeans_mismatch, log)
   target = classifiers.make_classifier(loaded.model, name, kmeans_clf)
-  attacks = {n: (evasion.CapsuleAttack if n == 'capsule' else pgd.PGDAttack)(
-      target, attack_configs[n]) for n in names}
+  kinds = dict(capsule=evasion.CapsuleAttack, pgd_l2=pgd.PGDAttack,
+               margin_cw=margin_cw.MarginCWAttack)
+  attacks = {n: kinds[n](target, attack_configs[n]) for n in names}
 
   images_u8, labels = data.load_dataset(dataset, split, data_dir)
   if num_samples > len(images_u8):
@@ -181,7 +188,7 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
   def run(n, folder):
     # The capsule attack's settings are those of runs before PGD existed,
     # so that they resume.
-    settings = dict(common, preset=preset if n == 'capsule' else pgd_preset,
+    settings = dict(common, preset=presets[n],
                     attack=dataclasses.asdict(attack_configs[n]))
     if n != 'capsule':
       settings['attack_name'] = n
@@ -209,18 +216,16 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
   return dict(summary=summary, runs=runs, out_dir=out_dir)
 
 
-ATTACKS = ('capsule', 'pgd_l2', 'all')
-#: Named in issue 13, not built yet.
-PLANNED_ATTACKS = ('margin_cw',)
+#: The paper's attack first: the worst case counts the samples where each
+#: other attack needs less than it.
+SINGLE_ATTACKS = ('capsule', 'pgd_l2', 'margin_cw')
+ATTACKS = SINGLE_ATTACKS + ('all',)
 
 
 def attack_names(attack: str) -> Tuple[str, ...]:
   """The attacks that `attack` runs; UsageError for an unknown name."""
-  if attack in PLANNED_ATTACKS:
-    raise cli.UsageError(f'attack={attack!r} is not built yet (issue 13); '
-                         f'expected one of {", ".join(ATTACKS)}.')
   cli.check_choice('attack', attack, ATTACKS)
-  return ('capsule', 'pgd_l2') if attack == 'all' else (attack,)
+  return SINGLE_ATTACKS if attack == 'all' else (attack,)
 
 
 def pgd_config(preset: str, eps: Optional[float], threshold: float,

@@ -27,7 +27,9 @@ paper's, MNIST test / Fashion-MNIST train) are attacked with --preset
 --attack: capsule (the paper's attack, --preset), pgd_l2 (PGD-L2 on the
 classifier's margin, --pgd_preset: pgd_l2_min searches the smallest budget
 per sample below --eps, default 10, and gives a curve; pgd_l2 attacks at
-the budget --eps, default the threshold) or all (both on the same samples,
+the budget --eps, default the threshold), margin_cw (the paper's search on
+the classifier's margin, C&W style; the flags after --preset override its
+settings too) or all (all three on the same samples,
 each in <out_dir>/<attack>/, and their per-sample worst case in --out_dir:
 worst_case.npz / .json / .md and one accuracy_vs_l2.png with every curve).
 
@@ -76,7 +78,8 @@ flags.DEFINE_string('const_coupling', None, 'Override: batch (fork) or '
                     'example.')
 flags.DEFINE_string('success', None, 'Override: label (fork) or '
                     'clean_prediction (paper).')
-flags.DEFINE_string('attack', 'capsule', 'capsule, pgd_l2 or all.')
+flags.DEFINE_string('attack', 'capsule', 'capsule, pgd_l2, margin_cw or '
+                    'all.')
 flags.DEFINE_string('pgd_preset', 'pgd_l2_min', 'PGD preset '
                     '(attacks.pgd.PRESETS): pgd_l2_min or pgd_l2.')
 flags.DEFINE_float('eps', None, 'PGD budget (pgd_l2) or search ceiling '

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from attacks import classifiers, margins, pgd, pipeline, worst_case
+from attacks import classifiers, margin_cw, margins, pgd, pipeline
+from attacks import worst_case
 from conftest import data_path
 from scae_tf import checkpoints, configs, loading
 from scae_tf.kmeans import KMeansClassifier
@@ -245,6 +246,36 @@ def test_minimal_norm_reports_the_l2_of_the_image_it_returns():
   np.testing.assert_allclose(r.l2, norms, rtol=1e-5)
 
 
+# --- margin C&W --------------------------------------------------------------
+
+@pytest.mark.parametrize('name', ['PriL', 'PriK'])
+def test_margin_cw_finds_the_closed_form_minimum(name):
+  """The paper's search on the margin: L2 within 1 % of d (never below),
+  along -w; the clean error (d < 0) succeeds too."""
+  d = np.array([.1, .2, .3, -.05])
+  _, w, x = linear_problem(d, seed=7)
+  attack = margin_cw.MarginCWAttack(toy_target(w, name), learning_rate=.01,
+                                    outer_iterations=12)
+  r = attack(x, np.zeros(4, np.int64), seed=0)
+  assert r.success.all()
+  assert (r.l2[:3] >= d[:3] * (1 - 1e-4)).all()
+  np.testing.assert_allclose(r.l2[:3], d[:3], rtol=1e-2)
+  delta = (r.adversarial[:3] - x[:3]).reshape(3, -1)
+  assert (-(delta @ w) / np.linalg.norm(delta, axis=1) > .99).all()
+
+
+def test_margin_cw_preset_and_errors():
+  config = margin_cw.get_config()
+  assert (config.use_mask, config.const_coupling, config.const_init) == (
+      False, 'example', 1.)
+  with pytest.raises(ValueError, match='Unknown margin_cw preset'):
+    margin_cw.get_config('paper_eval')
+  model = types.SimpleNamespace(config=ToyConfig(),
+                                capsule_features=lambda x, kind: None)
+  with pytest.raises(ValueError, match='no posterior linear probe'):
+    margin_cw.MarginCWAttack(classifiers.make_classifier(model, 'PosL'))
+
+
 def test_pgd_config_errors():
   with pytest.raises(ValueError, match='eps must be a positive number'):
     pgd.get_config('pgd_l2', eps=0.)
@@ -326,7 +357,6 @@ def test_worst_case_summary_of_known_arrays():
 
 @pytest.mark.parametrize('settings,error', [
     (dict(attack='pgd_linf'), "unknown attack='pgd_linf'"),
-    (dict(attack='margin_cw'), 'not built yet'),
     (dict(attack='pgd_l2', eps=0.), 'eps must be a positive number'),
     (dict(attack='all', eps=-4.), 'eps must be a positive number'),
     (dict(attack='capsule', eps=float('nan')), 'eps must be a positive'),
@@ -353,7 +383,8 @@ def test_the_script_refuses_an_unknown_attack_with_one_line(tmp_path):
       env=env, capture_output=True, text=True, timeout=300, check=False)
   assert done.returncode == 1
   assert done.stderr.strip().splitlines()[-1] == (
-      "error: unknown attack='fgsm'; expected one of capsule, pgd_l2, all.")
+      "error: unknown attack='fgsm'; expected one of capsule, pgd_l2, "
+      'margin_cw, all.')
   assert not (tmp_path / 'out').exists()
 
 
@@ -383,7 +414,7 @@ def test_kmeans_pgd_without_a_fitted_kmeans_fails_before_attacking(tmp_path):
   assert not out.exists()
 
 
-def test_attack_all_runs_both_on_the_same_samples_and_merges(tmp_path):
+def test_attack_all_runs_each_on_the_same_samples_and_merges(tmp_path):
   prefix = _tiny_checkpoint(tmp_path)
   KMeansClassifier(np.eye(3, dtype=np.float32), 'cosine', 'posterior',
                    [3, 1, 7]).save(loading.kmeans_path(prefix, 'posterior'))
@@ -394,23 +425,29 @@ def test_attack_all_runs_both_on_the_same_samples_and_merges(tmp_path):
       overrides=dict(outer_iterations=1, inner_iterations=2),
       pgd_overrides=dict(steps=2, search_steps=1), out_dir=str(out),
       progress=False)
-  assert sorted(result['runs']) == ['capsule', 'pgd_l2']
+  assert sorted(result['runs']) == ['capsule', 'margin_cw', 'pgd_l2']
   pgd_settings = result['runs']['pgd_l2']['settings']
   assert pgd_settings['attack_name'] == 'pgd_l2'
   assert pgd_settings['attack']['steps'] == 2
   assert 'attack_name' not in result['runs']['capsule']['settings']
+  cw_settings = result['runs']['margin_cw']['settings']
+  assert (cw_settings['preset'], cw_settings['attack']['inner_iterations'],
+          cw_settings['attack']['use_mask']) == ('margin_cw', 2, False)
   amounts = {}
-  for name in ('capsule', 'pgd_l2'):
+  for name in ('capsule', 'pgd_l2', 'margin_cw'):
     with np.load(out / name / 'l2.npz') as z:
       amounts[name] = z['perturbation']
       indices = z['indices']
   with np.load(out / 'worst_case.npz') as z:
     np.testing.assert_array_equal(z['indices'], indices)
     np.testing.assert_array_equal(
-        z['perturbation'], np.minimum(amounts['capsule'], amounts['pgd_l2']))
+        z['perturbation'], np.minimum.reduce(list(amounts.values())))
     np.testing.assert_array_equal(z['perturbation_pgd_l2'],
                                   amounts['pgd_l2'])
   assert result['summary']['num_samples'] == 4
+  for name in ('pgd_l2', 'margin_cw'):
+    assert result['summary'][f'{name}_smaller_than_capsule'] == int(
+        np.sum(amounts[name] < amounts['capsule']))
   assert (out / 'accuracy_vs_l2.png').exists()
   with open(out / 'worst_case.json') as f:
     saved = json.load(f)
