@@ -6,6 +6,11 @@
   attacks.evasion      CapsuleAttack, AttackConfig, PRESETS
   attacks.protocol     the defence code's robustness protocol and reports
   attacks.pipeline     a checkpoint's attack, start to finish (run/attack.py)
+  attacks.settings     checks and preset lookup shared by the attack configs
+  attacks.margins      margin losses of the deployed classifiers (issue 13)
+  attacks.pgd          PGD-L2 on those margins: fixed budget, minimal norm
+  attacks.margin_cw    the paper's search with the margin as loss (C&W L2)
+  attacks.worst_case   per-sample worst case over several attacks' L2
 
 Defaults follow the fork's `attack_opt.py`; the paper's wording is an
 option where the two differ:

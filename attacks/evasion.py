@@ -28,13 +28,13 @@ random start p'_0) with n + 1 forward passes instead of the fork's 2n.
 """
 
 import dataclasses
-import numbers
 from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
 
 from attacks import objectives
+from attacks import settings
 from attacks.classifiers import CapsuleClassifier, make_classifier
 from attacks.optimizers import OPTIMIZERS, make_optimizer
 
@@ -99,22 +99,12 @@ class AttackConfig:
                          f'{allowed}.')
     for name in ('outer_iterations', 'inner_iterations', 'mask_radius',
                  'mask_times'):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
-          or value < 1:
-        raise ValueError(f'{name} must be a positive integer, got {value!r}.')
+      settings.check_integer(name, getattr(self, name))
     for name in ('learning_rate', 'const_init'):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not (isinstance(value, numbers.Real)
-                                         and np.isfinite(value) and value > 0):
-        raise ValueError(f'{name} must be a positive number, got {value!r}.')
+      settings.check_positive_number(name, getattr(self, name))
 
   def replace(self, **changes) -> 'AttackConfig':
-    unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
-    if unknown:
-      raise ValueError(f'Unknown attack setting(s) {unknown}; known: '
-                       f'{[f.name for f in dataclasses.fields(self)]}.')
-    return dataclasses.replace(self, **changes)
+    return settings.replace_fields(self, 'attack', changes)
 
 
 #: The fork's `AttackerOPT.OptimizerConfigs` ([outer, inner, lr, optimizer]).
@@ -137,14 +127,8 @@ PRESETS = {
 
 def get_config(preset='paper_eval', **overrides) -> AttackConfig:
   """The named preset (or an AttackConfig) with `overrides` applied."""
-  if isinstance(preset, AttackConfig):
-    config = preset
-  elif isinstance(preset, str) and preset in PRESETS:
-    config = PRESETS[preset]
-  else:
-    raise ValueError(f'Unknown attack preset {preset!r}; expected one of '
-                     f'{", ".join(PRESETS)} or an AttackConfig.')
-  return config.replace(**overrides) if overrides else config
+  return settings.preset_config(PRESETS, preset, AttackConfig, 'attack',
+                                overrides)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,11 +242,11 @@ class CapsuleAttack:
                   p):
     """One outer iteration from p = p'_0: inner_iterations optimiser steps.
     Returns (best_l2 [B], best_img [B,H,W,C], hit [B] bool)."""
-    cfg, clf, opt = self.config, self.classifier, self._optimizer
+    cfg, opt = self.config, self._optimizer
 
     def forward(p):
       x_adv = objectives.adversarial_images(w, mask, p)
-      features, pred = clf(x_adv)
+      features, pred = self._features(x_adv, target)
       return x_adv, features, pred, objectives.perturbation_loss(x_adv, x)
 
     def record(active, x_adv, pred, p_loss, hit, best_l2, best_img):
@@ -282,8 +266,7 @@ class CapsuleAttack:
       with tf.GradientTape() as tape:
         tape.watch(p)
         x_adv, features, pred, p_loss = forward(p)
-        c_loss = objectives.capsule_loss(features, subset, clf.feature_kind,
-                                         clf.n_part_caps, cfg.capsule_loss)
+        c_loss = self._attack_loss(features, subset)
         loss = objectives.total_loss(c_loss, p_loss, const,
                                      cfg.const_coupling)
       grad = tape.gradient(loss, p)
@@ -296,6 +279,19 @@ class CapsuleAttack:
     hit, best_l2, best_img = record(tf.constant(True), x_adv, pred, p_loss,
                                     hit, best_l2, best_img)
     return best_l2, best_img, hit
+
+  # Hooks of the loss, which `attacks.margin_cw` replaces.
+
+  def _features(self, x_adv, target):
+    """(what the attack loss reads, predictions [B]) at x_adv."""
+    del target  # the capsule loss does not depend on the label
+    return self.classifier(x_adv)
+
+  def _attack_loss(self, features, subset):
+    """[B] the loss weighted by alpha: the capsule loss."""
+    clf = self.classifier
+    return objectives.capsule_loss(features, subset, clf.feature_kind,
+                                   clf.n_part_caps, self.config.capsule_loss)
 
   def in_graph(self, images, labels, rng: tf.random.Generator):
     """The whole attack as traceable TF ops, for use inside a compiled

@@ -27,6 +27,8 @@ import os
 import time
 from typing import Callable, Optional, Sequence, Tuple
 
+import numpy as np
+
 from attacks import protocol
 from scae_tf import cli
 from scae_tf import files
@@ -57,6 +59,9 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
                       batch_size: int = 100, seed: int = 0,
                       preset: str = 'paper_eval',
                       overrides: Optional[dict] = None,
+                      attack: str = 'capsule', pgd_preset: str = 'pgd_l2_min',
+                      eps: Optional[float] = None,
+                      pgd_overrides: Optional[dict] = None,
                       out_dir: Optional[str] = None, overwrite: bool = False,
                       threshold: Optional[float] = None,
                       plot_max: Optional[float] = None,
@@ -78,7 +83,17 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
     num_samples, batch_size, seed: random samples, attacked this many at a
       time; the seed draws them and seeds the attack.
     preset, overrides: `attacks.evasion.get_config(preset, **overrides)`.
-    out_dir: default `default_out_dir(dataset, classifier, preset)`.
+    attack: 'capsule' (the paper's), 'pgd_l2' (`attacks.pgd` on the
+      classifier's margin), 'margin_cw' (`attacks.margin_cw`: the paper's
+      search on the margin, preset 'margin_cw' with `overrides` applied
+      as to the capsule attack's) or 'all' (each on the same samples, in
+      `<out_dir>/<attack>/`, and their per-sample worst case in `out_dir`,
+      `write_worst_case`).
+    pgd_preset, eps, pgd_overrides: `attacks.pgd.get_config(pgd_preset,
+      eps=eps, **pgd_overrides)`; eps defaults to the threshold for a
+      fixed-budget preset, to the preset's search ceiling for `pgd_l2_min`.
+    out_dir: default `default_out_dir(dataset, classifier, preset)` (the
+      PGD preset's name for pgd_l2, 'all' for all).
     overwrite: restart: remove every output of the run in `out_dir` first
       (`protocol.remove_outputs`).
     threshold, plot_max: see `thresholds`.
@@ -87,12 +102,18 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
 
   Returns:
     dict(summary=the protocol summary, settings=the run's settings,
-    out_dir=the output folder).
+    out_dir=the output folder); for 'all', summary is the worst case's
+    (`attacks.worst_case.summarize`), and runs maps each attack to its
+    own dict.
+
+  Bad settings (an unknown attack, eps <= 0, a PGD setting out of range)
+  raise before the model is loaded; a k-means target without its k-means
+  file before any attack.
   """
   # Imported here: the reports alone need neither TensorFlow nor a model.
   # pylint: disable=g-import-not-at-top
-  import numpy as np
-  from attacks import classifiers, evasion
+  from attacks import classifiers, evasion, margin_cw, pgd
+  from attacks import settings as settings_lib
   from scae_tf import data, loading
   from scae_tf import kmeans as kmeans_lib
   from scae_tf.kmeans import KMeansClassifier
@@ -105,10 +126,24 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
   cli.check_positive('num_samples', num_samples)
   cli.check_positive('batch_size', batch_size)
   name = classifiers.classifier_name(classifier)
-  attack_config = evasion.get_config(preset, seed=seed, **(overrides or {}))
+  names = attack_names(attack)
+  if eps is not None:
+    settings_lib.check_positive_number('eps', eps)
   split = split or protocol.DEFAULT_SPLITS[dataset]
   threshold, t_max = thresholds(dataset, threshold, plot_max)
-  out_dir = out_dir or default_out_dir(dataset, name, preset)
+  attack_configs = {}
+  if 'capsule' in names:
+    attack_configs['capsule'] = evasion.get_config(preset, seed=seed,
+                                                   **(overrides or {}))
+  if 'margin_cw' in names:
+    attack_configs['margin_cw'] = margin_cw.get_config(seed=seed,
+                                                       **(overrides or {}))
+  if 'pgd_l2' in names:
+    attack_configs['pgd_l2'] = pgd_config(pgd_preset, eps, threshold, seed,
+                                          pgd_overrides)
+  presets = dict(capsule=preset, pgd_l2=pgd_preset, margin_cw='margin_cw',
+                 all='all')
+  out_dir = out_dir or default_out_dir(dataset, name, presets[attack])
 
   # Attacks run without noise: with it, every forward pass would draw anew.
   loaded = loading.load_model(checkpoint, config, dataset=dataset)
@@ -127,9 +162,10 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
           'the checkpoint or pass --kmeans.')
     kmeans_lib.check_fitted_on(kmeans_clf, kmeans, prefix, dataset,
                                preprocess, allow_kmeans_mismatch, log)
-  attack = evasion.CapsuleAttack(
-      classifiers.make_classifier(loaded.model, name, kmeans_clf),
-      attack_config)
+  target = classifiers.make_classifier(loaded.model, name, kmeans_clf)
+  kinds = dict(capsule=evasion.CapsuleAttack, pgd_l2=pgd.PGDAttack,
+               margin_cw=margin_cw.MarginCWAttack)
+  attacks = {n: kinds[n](target, attack_configs[n]) for n in names}
 
   images_u8, labels = data.load_dataset(dataset, split, data_dir)
   if num_samples > len(images_u8):
@@ -142,26 +178,103 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
                            canvas_size=config.canvas_size)
 
   # Compared with the saved ones when a run resumes: keep their values.
-  settings = dict(
+  common = dict(
       checkpoint=os.path.abspath(prefix), checkpoint_format=loaded.format,
       config=config.name, classifier=name,
       kmeans=os.path.abspath(kmeans) if kmeans_clf else None,
       dataset=dataset, split=split, preprocess=preprocess,
-      num_samples=num_samples, batch_size=batch_size, seed=seed,
-      preset=preset, attack=dataclasses.asdict(attack_config))
-  lock = run_dir.lock_folder(out_dir)  # held until the attack returns
-  protocol.check_settings(out_dir, settings, overwrite)
-  log(f'checkpoint {prefix} ({loaded.format.upper()}, config {config.name}); '
-      f'{name}; {num_samples} samples of {dataset}/{split}; preset {preset}; '
-      f'out {out_dir}')
-  start = time.time()
-  results = protocol.run_protocol(
-      attack, images, labels[indices], out_dir, batch_size, seed,
-      indices=indices, threshold=threshold, progress=progress)
-  summary = protocol.write_outputs(out_dir, results, settings, threshold,
-                                   t_max)
-  log(f'done in {time.time() - start:.0f} s; results in {out_dir}')
-  return dict(summary=summary, settings=settings, out_dir=out_dir)
+      num_samples=num_samples, batch_size=batch_size, seed=seed)
+
+  def run(n, folder):
+    # The capsule attack's settings are those of runs before PGD existed,
+    # so that they resume.
+    settings = dict(common, preset=presets[n],
+                    attack=dataclasses.asdict(attack_configs[n]))
+    if n != 'capsule':
+      settings['attack_name'] = n
+    with run_dir.lock_folder(folder):
+      protocol.check_settings(folder, settings, overwrite)
+      log(f'checkpoint {prefix} ({loaded.format.upper()}, config '
+          f'{config.name}); {name}; {num_samples} samples of '
+          f'{dataset}/{split}; attack {n} ({settings["preset"]}); out '
+          f'{folder}')
+      start = time.time()
+      results = protocol.run_protocol(
+          attacks[n], images, labels[indices], folder, batch_size, seed,
+          indices=indices, threshold=threshold, progress=progress)
+      summary = protocol.write_outputs(folder, results, settings, threshold,
+                                       t_max)
+    log(f'done in {time.time() - start:.0f} s; results in {folder}')
+    return dict(summary=summary, settings=settings, out_dir=folder)
+
+  if attack != 'all':
+    return run(attack, out_dir)
+  with run_dir.lock_folder(out_dir):
+    runs = {n: run(n, os.path.join(out_dir, n)) for n in names}
+    summary = write_worst_case(out_dir, [runs[n]['out_dir'] for n in names],
+                               threshold, t_max)
+  return dict(summary=summary, runs=runs, out_dir=out_dir)
+
+
+#: The paper's attack first: the worst case counts the samples where each
+#: other attack needs less than it.
+SINGLE_ATTACKS = ('capsule', 'pgd_l2', 'margin_cw')
+ATTACKS = SINGLE_ATTACKS + ('all',)
+
+
+def attack_names(attack: str) -> Tuple[str, ...]:
+  """The attacks that `attack` runs; UsageError for an unknown name."""
+  cli.check_choice('attack', attack, ATTACKS)
+  return SINGLE_ATTACKS if attack == 'all' else (attack,)
+
+
+def pgd_config(preset: str, eps: Optional[float], threshold: float,
+               seed: int, overrides: Optional[dict] = None):
+  """The PGD settings of a run: eps given, else the threshold for a
+  fixed-budget preset (its robust accuracy there is the number to report),
+  else the preset's search ceiling."""
+  from attacks import pgd  # pylint: disable=g-import-not-at-top
+  config = pgd.get_config(preset, seed=seed, **(overrides or {}))
+  if eps is None and not config.search_steps:
+    eps = threshold
+  return config if eps is None else pgd.get_config(config, eps=eps)
+
+
+def write_worst_case(out_dir: str, folders: Sequence[str], threshold: float,
+                     max_threshold: float) -> dict:
+  """The per-sample worst case of finished runs on the same samples
+  (`attacks.worst_case`): worst_case.npz (the merged amounts, the index of
+  the attack that achieved each, every attack's amounts), worst_case.json,
+  worst_case.md, and accuracy_vs_l2.png with every attack's curve and the
+  worst case's. Returns the summary."""
+  from attacks import worst_case  # pylint: disable=g-import-not-at-top
+  amounts, runs = {}, []
+  for folder in folders:
+    arrays, settings = protocol.load_results(folder)
+    name = settings.get('attack_name', 'capsule')
+    if runs and not np.array_equal(arrays['indices'], runs[0][0]['indices']):
+      raise ValueError(f'{folder} attacked other samples than {folders[0]}.')
+    amounts[name] = arrays['perturbation']
+    runs.append((arrays, settings))
+  merged = worst_case.merge(amounts)
+  clean_correct = runs[0][0]['clean_correct']
+  summary = worst_case.summarize(merged, amounts, clean_correct, threshold,
+                                 max_threshold)
+  files.save_npz(os.path.join(out_dir, 'worst_case.npz'), dict(
+      perturbation=merged.l2, winner=merged.winner,
+      names=np.array(merged.names), indices=runs[0][0]['indices'],
+      clean_correct=clean_correct,
+      **{f'perturbation_{n}': a for n, a in amounts.items()}),
+                 compressed=True)
+  files.write_json(os.path.join(out_dir, 'worst_case.json'),
+                   dict(summary=summary, runs=list(folders)), sort_keys=True)
+  files.write_text(os.path.join(out_dir, 'worst_case.md'),
+                   protocol.markdown_table(summary))
+  curves = list(amounts.items()) + [('worst case', merged.l2)]
+  protocol.plot_accuracy_vs_l2(
+      curves, os.path.join(out_dir, 'accuracy_vs_l2.png'), max_threshold,
+      threshold, protocol.plot_title([s for _, s in runs]))
+  return summary
 
 
 def redraw_reports(out_dir: str, dataset: str = 'mnist',

@@ -5,6 +5,8 @@
   python run/attack.py --checkpoint=path/model.ckpt --classifier=PriL \\
       --dataset=fashion_mnist --num_samples=1000 --out_dir=results/f_pril
   python run/attack.py --plot_only --out_dir=results/f_pril
+  python run/attack.py --checkpoint=runs/mnist_teacher --classifier=PosK \
+      --attack=all --num_samples=200
   python run/attack.py --plot_only --compare=dirA,dirB --labels=SCAE,HAT \\
       --out_dir=results/compare
 
@@ -21,6 +23,15 @@ paper's, MNIST test / Fashion-MNIST train) are attacked with --preset
 --batch_size at a time. Finished batches are saved under
 <out_dir>/batches/ and skipped on a restart with the same settings;
 --overwrite restarts, removing every output of the previous run first.
+
+--attack: capsule (the paper's attack, --preset), pgd_l2 (PGD-L2 on the
+classifier's margin, --pgd_preset: pgd_l2_min searches the smallest budget
+per sample below --eps, default 10, and gives a curve; pgd_l2 attacks at
+the budget --eps, default the threshold), margin_cw (the paper's search on
+the classifier's margin, C&W style; the flags after --preset override its
+settings too) or all (all three on the same samples,
+each in <out_dir>/<attack>/, and their per-sample worst case in --out_dir:
+worst_case.npz / .json / .md and one accuracy_vs_l2.png with every curve).
 
 Writes to --out_dir: l2.npz (per-sample perturbation amount: 0 for clean
 errors, inf for failed attacks), adversarial.npz, summary.json, summary.md,
@@ -67,8 +78,20 @@ flags.DEFINE_string('const_coupling', None, 'Override: batch (fork) or '
                     'example.')
 flags.DEFINE_string('success', None, 'Override: label (fork) or '
                     'clean_prediction (paper).')
+flags.DEFINE_string('attack', 'capsule', 'capsule, pgd_l2, margin_cw or '
+                    'all.')
+flags.DEFINE_string('pgd_preset', 'pgd_l2_min', 'PGD preset '
+                    '(attacks.pgd.PRESETS): pgd_l2_min or pgd_l2.')
+flags.DEFINE_float('eps', None, 'PGD budget (pgd_l2) or search ceiling '
+                   '(pgd_l2_min); > 0.')
+flags.DEFINE_integer('pgd_steps', None, 'Override the PGD preset: steps.')
+flags.DEFINE_integer('pgd_restarts', None, 'Override the PGD preset: '
+                     'restarts.')
+flags.DEFINE_integer('search_steps', None, 'Override the PGD preset: '
+                     'binary-search rounds (0 = fixed budget).')
 flags.DEFINE_string('out_dir', None, 'Output folder; default: '
-                    'results/attack_<dataset>_<classifier>_<preset>.')
+                    'results/attack_<dataset>_<classifier>_<preset>, the '
+                    'PGD preset for pgd_l2, "all" for all.')
 flags.DEFINE_boolean('overwrite', False, 'Restart: first remove every '
                      'output of the run in --out_dir.')
 flags.DEFINE_float('threshold', None, 'L2 threshold of the summary; default: '
@@ -86,6 +109,8 @@ FLAGS = flags.FLAGS
 OVERRIDES = ('outer_iterations', 'inner_iterations', 'learning_rate',
              'const_init', 'optimizer', 'use_mask', 'subset', 'capsule_loss',
              'const_coupling', 'success')
+PGD_OVERRIDES = dict(pgd_steps='steps', pgd_restarts='restarts',
+                     search_steps='search_steps')
 
 
 def _check_flags():
@@ -120,6 +145,10 @@ def _run():
         seed=FLAGS.seed, preset=FLAGS.preset,
         overrides={k: getattr(FLAGS, k) for k in OVERRIDES
                    if getattr(FLAGS, k) is not None},
+        attack=FLAGS.attack, pgd_preset=FLAGS.pgd_preset, eps=FLAGS.eps,
+        pgd_overrides={field: getattr(FLAGS, flag)
+                       for flag, field in PGD_OVERRIDES.items()
+                       if getattr(FLAGS, flag) is not None},
         out_dir=FLAGS.out_dir, overwrite=FLAGS.overwrite,
         progress=FLAGS.progress, log=cli.log, **reports)['summary']
   from attacks import protocol  # pylint: disable=g-import-not-at-top

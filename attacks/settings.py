@@ -1,0 +1,47 @@
+"""Checks and preset lookup shared by the attacks' frozen config classes
+(`evasion.AttackConfig`, `pgd.PGDConfig`), so that every attack refuses a
+bad setting with the same words before any work."""
+
+import dataclasses
+import numbers
+
+import numpy as np
+
+
+def check_positive_number(name: str, value):
+  """ValueError unless `value` is a finite real > 0 (bools refused)."""
+  if isinstance(value, bool) or not (isinstance(value, numbers.Real)
+                                     and np.isfinite(value) and value > 0):
+    raise ValueError(f'{name} must be a positive number, got {value!r}.')
+
+
+def check_integer(name: str, value, least: int = 1):
+  """ValueError unless `value` is an integer >= least (bools refused)."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+      or value < least:
+    want = 'a positive integer' if least == 1 else f'an integer >= {least}'
+    raise ValueError(f'{name} must be {want}, got {value!r}.')
+
+
+def replace_fields(config, what: str, changes: dict):
+  """`dataclasses.replace(config, **changes)`; unknown names are an error
+  that lists the known ones (`what` names the attack in it)."""
+  known = [f.name for f in dataclasses.fields(config)]
+  unknown = sorted(set(changes) - set(known))
+  if unknown:
+    raise ValueError(f'Unknown {what} setting(s) {unknown}; known: '
+                     f'{known}.')
+  return dataclasses.replace(config, **changes) if changes else config
+
+
+def preset_config(presets: dict, preset, config_type, what: str,
+                  overrides: dict):
+  """presets[preset] (or a `config_type` instance) with `overrides`."""
+  if isinstance(preset, config_type):
+    config = preset
+  elif isinstance(preset, str) and preset in presets:
+    config = presets[preset]
+  else:
+    raise ValueError(f'Unknown {what} preset {preset!r}; expected one of '
+                     f'{", ".join(presets)} or a {config_type.__name__}.')
+  return replace_fields(config, what, overrides)
