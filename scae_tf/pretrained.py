@@ -51,8 +51,12 @@ def export(source, out, dataset='mnist', *, command=None, data_dir=None,
   os.makedirs(out, exist_ok=True)
   prefix = os.path.join(out, PREFIX)
   checkpoints.save_tf2_checkpoint(loaded.model, prefix)
-  # Relative, so that the folder works wherever the repository is cloned.
-  tf.compat.v1.train.update_checkpoint_state(out, PREFIX, [PREFIX])
+  # The state file `tf.train.latest_checkpoint` reads, naming the prefix
+  # relative to the folder, so that it works wherever the repository is
+  # cloned.
+  files.write_text(os.path.join(out, 'checkpoint'),
+                   f'model_checkpoint_path: "{PREFIX}"\n'
+                   f'all_model_checkpoint_paths: "{PREFIX}"\n')
   size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
   if size > MAX_BYTES:
     raise ValueError(f'The exported weights take {size / 2 ** 20:.1f} MiB, '

@@ -82,9 +82,10 @@ def test_an_exported_folder_is_attacked_with_its_own_kmeans(tmp_path):
   out = tmp_path / 'tiny'
   pretrained.export(str(source), str(out), 'mnist', data_dir=str(DATA_DIR),
                     max_examples=200, progress=False, log=lambda msg: None)
-  # Moved elsewhere (a fresh clone): the folder still reads whole.
+  # Moved elsewhere (a fresh clone): the folder still names its checkpoint.
   moved = tmp_path / 'elsewhere' / 'tiny'
   os.renames(out, moved)
+  assert tf.train.latest_checkpoint(str(moved)) == str(moved / 'model')
   result = pipeline.attack_checkpoint(
       str(moved), 'PosK', dataset='mnist', data_dir=str(DATA_DIR),
       num_samples=2, batch_size=2, overrides=QUICK,
@@ -101,6 +102,7 @@ def test_a_shipped_model_is_whole_and_its_card_tells_the_truth(name):
   fitted on exactly these weights, and the card's test accuracies are what
   the shipped k-means gives on the whole MNIST test split."""
   from conftest import DATA_DIR, REPO, data_path  # pylint: disable=g-import-not-at-top
+  from scae_tf import data  # pylint: disable=g-import-not-at-top
   from scae_tf import evaluation  # pylint: disable=g-import-not-at-top
   from scae_tf.kmeans import provenance  # pylint: disable=g-import-not-at-top
   data_path('mnist')
@@ -112,8 +114,9 @@ def test_a_shipped_model_is_whole_and_its_card_tells_the_truth(name):
               if n.startswith('optimizer')]
   report = json.load(open(folder / 'model.eval.json'))
   card = (folder / 'MODEL_CARD.md').read_text()
-  feats, labels = evaluation.split_features(loaded.model, 'test',
-                                            str(DATA_DIR))
+  assert tf.train.latest_checkpoint(str(folder)) == str(folder / 'model')
+  feats, labels = evaluation.split_features(
+      loaded.model, 'test', str(data.resolve_data_dir('mnist', str(DATA_DIR))))
   for kind in ('prior', 'posterior'):
     clf = loaded.kmeans[f'{kind}_cosine']
     assert not provenance.mismatches(clf.metadata, loaded.prefix, 'mnist',

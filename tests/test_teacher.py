@@ -71,10 +71,14 @@ def test_the_script_refuses_a_zero_batch_in_one_line(tmp_path):
 def test_ctrl_c_saves_the_step_and_says_so_in_one_line(tmp_path):
   data_path('mnist')
   logdir = tmp_path / 'run'
+  # A shell's background job (`pytest &`, nohup, some CI runners) ignores
+  # SIGINT, and Python then installs no KeyboardInterrupt handler: give the
+  # script the disposition of a terminal's foreground process.
   proc = subprocess.Popen(
       _teacher(logdir, '--batch_size=8', '--max_train_steps=1000',
                '--save_every=5'),
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   deadline = time.time() + 300
   while (not tf.train.latest_checkpoint(str(logdir / 'ckpt'))
          and time.time() < deadline):
