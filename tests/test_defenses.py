@@ -351,6 +351,7 @@ def _checkpoint_tensors(prefix):
           if not name.startswith('save_counter')}
 
 
+@pytest.mark.slow  # 108 s on 2 idle cores: 4 processes each trace the attack
 def test_hat_killed_mid_phase_resumes_bit_identical(tmp_path, small_teacher):
   """SIGKILL in the middle of an epoch of each phase (after step 3 of the
   AD phase, after step 7 of the AT phase), then the same command: the run
