@@ -238,7 +238,8 @@ def train_defense(method, dataset='mnist', teacher=None, logdir=None, seed=0,
       log(f'stopped at step {stop} of {ends[-1]} (--max_train_steps); the '
           'same command without it resumes the run')
     if fit_kmeans:
-      _fit_kmeans(final, dataset, data_dir, logdir, stop / spe, progress, log)
+      _fit_kmeans(final, dataset, data_dir, logdir, stop, spe, progress,
+                  log)
     curves.plot_runs([logdir], os.path.join(logdir, 'accuracy.png'),
                      title=f'{method.name.upper()} on {dataset}'
                      + (f', step {stop} of {ends[-1]}' if stop < ends[-1]
@@ -247,7 +248,8 @@ def train_defense(method, dataset='mnist', teacher=None, logdir=None, seed=0,
     return metrics
 
 
-def _fit_kmeans(final, dataset, data_dir, logdir, epoch, progress, log):
+def _fit_kmeans(final, dataset, data_dir, logdir, step, steps_per_epoch,
+                progress, log):
   """The fork's cosine k-means of the final checkpoint (train split), saved
   beside it; its test accuracy joins the run's per-epoch curve. Done once:
   a finished run started again finds it."""
@@ -258,9 +260,8 @@ def _fit_kmeans(final, dataset, data_dir, logdir, epoch, progress, log):
       final, dataset, data_dir=data_dir, kmeans='cosine', progress=progress,
       log=log)
   log(kmeans_report.format_results(report['results']))
-  step = int(final.rsplit('-', 1)[-1])
   training.JsonlLog(os.path.join(logdir, training.LOG_FILE)).write(dict(
-      step=step, epoch=epoch, eval=True, kmeans=True,
+      step=step, epoch=step / steps_per_epoch, eval=True, kmeans=True,
       **{f'kmeans_{kind}_test_acc': r['test']
          for kind, r in report['results']['kmeans']['cosine'].items()}))
 

@@ -19,8 +19,6 @@ import json
 import os
 import shutil
 
-import tensorflow as tf
-
 from scae_tf import checkpoints
 from scae_tf import evaluation
 from scae_tf import files
@@ -139,7 +137,7 @@ def model_card(name, loaded, report, run_folder=None, command=None):
   lines += ['', '## Use', '',
             f'    python run/attack.py --checkpoint=pretrained/{name} '
             '--classifier=PosK', '',
-            f'    from scae_tf import loading',
+            '    from scae_tf import loading',
             f'    loaded = loading.load_model("pretrained/{name}")', '']
   return '\n'.join(lines)
 
