@@ -22,10 +22,12 @@ checkpoint, dataset or preprocessing than the attack's is refused, unless
 `allow_kmeans_mismatch`.
 """
 
+import contextlib
 import dataclasses
+import json
 import os
 import time
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -65,7 +67,7 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
                       out_dir: Optional[str] = None, overwrite: bool = False,
                       threshold: Optional[float] = None,
                       plot_max: Optional[float] = None,
-                      progress: bool = True,
+                      progress: bool = True, sanity: bool = True,
                       log: Optional[Callable[[str], None]] = None) -> dict:
   """Attacks a checkpoint's classifier and writes the protocol's outputs.
 
@@ -86,9 +88,10 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
     attack: 'capsule' (the paper's), 'pgd_l2' (`attacks.pgd` on the
       classifier's margin), 'margin_cw' (`attacks.margin_cw`: the paper's
       search on the margin, preset 'margin_cw' with `overrides` applied
-      as to the capsule attack's) or 'all' (each on the same samples, in
-      `<out_dir>/<attack>/`, and their per-sample worst case in `out_dir`,
-      `write_worst_case`).
+      as to the capsule attack's), several of them joined by commas, or
+      'all' (every one). Several run on the same samples, each in
+      `<out_dir>/<attack>/`, with their per-sample worst case in
+      `out_dir` (`write_worst_case`).
     pgd_preset, eps, pgd_overrides: `attacks.pgd.get_config(pgd_preset,
       eps=eps, **pgd_overrides)`; eps defaults to the threshold for a
       fixed-budget preset, to the preset's search ceiling for `pgd_l2_min`.
@@ -98,11 +101,15 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
       (`protocol.remove_outputs`).
     threshold, plot_max: see `thresholds`.
     progress: a progress bar on stderr.
+    sanity: run the checks of `attacks.sanity` (PGD at the box's diameter
+      on the same samples, in `<out_dir>/sanity_unbounded/`, with the run's
+      PGD steps) and write sanity.json and sanity.md to `out_dir`.
     log: callable(str) for progress messages.
 
   Returns:
     dict(summary=the protocol summary, settings=the run's settings,
-    out_dir=the output folder); for 'all', summary is the worst case's
+    out_dir=the output folder, sanity=the `attacks.sanity.check` report or
+    None); for several attacks, summary is the worst case's
     (`attacks.worst_case.summarize`), and runs maps each attack to its
     own dict.
 
@@ -113,6 +120,7 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
   # Imported here: the reports alone need neither TensorFlow nor a model.
   # pylint: disable=g-import-not-at-top
   from attacks import classifiers, evasion, margin_cw, pgd
+  from attacks import sanity as sanity_lib
   from attacks import settings as settings_lib
   from scae_tf import data, loading
   from scae_tf import kmeans as kmeans_lib
@@ -141,9 +149,10 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
   if 'pgd_l2' in names:
     attack_configs['pgd_l2'] = pgd_config(pgd_preset, eps, threshold, seed,
                                           pgd_overrides)
-  presets = dict(capsule=preset, pgd_l2=pgd_preset, margin_cw='margin_cw',
-                 all='all')
-  out_dir = out_dir or default_out_dir(dataset, name, presets[attack])
+  presets = dict(capsule=preset, pgd_l2=pgd_preset, margin_cw='margin_cw')
+  out_dir = out_dir or default_out_dir(
+      dataset, name, presets[names[0]] if len(names) == 1 else
+      'all' if attack == 'all' else '+'.join(names))
 
   # Attacks run without noise: with it, every forward pass would draw anew.
   loaded = loading.load_model(checkpoint, config, dataset=dataset)
@@ -166,6 +175,12 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
   kinds = dict(capsule=evasion.CapsuleAttack, pgd_l2=pgd.PGDAttack,
                margin_cw=margin_cw.MarginCWAttack)
   attacks = {n: kinds[n](target, attack_configs[n]) for n in names}
+  if sanity:
+    attack_configs[UNBOUNDED] = sanity_lib.unbounded_config(
+        target.image_shape, seed,
+        (pgd_overrides or {}).get('steps'))
+    presets[UNBOUNDED] = UNBOUNDED
+    attacks[UNBOUNDED] = pgd.PGDAttack(target, attack_configs[UNBOUNDED])
 
   images_u8, labels = data.load_dataset(dataset, split, data_dir)
   if num_samples > len(images_u8):
@@ -192,7 +207,9 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
                     attack=dataclasses.asdict(attack_configs[n]))
     if n != 'capsule':
       settings['attack_name'] = n
-    with run_dir.lock_folder(folder):
+    # out_dir itself is locked for the whole call below.
+    with (contextlib.nullcontext() if folder == out_dir
+          else run_dir.lock_folder(folder)):
       protocol.check_settings(folder, settings, overwrite)
       log(f'checkpoint {prefix} ({loaded.format.upper()}, config '
           f'{config.name}); {name}; {num_samples} samples of '
@@ -207,25 +224,46 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
     log(f'done in {time.time() - start:.0f} s; results in {folder}')
     return dict(summary=summary, settings=settings, out_dir=folder)
 
-  if attack != 'all':
-    return run(attack, out_dir)
   with run_dir.lock_folder(out_dir):
-    runs = {n: run(n, os.path.join(out_dir, n)) for n in names}
-    summary = write_worst_case(out_dir, [runs[n]['out_dir'] for n in names],
-                               threshold, t_max)
-  return dict(summary=summary, runs=runs, out_dir=out_dir)
+    if len(names) == 1:
+      result = run(names[0], out_dir)
+      folders = {names[0]: out_dir}
+    else:
+      runs = {n: run(n, os.path.join(out_dir, n)) for n in names}
+      folders = {n: runs[n]['out_dir'] for n in names}
+      result = dict(runs=runs, out_dir=out_dir, summary=write_worst_case(
+          out_dir, list(folders.values()), threshold, t_max))
+    result['sanity'] = None
+    if sanity:
+      checked = run(UNBOUNDED, os.path.join(out_dir, UNBOUNDED))
+      result['sanity'] = write_sanity(out_dir, folders, checked['out_dir'])
+      log(sanity_lib.markdown(result['sanity']).rstrip())
+  return result
 
 
 #: The paper's attack first: the worst case counts the samples where each
 #: other attack needs less than it.
 SINGLE_ATTACKS = ('capsule', 'pgd_l2', 'margin_cw')
 ATTACKS = SINGLE_ATTACKS + ('all',)
+#: The sanity checks' PGD run at the box's diameter (`attacks.sanity`).
+UNBOUNDED = 'sanity_unbounded'
 
 
 def attack_names(attack: str) -> Tuple[str, ...]:
-  """The attacks that `attack` runs; UsageError for an unknown name."""
-  cli.check_choice('attack', attack, ATTACKS)
-  return SINGLE_ATTACKS if attack == 'all' else (attack,)
+  """The attacks that `attack` ('all', a name or names joined by commas)
+  runs, in the order of SINGLE_ATTACKS; UsageError for an unknown or
+  repeated name."""
+  if attack == 'all':
+    return SINGLE_ATTACKS
+  names = [n.strip() for n in str(attack).split(',')]
+  for n in names:
+    cli.check_choice('attack', n, ATTACKS if len(names) == 1
+                     else SINGLE_ATTACKS)
+  repeated = sorted({n for n in names if names.count(n) > 1})
+  if repeated:
+    raise cli.UsageError(f'attack {", ".join(repeated)} listed twice in '
+                         f'{attack!r}.')
+  return tuple(n for n in SINGLE_ATTACKS if n in names)
 
 
 def pgd_config(preset: str, eps: Optional[float], threshold: float,
@@ -275,6 +313,44 @@ def write_worst_case(out_dir: str, folders: Sequence[str], threshold: float,
       curves, os.path.join(out_dir, 'accuracy_vs_l2.png'), max_threshold,
       threshold, protocol.plot_title([s for _, s in runs]))
   return summary
+
+
+def write_sanity(out_dir: str, folders: Mapping[str, str],
+                 unbounded_folder: str) -> dict:
+  """`attacks.sanity.check` of finished runs {attack: folder} and of the
+  unbounded PGD run, against the curves their robust_accuracy.json show
+  (and the worst case's, where written); writes sanity.json and sanity.md
+  to `out_dir`, returns the report."""
+  from attacks import sanity  # pylint: disable=g-import-not-at-top
+  amounts, curves, first = {}, {}, None
+  for name, folder in folders.items():
+    arrays, _ = protocol.load_results(folder)
+    first = first or arrays
+    amounts[name] = arrays['perturbation']
+    with open(os.path.join(folder, 'robust_accuracy.json')) as f:
+      curves[name] = json.load(f)['accuracy']
+  worst = os.path.join(out_dir, 'worst_case.npz')
+  if len(folders) > 1 and os.path.exists(worst):
+    with np.load(worst) as z:
+      curves['worst case'] = protocol.robust_accuracy_curve(
+          z['perturbation'], 1.)['accuracy']
+  unbounded, settings = protocol.load_results(unbounded_folder)
+  if not np.array_equal(unbounded['indices'], first['indices']):
+    raise ValueError(f'{unbounded_folder} attacked other samples than '
+                     f'{list(folders.values())[0]}.')
+  report = sanity.check(
+      amounts, first['clean_correct'], unbounded['perturbation'],
+      settings['attack']['eps'], curves, unbounded['clean_correct'],
+      first['indices'])
+  # Relative: the folder may move, and its files stay those of the run.
+  where = lambda folder: os.path.relpath(folder, out_dir)
+  files.write_json(os.path.join(out_dir, 'sanity.json'),
+                   dict(report, runs={n: where(f) for n, f in folders.items()},
+                        unbounded_run=where(unbounded_folder)),
+                   sort_keys=True)
+  files.write_text(os.path.join(out_dir, 'sanity.md'),
+                   sanity.markdown(report))
+  return report
 
 
 def redraw_reports(out_dir: str, dataset: str = 'mnist',

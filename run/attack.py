@@ -29,9 +29,18 @@ classifier's margin, --pgd_preset: pgd_l2_min searches the smallest budget
 per sample below --eps, default 10, and gives a curve; pgd_l2 attacks at
 the budget --eps, default the threshold), margin_cw (the paper's search on
 the classifier's margin, C&W style; the flags after --preset override its
-settings too) or all (all three on the same samples,
-each in <out_dir>/<attack>/, and their per-sample worst case in --out_dir:
-worst_case.npz / .json / .md and one accuracy_vs_l2.png with every curve).
+settings too), several of them joined by commas (capsule,pgd_l2) or all
+(all three). Several run on the same samples, each in <out_dir>/<attack>/,
+with their per-sample worst case in --out_dir: worst_case.npz / .json / .md
+and one accuracy_vs_l2.png with every curve.
+
+--sanity (default on): the sanity checks of attacks.sanity. PGD-L2 at the
+box's diameter (40 on MNIST: any image within reach) runs on the same
+samples in <out_dir>/sanity_unbounded/; the report flags possible gradient
+masking where it, or an attack without a budget ceiling, leaves a correctly
+classified sample unbroken, where a robust accuracy rises with the budget,
+and where it differs from the clean accuracy at L2 = 0. Written to
+sanity.json / sanity.md in --out_dir and printed after the summary.
 
 Writes to --out_dir: l2.npz (per-sample perturbation amount: 0 for clean
 errors, inf for failed attacks), adversarial.npz, summary.json, summary.md,
@@ -78,8 +87,8 @@ flags.DEFINE_string('const_coupling', None, 'Override: batch (fork) or '
                     'example.')
 flags.DEFINE_string('success', None, 'Override: label (fork) or '
                     'clean_prediction (paper).')
-flags.DEFINE_string('attack', 'capsule', 'capsule, pgd_l2, margin_cw or '
-                    'all.')
+flags.DEFINE_string('attack', 'capsule', 'capsule, pgd_l2, margin_cw, '
+                    'several joined by commas, or all.')
 flags.DEFINE_string('pgd_preset', 'pgd_l2_min', 'PGD preset '
                     '(attacks.pgd.PRESETS): pgd_l2_min or pgd_l2.')
 flags.DEFINE_float('eps', None, 'PGD budget (pgd_l2) or search ceiling '
@@ -104,6 +113,8 @@ flags.DEFINE_list('compare', None, 'Result folders to overlay in one plot '
                   '(with --plot_only; written to --out_dir).')
 flags.DEFINE_list('labels', None, 'Curve labels for --compare.')
 flags.DEFINE_boolean('progress', True, 'Show a progress bar.')
+flags.DEFINE_boolean('sanity', True, 'Run the sanity checks (attacks.sanity) '
+                     'after the attacks.')
 FLAGS = flags.FLAGS
 
 OVERRIDES = ('outer_iterations', 'inner_iterations', 'learning_rate',
@@ -132,10 +143,11 @@ def _run():
     print(pipeline.compare_runs(FLAGS.compare, FLAGS.out_dir, FLAGS.labels,
                                 FLAGS.dataset, log=cli.log, **reports))
     return
+  checks = None
   if FLAGS.plot_only:
     summary = pipeline.redraw_reports(FLAGS.out_dir, FLAGS.dataset, **reports)
   else:
-    summary = pipeline.attack_checkpoint(
+    result = pipeline.attack_checkpoint(
         FLAGS.checkpoint, FLAGS.classifier, config=FLAGS.config,
         kmeans=FLAGS.kmeans,
         allow_kmeans_mismatch=FLAGS.allow_kmeans_mismatch,
@@ -150,9 +162,13 @@ def _run():
                        for flag, field in PGD_OVERRIDES.items()
                        if getattr(FLAGS, flag) is not None},
         out_dir=FLAGS.out_dir, overwrite=FLAGS.overwrite,
-        progress=FLAGS.progress, log=cli.log, **reports)['summary']
-  from attacks import protocol  # pylint: disable=g-import-not-at-top
+        progress=FLAGS.progress, sanity=FLAGS.sanity, log=cli.log, **reports)
+    summary, checks = result['summary'], result['sanity']
+  # pylint: disable=g-import-not-at-top
+  from attacks import protocol, sanity
   print(protocol.markdown_table(summary))
+  if checks is not None:
+    print(sanity.markdown(checks))
 
 
 def main(argv):

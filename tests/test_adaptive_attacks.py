@@ -21,7 +21,7 @@ import pytest
 import tensorflow as tf
 
 from attacks import classifiers, margin_cw, margins, pgd, pipeline
-from attacks import worst_case
+from attacks import protocol, sanity, worst_case
 from conftest import data_path
 from scae_tf import checkpoints, configs, loading
 from scae_tf.kmeans import KMeansClassifier
@@ -353,6 +353,95 @@ def test_worst_case_summary_of_known_arrays():
       '0-0.75 tie; 1-1.25 pgd_l2; 1.5-2.25 tie; 2.5-2.75 pgd_l2; 3-3 tie')
 
 
+# --- sanity checks -----------------------------------------------------------
+
+INF = np.inf
+
+
+def test_sanity_passes_a_consistent_report():
+  correct = np.array([True, True, True, False])
+  amounts = dict(capsule=np.array([1., 2., 3., 0.]),
+                 pgd_l2=np.array([.5, INF, 2.5, 0.]))  # a ceiling: exempt
+  report = sanity.check(amounts, correct, np.array([.4, 8., 2., 0.]), 40.,
+                        curves=dict(capsule=[.75, .5, .25, 0.]),
+                        unbounded_clean_correct=correct)
+  assert report['ok'] and report['flags'] == []
+  assert report['unbounded']['success_rates'] == dict(capsule=1.,
+                                                      pgd_unbounded=1.)
+  assert report['eps0']['accuracy_at_0'] == dict(
+      capsule=.75, pgd_l2=.75, pgd_unbounded=.75)
+  assert report['non_increasing']['unbounded_accuracy'] == 0.
+  assert sanity.markdown(report).startswith('Sanity checks passed')
+
+
+def test_sanity_flags_each_failure_by_hand():
+  correct = np.array([True, True, True, False])
+  amounts = dict(capsule=np.array([1., INF, 3., 0.]),      # fails sample 1
+                 margin_cw=np.array([0., 2., 3., 0.]))     # 0 on a correct one
+  unbounded = np.array([INF, 1., INF, 0.])                 # two survivors
+  report = sanity.check(
+      amounts, correct, unbounded, 40., curves=dict(capsule=[.75, .8, .5]),
+      unbounded_clean_correct=np.array([True, True, False, False]),
+      indices=np.array([70, 71, 72, 73]))
+  assert not report['ok']
+  assert report['unbounded']['success_rates'] == dict(
+      capsule=pytest.approx(2 / 3), margin_cw=1., pgd_unbounded=pytest.approx(
+          1 / 3))
+  assert report['unbounded']['survivors'] == [70, 72]
+  # Rising curve; unbounded accuracy .5 above capsule's .25 and cw's 0.
+  assert report['non_increasing']['failing'] == ['capsule', 'capsule',
+                                                 'margin_cw']
+  assert report['eps0']['accuracy_at_0'] == dict(
+      capsule=.75, margin_cw=.5, pgd_unbounded=.75)
+  assert report['eps0']['clean_disagreements'] == 1
+  flags = report['flags']
+  assert len(flags) == 7, flags
+  assert flags[0].startswith('capsule: its success rate without a budget is '
+                             '66.67% < 100%')
+  assert flags[1].startswith('PGD-L2 at eps = 40 (any image within reach) '
+                             'left 2 of 3 correctly classified samples')
+  assert 'margin_cw: robust accuracy at L2 = 0 is 0.5000, not the clean ' \
+      'accuracy 0.7500.' in flags
+  text = sanity.markdown(report)
+  assert text.startswith('**Sanity checks FAILED**')
+  assert text.count('\n- ') == 7
+
+
+def test_unbounded_pgd_reaches_any_image():
+  """The box diameter of 4 x 4 x 1 images is 4. The all-white image lies at
+  the closed-form distance a = 0.5 sum(w) (about 2) from the toy's boundary
+  (the box does not bind along -w): PGD at the diameter breaks it, PGD at
+  0.9 a does not."""
+  assert sanity.box_diameter((40, 40, 1)) == 40.
+  config = sanity.unbounded_config((4, 4, 1), seed=2)
+  assert (config.eps, config.steps, config.restarts, config.seed) == (
+      4., sanity.UNBOUNDED_STEPS, 1, 2)
+  _, w, near = linear_problem([.05], seed=3)
+  x = np.concatenate([near, np.ones_like(near)])
+  distance = .5 * w.sum()
+  assert 1. < distance < 4. and (1. - distance * w >= 0.).all()
+  labels = np.zeros(2, np.int64)
+  target = toy_target(w, 'PriK')
+  r = pgd.PGDAttack(target, config)(x, labels)
+  np.testing.assert_array_equal(r.success, [True, True])
+  assert r.l2[1] >= distance - 1e-4
+  short = pgd.PGDAttack(target, config, eps=.9 * distance)(x, labels)
+  np.testing.assert_array_equal(short.success, [True, False])
+
+
+def test_attack_names_take_a_list_in_the_papers_order():
+  assert pipeline.attack_names('all') == ('capsule', 'pgd_l2', 'margin_cw')
+  assert pipeline.attack_names('pgd_l2, capsule') == ('capsule', 'pgd_l2')
+  assert pipeline.attack_names('margin_cw') == ('margin_cw',)
+  with pytest.raises(ValueError, match='capsule listed twice'):
+    pipeline.attack_names('capsule,pgd_l2,capsule')
+  with pytest.raises(ValueError, match="unknown attack='all'; expected one "
+                     'of capsule, pgd_l2, margin_cw.'):
+    pipeline.attack_names('capsule,all')
+  with pytest.raises(ValueError, match="unknown attack='fgsm'"):
+    pipeline.attack_names('fgsm,pgd_l2')
+
+
 # --- run/attack.py -----------------------------------------------------------
 
 @pytest.mark.parametrize('settings,error', [
@@ -452,3 +541,53 @@ def test_attack_all_runs_each_on_the_same_samples_and_merges(tmp_path):
   with open(out / 'worst_case.json') as f:
     saved = json.load(f)
   assert saved['summary'] == json.loads(json.dumps(result['summary']))
+  # The sanity checks: PGD at the canvas's diameter on the same samples,
+  # with the run's PGD steps, and the report of attacks.sanity on the files.
+  with np.load(out / 'sanity_unbounded' / 'l2.npz') as z:
+    np.testing.assert_array_equal(z['indices'], indices)
+    unbounded, clean_correct = z['perturbation'], z['clean_correct']
+  with open(out / 'sanity_unbounded' / 'settings.json') as f:
+    unbounded_settings = json.load(f)
+  assert (unbounded_settings['attack']['eps'],
+          unbounded_settings['attack']['steps'],
+          unbounded_settings['attack_name']) == (40., 2, 'sanity_unbounded')
+  curves = {}
+  for name in amounts:
+    with open(out / name / 'robust_accuracy.json') as f:
+      curves[name] = json.load(f)['accuracy']
+  curves['worst case'] = protocol.robust_accuracy_curve(
+      np.minimum.reduce(list(amounts.values())), 1.)['accuracy']
+  expected = sanity.check(amounts, clean_correct, unbounded, 40., curves,
+                          clean_correct, indices)
+  assert result['sanity'] == expected
+  with open(out / 'sanity.json') as f:
+    assert json.load(f)['flags'] == expected['flags']
+  assert (out / 'sanity.md').read_text() == sanity.markdown(expected)
+
+
+def test_a_list_of_attacks_runs_those_and_a_single_one_checks_in_place(
+    tmp_path):
+  prefix = _tiny_checkpoint(tmp_path)
+  settings = dict(dataset='mnist', data_dir=str(data_path('mnist')),
+                  num_samples=2, batch_size=2, progress=False,
+                  overrides=dict(outer_iterations=1, inner_iterations=1),
+                  pgd_overrides=dict(steps=1, search_steps=1))
+  two = pipeline.attack_checkpoint(str(tmp_path), 'PriL',
+                                   attack='pgd_l2,capsule',
+                                   out_dir=str(tmp_path / 'two'), **settings)
+  assert sorted(two['runs']) == ['capsule', 'pgd_l2']
+  assert sorted(p.name for p in (tmp_path / 'two').iterdir()
+                if p.is_dir()) == ['capsule', 'pgd_l2', 'sanity_unbounded']
+  one = pipeline.attack_checkpoint(str(tmp_path), 'PriL', attack='pgd_l2',
+                                   out_dir=str(tmp_path / 'one'), **settings)
+  assert (tmp_path / 'one' / 'l2.npz').exists()
+  assert (tmp_path / 'one' / 'sanity_unbounded' / 'l2.npz').exists()
+  assert one['sanity'] == json.loads(
+      (tmp_path / 'one' / 'sanity.json').read_text(),
+      object_hook=lambda d: {k: v for k, v in d.items()
+                             if k not in ('runs', 'unbounded_run')})
+  skipped = pipeline.attack_checkpoint(
+      str(tmp_path), 'PriL', attack='pgd_l2', sanity=False,
+      out_dir=str(tmp_path / 'skipped'), **settings)
+  assert skipped['sanity'] is None
+  assert not (tmp_path / 'skipped' / 'sanity_unbounded').exists()

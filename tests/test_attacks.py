@@ -726,11 +726,11 @@ def killable_attack(tmp_path):
 
 def _outputs(out_dir):
   """{path in out_dir: its bytes, or {name: array} for an .npz}; the folder
-  lock (which holds the pid of the last run) is no output."""
+  locks (which hold the pid of the last run) are no output."""
   found = {}
   for folder, _, names in os.walk(out_dir):
     for name in names:
-      if name == run_dir.LOCK_FILE and folder == str(out_dir):
+      if name == run_dir.LOCK_FILE:
         continue
       path = os.path.join(folder, name)
       if name.endswith('.npz'):

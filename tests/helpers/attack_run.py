@@ -29,7 +29,9 @@ from scae_tf import files
 
 SETTINGS = dict(dataset='mnist', num_samples=6, batch_size=2, seed=3,
                 progress=False,
-                overrides=dict(outer_iterations=3, inner_iterations=2))
+                overrides=dict(outer_iterations=3, inner_iterations=2),
+                # The sanity checks' PGD run (attacks.sanity), kept short.
+                pgd_overrides=dict(steps=2))
 
 
 class Events:

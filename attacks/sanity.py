@@ -1,0 +1,184 @@
+"""Sanity checks of a robustness report, the cheap ones of Carlini et al.,
+"On Evaluating Adversarial Robustness" (2019), that expose gradient masking
+or broken bookkeeping.
+
+    report = sanity.check({'capsule': l2_a, 'pgd_l2': l2_b}, clean_correct,
+                          unbounded=l2_of_pgd_at_the_diameter,
+                          diameter=40.)
+    report['ok'], report['flags']   # bool, [str] (empty when all passed)
+
+Every attack gives a protocol amount per sample (`attacks.protocol`): 0 for
+a clean error, inf for a failure, else the L2 of its success.
+
+1. Unbounded budget. An attacker allowed any image breaks every correctly
+   classified sample. Pixels lie in [0, 1], so an L2 budget equal to the
+   box's diameter sqrt(H W C) (40 for the 40 x 40 MNIST canvas) reaches
+   every image. Checked two ways:
+   - PGD-L2 at eps = diameter (`unbounded_config`, run by the pipeline on
+     every sample) must succeed on every correctly classified one;
+   - each minimal-norm attack without a ceiling (`UNBOUNDED_BY_DESIGN`:
+     the paper's attack and margin_cw) must succeed on every one too, as
+     its success rate is its rate at an unbounded budget. PGD runs with a
+     fixed budget or a search ceiling are exempt: their unbounded rate is
+     the first check's.
+   A rate below 100 % is flagged as possible gradient masking (or an
+   attack too weak for this model: either way its numbers overstate the
+   robustness).
+2. Robust accuracy never rises with the budget: every curve the report
+   shows is non-increasing, and the accuracy of PGD at the unbounded budget
+   is at most every attack's at its largest (a sample some attack broke at
+   a smaller budget must not survive the unbounded one).
+3. At budget 0 the robust accuracy of every curve equals the clean
+   accuracy: an attack that "succeeds" at L2 = 0 on a correctly classified
+   sample, or a clean error counted robust, means broken bookkeeping. The
+   unbounded run's clean predictions must also agree with the attacks'
+   (same classifier, same samples).
+"""
+
+from typing import Mapping, Optional
+
+import numpy as np
+
+from attacks.protocol import accuracy_at
+
+#: Attacks with no budget ceiling: their success rate is the unbounded one.
+UNBOUNDED_BY_DESIGN = ('capsule', 'margin_cw')
+#: PGD at the box's diameter: one restart from the clean image is enough
+#: when every image is within reach; 100 steps as the pgd_l2 preset.
+UNBOUNDED_STEPS = 100
+
+
+def box_diameter(image_shape) -> float:
+  """L2 distance between the all-0 and all-1 images of this shape."""
+  return float(np.sqrt(np.prod(image_shape)))
+
+
+def unbounded_config(image_shape, seed: int = 0, steps: Optional[int] = None):
+  """The PGD settings of check 1: eps = the box's diameter, one restart."""
+  from attacks import pgd  # pylint: disable=g-import-not-at-top
+  return pgd.get_config('pgd_l2', eps=box_diameter(image_shape),
+                        steps=steps or UNBOUNDED_STEPS, restarts=1, seed=seed)
+
+
+def _amounts(values) -> np.ndarray:
+  return np.asarray(values, np.float64)
+
+
+def non_increasing(accuracies) -> bool:
+  """True if the sequence never rises."""
+  a = np.asarray(accuracies, np.float64)
+  return bool(np.all(np.diff(a) <= 0.))
+
+
+def check(amounts: Mapping[str, np.ndarray], clean_correct,
+          unbounded: Optional[np.ndarray] = None,
+          diameter: Optional[float] = None,
+          curves: Optional[Mapping[str, np.ndarray]] = None,
+          unbounded_clean_correct=None, indices=None) -> dict:
+  """The three checks of the module doc.
+
+  Args:
+    amounts: {attack name: [N] protocol amounts} on the same samples.
+    clean_correct: [N] bool, the classifier is right on the clean sample.
+    unbounded: [N] amounts of PGD at eps = `diameter` (check 1); None
+      skips the parts of checks 1 and 2 that need it.
+    diameter: its budget, for the messages.
+    curves: {label: accuracies at increasing budgets}, the curves the
+      report shows (robust_accuracy.json), for check 2.
+    unbounded_clean_correct: [N] bool, the clean correctness the unbounded
+      run measured (check 3's agreement).
+    indices: [N] the samples' indices in their data split, to name the
+      survivors of check 1 by (default: their positions).
+
+  Returns:
+    dict(ok, flags=[messages], and per check its numbers): unbounded
+    (success rate of the unbounded PGD and of each attack without a
+    ceiling, and the indices of the survivors), non_increasing, eps0.
+  """
+  correct = np.asarray(clean_correct, bool)
+  n_correct = int(correct.sum())
+  clean_accuracy = float(correct.mean()) if correct.size else float('nan')
+  flags = []
+
+  def success_rate(values):
+    broken = np.isfinite(_amounts(values)[correct])
+    return float(broken.mean()) if n_correct else None
+
+  # 1. Unbounded budget.
+  rates = {}
+  for name in amounts:
+    if name in UNBOUNDED_BY_DESIGN:
+      rates[name] = success_rate(amounts[name])
+      if rates[name] is not None and rates[name] < 1.:
+        flags.append(
+            f'{name}: its success rate without a budget is '
+            f'{rates[name]:.2%} < 100% of the correctly classified samples: '
+            'possible gradient masking, or the attack is too weak here.')
+  survivors = []
+  if unbounded is not None:
+    rates['pgd_unbounded'] = success_rate(unbounded)
+    survivors = np.flatnonzero(correct & np.isinf(_amounts(unbounded)))
+    if indices is not None:
+      survivors = np.asarray(indices)[survivors]
+    if survivors.size:
+      flags.append(
+          f'PGD-L2 at eps = {diameter:g} (any image within reach) left '
+          f'{survivors.size} of {n_correct} correctly classified samples '
+          'unbroken: possible gradient masking.')
+
+  # 2. Non-increasing robust accuracy.
+  rising = sorted(name for name, c in (curves or {}).items()
+                  if not non_increasing(c))
+  for name in rising:
+    flags.append(f'{name}: robust accuracy rises with the budget.')
+  unbounded_accuracy = None
+  if unbounded is not None:
+    unbounded_accuracy = float(np.mean(np.isinf(_amounts(unbounded))))
+    # Each attack's accuracy at its largest budget: its failures.
+    lowest = {name: float(np.mean(np.isinf(_amounts(values))))
+              for name, values in amounts.items()}
+    above = sorted(name for name, low in lowest.items()
+                   if unbounded_accuracy > low)
+    for name in above:
+      flags.append(
+          f'robust accuracy at eps = {diameter:g} ({unbounded_accuracy:.4f}) '
+          f'exceeds {name}\'s at a smaller budget ({lowest[name]:.4f}).')
+    rising += above
+
+  # 3. Budget 0.
+  at_zero = {name: accuracy_at(values, 0.) for name, values in amounts.items()}
+  if unbounded is not None:
+    at_zero['pgd_unbounded'] = accuracy_at(unbounded, 0.)
+  wrong = sorted(name for name, a in at_zero.items() if a != clean_accuracy)
+  for name in wrong:
+    flags.append(f'{name}: robust accuracy at L2 = 0 is {at_zero[name]:.4f}, '
+                 f'not the clean accuracy {clean_accuracy:.4f}.')
+  disagree = 0
+  if unbounded_clean_correct is not None:
+    disagree = int(np.sum(np.asarray(unbounded_clean_correct, bool)
+                          != correct))
+    if disagree:
+      flags.append(f'the unbounded PGD run and the attacks disagree on '
+                   f'{disagree} clean prediction(s).')
+
+  return dict(
+      ok=not flags, flags=flags,
+      unbounded=dict(diameter=diameter, success_rates=rates,
+                     survivors=[int(i) for i in survivors]),
+      non_increasing=dict(ok=not rising, failing=rising,
+                          unbounded_accuracy=unbounded_accuracy),
+      eps0=dict(ok=not wrong and not disagree, clean_accuracy=clean_accuracy,
+                accuracy_at_0=at_zero, clean_disagreements=disagree))
+
+
+def markdown(report: dict) -> str:
+  """The report in words: one line if all passed, else the flags."""
+  if report['ok']:
+    rates = report['unbounded']['success_rates']
+    detail = ', '.join(f'{k} {v:.0%}' for k, v in rates.items()
+                       if v is not None)
+    return ('Sanity checks passed (unbounded budget: '
+            f'{detail or "not run"}; robust accuracy non-increasing; '
+            'at L2 = 0 it equals the clean accuracy).\n')
+  return ('**Sanity checks FAILED** (see Carlini et al. 2019):\n'
+          + ''.join(f'- {flag}\n' for flag in report['flags']))
