@@ -29,6 +29,24 @@ Without XLA (as the defences run), also the real attack and defence steps:
     attack_iteration + clean_batch);
   * projections: one AT epoch (600 batches of 100, every 2nd adversarial)
     and the paper's HAT run (50 AD + 50 AT epochs), in hours.
+Without XLA (as the attacks run), the adaptive attack (PGD-L2 on the
+classifier's margin) against the paper's (--adaptive), on each target T of
+PosL (the defences') and PosK (a cosine k-means on the posterior features,
+one cluster per class, with random centres: its cost does not depend on
+where the centres lie):
+  * attack_iteration_T: one compiled outer iteration of the paper_train
+    capsule attack against T (`CapsuleAttack._outer`: --attack_inner steps,
+    then the test pass of the last step) divided by --attack_inner;
+  * pgd_iteration_T: one compiled PGD-L2 restart against T
+    (`PGDAttack._restart`: --attack_inner steps, then the scoring pass of
+    the last point) divided by --attack_inner;
+  * pgd_iteration_over_attack_iteration_T: their ratio. Target (issue 13):
+    <= 1.0 on both targets.
+  Both iterations err high by one forward pass per --attack_inner steps,
+  so the ratio is like for like. attack_iteration_PosL leaves out the
+  clean pass that attack_iteration above includes.
+--only=attacks times only these attack iterations (no model or defence
+steps, XLA off).
 Inputs are random images; the weights are a fresh init of the config.
 `native_resampler` says whether the compiled resampler kernel was used
 (scae_tf/kernels; SCAE_TF_NATIVE=0 times the pure-TF fallback).
@@ -56,6 +74,10 @@ flags.DEFINE_integer('defence_repeats', 5, 'Timed rounds of the attack and '
                      'iterations).')
 flags.DEFINE_bool('defences', True, 'Time the attack and the defence steps '
                   '(XLA off only).')
+flags.DEFINE_bool('adaptive', True, 'Time a PGD-L2 step against a capsule-'
+                  'attack step on PosL and PosK (XLA off only).')
+flags.DEFINE_enum('only', 'all', ['all', 'attacks'], 'attacks: time only the '
+                  'attack iterations of --adaptive, nothing else.')
 FLAGS = flags.FLAGS
 
 
@@ -164,14 +186,92 @@ def defence_functions(config, recipe, inner):
   return fns
 
 
+#: The targets of the adaptive comparison: the defences' and the paper's.
+ADAPTIVE_TARGETS = ('PosL', 'PosK')
+
+
+def random_kmeans(config, seed=0):
+  """A cosine k-means on the posterior features, one cluster per class, with
+  random centres: PosK's scores and margin cost the same wherever the centres
+  lie, and fitting one on random images would be no more meaningful."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from scae_tf.kmeans import KMeansClassifier  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  return KMeansClassifier(rng.random((config.num_classes, config.n_obj_caps)),
+                          'cosine', 'posterior', np.arange(config.num_classes))
+
+
+def adaptive_calls(model, kmeans, images, labels, steps,
+                   targets=ADAPTIVE_TARGETS):
+  """{f'{attack}_{target}': (compiled fn, args)}: per target on `model`
+  (PosK through `kmeans`), one outer iteration of the paper_train capsule
+  attack and one PGD-L2 restart, both of `steps` steps, with their inputs
+  prepared as the attacks prepare them."""
+  # pylint: disable=protected-access
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from attacks import classifiers  # pylint: disable=g-import-not-at-top
+  from attacks import evasion  # pylint: disable=g-import-not-at-top
+  from attacks import pgd  # pylint: disable=g-import-not-at-top
+
+  x = tf.convert_to_tensor(images, tf.float32)
+  y = tf.cast(labels, tf.int64)
+  batch = int(x.shape[0])
+  inf = tf.fill([batch], np.float32(np.inf))
+  calls = {}
+  for name in targets:
+    target = classifiers.make_classifier(model, name, kmeans)
+    capsule = evasion.CapsuleAttack(target, 'paper_train', outer_iterations=1,
+                                    inner_iterations=steps)
+    w, mask, subset, _ = capsule._prepare(x)
+    const = tf.fill([batch], np.float32(capsule.config.const_init))
+    # The first p' draw of the attack's own call.
+    p = tf.random.Generator.from_seed(capsule.config.seed).uniform(x.shape)
+    calls[f'attack_{name}'] = (capsule._outer, (
+        x, w, mask, subset, y, const, inf, tf.zeros_like(x), p))
+    margin_attack = pgd.PGDAttack(target, 'pgd_l2', steps=steps, restarts=1)
+    margin, pred = margin_attack._score(x, y)
+    eps = tf.fill([batch], np.float32(margin_attack.config.eps))
+    calls[f'pgd_{name}'] = (margin_attack._restart, (
+        x, y, eps, x, margin, tf.not_equal(pred, y), x, tf.zeros([batch])))
+  return calls
+
+
+def adaptive_ratios(seconds, steps):
+  """Per-step seconds of {f'{attack}_{target}': seconds per call} and each
+  target's pgd_iteration_over_attack_iteration."""
+  t = {}
+  for name in ADAPTIVE_TARGETS:
+    attack = seconds[f'attack_{name}'] / steps
+    margin_attack = seconds[f'pgd_{name}'] / steps
+    t[f'attack_iteration_{name}'] = attack
+    t[f'pgd_iteration_{name}'] = margin_attack
+    t[f'pgd_iteration_over_attack_iteration_{name}'] = margin_attack / attack
+  return t
+
+
+def time_adaptive(config, images, labels):
+  """Seconds of one capsule-attack and one PGD iteration per target, all
+  alternated, and their ratios."""
+  from scae_tf.model import SCAE  # pylint: disable=g-import-not-at-top
+  calls = adaptive_calls(SCAE(config.without_noise()), random_kmeans(config),
+                         images, labels, FLAGS.attack_inner)
+  return adaptive_ratios(alternating_medians(calls, FLAGS.defence_repeats),
+                         FLAGS.attack_inner)
+
+
 def alternating_medians(calls, rounds):
   """{name: median seconds} of calls {name: (fn, args)}, called in turn
   `rounds` times after one warm-up each: a background load shifts all of
-  them alike, so their ratios hold."""
+  them alike, so their ratios hold. Every other round runs in reverse order,
+  so that no call always follows the same one (and inherits its leftovers:
+  caches, memory to free)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   times = {name: [] for name in calls}
-  for _ in range(rounds + 1):
-    for name, (fn, args) in calls.items():
+  names = list(calls)
+  for i in range(rounds + 1):
+    for name in names[::-1] if i % 2 else names:
+      fn, args = calls[name]
       start = time.perf_counter()
       tf_numpy(fn(*args))
       times[name].append(time.perf_counter() - start)
@@ -218,14 +318,40 @@ def time_defences(config, recipe, images, labels, cnn_fwd_bwd):
   return t, hours
 
 
+def time_model(config, recipe, images, labels, jit):
+  """Seconds of the model's steps and their ratios, and the compiled CNN
+  yardstick."""
+  from scae_tf.model import SCAE  # pylint: disable=g-import-not-at-top
+  from scae_tf.optim import TF1RMSProp  # pylint: disable=g-import-not-at-top
+  model = SCAE(config)
+  optimizer = TF1RMSProp.for_recipe(model.trainable_variables, recipe)
+  fns = build_functions(model, optimizer, jit, FLAGS.noise)
+  part = model.part_encoder(images)
+  r = FLAGS.repeats
+  t = dict(
+      cnn_fwd_bwd=median_seconds(fns['cnn_fwd_bwd'], images, repeats=r),
+      part_encoder=median_seconds(fns['part_encoder'], images, repeats=r),
+      template_decoder=median_seconds(fns['template_decoder'], part,
+                                      repeats=r),
+      object_capsules=median_seconds(fns['object_capsules'], images, part,
+                                     repeats=r),
+      forward=median_seconds(fns['forward'], images, labels, repeats=r),
+      attack_step=median_seconds(fns['attack_step'], images, repeats=r),
+      train_step=median_seconds(fns['train_step'], images, labels,
+                                repeats=r),
+  )
+  t['backward_and_update'] = t['train_step'] - t['forward']
+  t['train_step_over_cnn_fwd_bwd'] = t['train_step'] / t['cnn_fwd_bwd']
+  t['attack_step_over_train_step'] = t['attack_step'] / t['train_step']
+  return t, fns['cnn_fwd_bwd']
+
+
 def main(argv):
   del argv
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from scae_tf import configs  # pylint: disable=g-import-not-at-top
   from scae_tf import recipes  # pylint: disable=g-import-not-at-top
   from scae_tf import kernels  # pylint: disable=g-import-not-at-top
-  from scae_tf.model import SCAE  # pylint: disable=g-import-not-at-top
-  from scae_tf.optim import TF1RMSProp  # pylint: disable=g-import-not-at-top
 
   config = configs.get_config(FLAGS.config)
   recipe = recipes.get_recipe(config.default_recipe).replace(
@@ -245,31 +371,19 @@ def main(argv):
   for mode in FLAGS.xla:
     if mode not in ('on', 'off'):
       raise app.UsageError(f'--xla takes on/off, got {mode!r}')
-    model = SCAE(config)
-    optimizer = TF1RMSProp.for_recipe(model.trainable_variables, recipe)
-    fns = build_functions(model, optimizer, mode == 'on', FLAGS.noise)
-    part = model.part_encoder(images)
-    r = FLAGS.repeats
-    t = dict(
-        cnn_fwd_bwd=median_seconds(fns['cnn_fwd_bwd'], images, repeats=r),
-        part_encoder=median_seconds(fns['part_encoder'], images, repeats=r),
-        template_decoder=median_seconds(fns['template_decoder'], part,
-                                        repeats=r),
-        object_capsules=median_seconds(fns['object_capsules'], images, part,
-                                       repeats=r),
-        forward=median_seconds(fns['forward'], images, labels, repeats=r),
-        attack_step=median_seconds(fns['attack_step'], images, repeats=r),
-        train_step=median_seconds(fns['train_step'], images, labels,
-                                  repeats=r),
-    )
-    t['backward_and_update'] = t['train_step'] - t['forward']
-    t['train_step_over_cnn_fwd_bwd'] = t['train_step'] / t['cnn_fwd_bwd']
-    t['attack_step_over_train_step'] = t['attack_step'] / t['train_step']
-    if FLAGS.defences and mode == 'off':
+  everything = FLAGS.only == 'all'
+  for mode in FLAGS.xla if everything else ['off']:
+    t = {}
+    if everything:
+      t, cnn_fwd_bwd = time_model(config, recipe, images, labels,
+                                  mode == 'on')
+    if everything and FLAGS.defences and mode == 'off':
       defence, hours = time_defences(config, recipe, images, labels,
-                                     fns['cnn_fwd_bwd'])
+                                     cnn_fwd_bwd)
       t.update(defence)
       result['projected_hours'] = {k: round(v, 2) for k, v in hours.items()}
+    if (FLAGS.adaptive or not everything) and mode == 'off':
+      t.update(time_adaptive(config, images, labels))
     result['seconds'][f'xla_{mode}'] = {k: round(v, 4) for k, v in t.items()}
   print(json.dumps(result, indent=1))
 
