@@ -322,11 +322,13 @@ def write_sanity(out_dir: str, folders: Mapping[str, str],
   (and the worst case's, where written); writes sanity.json and sanity.md
   to `out_dir`, returns the report."""
   from attacks import sanity  # pylint: disable=g-import-not-at-top
-  amounts, curves, first = {}, {}, None
+  amounts, curves, ceilings, first = {}, {}, {}, None
   for name, folder in folders.items():
-    arrays, _ = protocol.load_results(folder)
+    arrays, settings = protocol.load_results(folder)
     first = first or arrays
     amounts[name] = arrays['perturbation']
+    if name == 'pgd_l2':
+      ceilings[name] = settings['attack']['eps']
     with open(os.path.join(folder, 'robust_accuracy.json')) as f:
       curves[name] = json.load(f)['accuracy']
   worst = os.path.join(out_dir, 'worst_case.npz')
@@ -341,7 +343,7 @@ def write_sanity(out_dir: str, folders: Mapping[str, str],
   report = sanity.check(
       amounts, first['clean_correct'], unbounded['perturbation'],
       settings['attack']['eps'], curves, unbounded['clean_correct'],
-      first['indices'])
+      first['indices'], ceilings)
   # Relative: the folder may move, and its files stay those of the run.
   where = lambda folder: os.path.relpath(folder, out_dir)
   files.write_json(os.path.join(out_dir, 'sanity.json'),

@@ -27,7 +27,10 @@ a clean error, inf for a failure, else the L2 of its success.
 2. Robust accuracy never rises with the budget: every curve the report
    shows is non-increasing, and the accuracy of PGD at the unbounded budget
    is at most every attack's at its largest (a sample some attack broke at
-   a smaller budget must not survive the unbounded one).
+   a smaller budget must not survive the unbounded one). Likewise an attack
+   with a budget (PGD's eps, or its search's ceiling) must not fail on a
+   sample that another attack broke within that budget: its robust
+   accuracy at the budget would exceed what is known to be reachable.
 3. At budget 0 the robust accuracy of every curve equals the clean
    accuracy: an attack that "succeeds" at L2 = 0 on a correctly classified
    sample, or a clean error counted robust, means broken bookkeeping. The
@@ -74,7 +77,8 @@ def check(amounts: Mapping[str, np.ndarray], clean_correct,
           unbounded: Optional[np.ndarray] = None,
           diameter: Optional[float] = None,
           curves: Optional[Mapping[str, np.ndarray]] = None,
-          unbounded_clean_correct=None, indices=None) -> dict:
+          unbounded_clean_correct=None, indices=None,
+          ceilings: Optional[Mapping[str, float]] = None) -> dict:
   """The three checks of the module doc.
 
   Args:
@@ -89,6 +93,9 @@ def check(amounts: Mapping[str, np.ndarray], clean_correct,
       run measured (check 3's agreement).
     indices: [N] the samples' indices in their data split, to name the
       survivors of check 1 by (default: their positions).
+    ceilings: {attack name: its budget} for the attacks of `amounts` that
+      have one (PGD's eps or search ceiling), for check 2's comparison
+      across attacks.
 
   Returns:
     dict(ok, flags=[messages], and per check its numbers): unbounded
@@ -144,6 +151,24 @@ def check(amounts: Mapping[str, np.ndarray], clean_correct,
           f'robust accuracy at eps = {diameter:g} ({unbounded_accuracy:.4f}) '
           f'exceeds {name}\'s at a smaller budget ({lowest[name]:.4f}).')
     rising += above
+  # An attack that failed within its budget where another attack found a
+  # point inside that budget: its own accuracy there is too high.
+  found = [_amounts(v) for v in amounts.values()]
+  if unbounded is not None:
+    found.append(_amounts(unbounded))
+  best = np.min(found, axis=0) if found else None
+  missed = {}
+  for name, ceiling in (ceilings or {}).items():
+    mine = _amounts(amounts[name])
+    where = np.isinf(mine) & (best <= ceiling)
+    if where.any():
+      missed[name] = int(where.sum())
+      flags.append(
+          f'{name} failed at its budget {ceiling:g} on {missed[name]} samples '
+          f'that another attack broke within it (L2 '
+          f'{best[where].min():.2f} to {best[where].max():.2f}): its '
+          'optimisation is weak there, its accuracy at the budget too high.')
+      rising.append(name)
 
   # 3. Budget 0.
   at_zero = {name: accuracy_at(values, 0.) for name, values in amounts.items()}
@@ -166,7 +191,8 @@ def check(amounts: Mapping[str, np.ndarray], clean_correct,
       unbounded=dict(diameter=diameter, success_rates=rates,
                      survivors=[int(i) for i in survivors]),
       non_increasing=dict(ok=not rising, failing=rising,
-                          unbounded_accuracy=unbounded_accuracy),
+                          unbounded_accuracy=unbounded_accuracy,
+                          missed_within_budget=missed),
       eps0=dict(ok=not wrong and not disagree, clean_accuracy=clean_accuracy,
                 accuracy_at_0=at_zero, clean_disagreements=disagree))
 

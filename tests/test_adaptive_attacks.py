@@ -407,6 +407,24 @@ def test_sanity_flags_each_failure_by_hand():
   assert text.count('\n- ') == 7
 
 
+def test_sanity_flags_an_attack_that_missed_a_point_within_its_budget():
+  correct = np.ones(4, bool)
+  amounts = dict(capsule=np.array([3., 12., 1., INF]),
+                 pgd_l2=np.array([INF, INF, .5, INF]))
+  unbounded = np.array([9., 11., .6, 9.5])
+  report = sanity.check(amounts, correct, unbounded, 40.,
+                        ceilings=dict(pgd_l2=10.))
+  # Samples 0 (capsule: 3) and 3 (unbounded PGD: 9.5) lie within 10;
+  # sample 1's nearest known point (11) does not.
+  assert report['non_increasing']['missed_within_budget'] == dict(pgd_l2=2)
+  assert 'pgd_l2' in report['non_increasing']['failing']
+  assert ('pgd_l2 failed at its budget 10 on 2 samples that another attack '
+          'broke within it (L2 3.00 to 9.50)') in report['flags'][-1]
+  within = sanity.check(amounts, correct, unbounded, 40.,
+                        ceilings=dict(pgd_l2=2.))
+  assert within['non_increasing']['missed_within_budget'] == {}
+
+
 def test_unbounded_pgd_reaches_any_image():
   """The box diameter of 4 x 4 x 1 images is 4. The all-white image lies at
   the closed-form distance a = 0.5 sum(w) (about 2) from the toy's boundary
@@ -558,7 +576,7 @@ def test_attack_all_runs_each_on_the_same_samples_and_merges(tmp_path):
   curves['worst case'] = protocol.robust_accuracy_curve(
       np.minimum.reduce(list(amounts.values())), 1.)['accuracy']
   expected = sanity.check(amounts, clean_correct, unbounded, 40., curves,
-                          clean_correct, indices)
+                          clean_correct, indices, dict(pgd_l2=10.))
   assert result['sanity'] == expected
   with open(out / 'sanity.json') as f:
     assert json.load(f)['flags'] == expected['flags']
