@@ -32,6 +32,7 @@ from typing import Callable, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from attacks import protocol
+from attacks import sanity as sanity_lib
 from scae_tf import cli
 from scae_tf import files
 
@@ -120,7 +121,6 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
   # Imported here: the reports alone need neither TensorFlow nor a model.
   # pylint: disable=g-import-not-at-top
   from attacks import classifiers, evasion, margin_cw, pgd
-  from attacks import sanity as sanity_lib
   from attacks import settings as settings_lib
   from scae_tf import data, loading
   from scae_tf import kmeans as kmeans_lib
@@ -318,29 +318,23 @@ def write_worst_case(out_dir: str, folders: Sequence[str], threshold: float,
 def write_sanity(out_dir: str, folders: Mapping[str, str],
                  unbounded_folder: str) -> dict:
   """`attacks.sanity.check` of finished runs {attack: folder} and of the
-  unbounded PGD run, against the curves their robust_accuracy.json show
-  (and the worst case's, where written); writes sanity.json and sanity.md
-  to `out_dir`, returns the report."""
-  from attacks import sanity  # pylint: disable=g-import-not-at-top
+  unbounded PGD run, against the curves their robust_accuracy.json show;
+  writes sanity.json and sanity.md to `out_dir`, returns the report."""
   amounts, curves, ceilings, first = {}, {}, {}, None
   for name, folder in folders.items():
     arrays, settings = protocol.load_results(folder)
     first = first or arrays
     amounts[name] = arrays['perturbation']
-    if name == 'pgd_l2':
+    # The attacks with a budget (PGD) name it; the others have none.
+    if settings['attack'].get('eps') is not None:
       ceilings[name] = settings['attack']['eps']
     with open(os.path.join(folder, 'robust_accuracy.json')) as f:
       curves[name] = json.load(f)['accuracy']
-  worst = os.path.join(out_dir, 'worst_case.npz')
-  if len(folders) > 1 and os.path.exists(worst):
-    with np.load(worst) as z:
-      curves['worst case'] = protocol.robust_accuracy_curve(
-          z['perturbation'], 1.)['accuracy']
   unbounded, settings = protocol.load_results(unbounded_folder)
   if not np.array_equal(unbounded['indices'], first['indices']):
     raise ValueError(f'{unbounded_folder} attacked other samples than '
                      f'{list(folders.values())[0]}.')
-  report = sanity.check(
+  report = sanity_lib.check(
       amounts, first['clean_correct'], unbounded['perturbation'],
       settings['attack']['eps'], curves, unbounded['clean_correct'],
       first['indices'], ceilings)
@@ -351,7 +345,7 @@ def write_sanity(out_dir: str, folders: Mapping[str, str],
                         unbounded_run=where(unbounded_folder)),
                    sort_keys=True)
   files.write_text(os.path.join(out_dir, 'sanity.md'),
-                   sanity.markdown(report))
+                   sanity_lib.markdown(report))
   return report
 
 
