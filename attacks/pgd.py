@@ -31,9 +31,24 @@ Each restart is ONE call of a compiled `tf.function` whose steps are a
 gradient per step (the cost of one capsule-attack step), one more at the
 end.
 
-Step size: `step_scale * eps / steps`, with step_scale = 2.5 as in Madry et
-al.'s L2 attacks: the whole budget is crossed in 40 % of the steps, and the
-rest refine on the sphere.
+Step size (`schedule`):
+- 'fixed' (preset `pgd_l2`): `step_scale * eps / steps`, with step_scale =
+  2.5 as in Madry et al.'s L2 attacks: the whole budget is crossed in 40 %
+  of the steps, and the rest refine on the sphere.
+- 'apgd' (preset `pgd_l2_min`): the schedule of APGD (Croce & Hein, 2020,
+  "Reliable evaluation of adversarial robustness...", Algorithm 1), on the
+  margin instead of their losses. The first step is 2 eps long; later steps
+  mix the projected gradient step with the last move (momentum 0.75). At
+  checkpoints `apgd_checkpoints(steps)` (after 22 % of the steps, then at
+  shrinking intervals no shorter than 6 %), a sample halves its step and
+  goes back to the lowest-margin point it has visited if, since the last
+  checkpoint, its margin fell on fewer than 75 % of the steps, or if its
+  step was not halved at the last checkpoint and its lowest margin has not
+  improved since. Why for the search: the fixed step, 0.25 at its ceiling of
+  10, stalled on the piecewise k-means margin of the shipped teacher, where
+  PGD failed at 10 on samples other attacks broke within it (RESULTS.md
+  section 7); long first steps and halving only on stalls cross such
+  plateaus at the same cost, one pass with the input gradient per step.
 
 Minimal norm (`search_steps` > 0, preset `pgd_l2_min`): a binary search on
 eps per sample. PGD first runs at eps = `eps` (the search's ceiling);
@@ -60,6 +75,31 @@ from attacks.evasion import ON_FAILURE, validate_inputs
 from attacks.margins import margin_target
 
 
+SCHEDULES = ('fixed', 'apgd')
+#: APGD's constants (Croce & Hein 2020, section 3.1): momentum, the share of
+#: steps that must lower the margin between checkpoints, and the first step
+#: as a multiple of eps.
+APGD_MOMENTUM = .75
+APGD_RHO = .75
+APGD_FIRST_STEP = 2.
+
+
+def apgd_checkpoints(steps: int):
+  """The steps after which APGD may halve its step: p_0 = 0, p_1 = .22,
+  p_{j+1} = p_j + max(p_j - p_{j-1} - .03, .06), in whole steps (each
+  interval at least one step) while below `steps`. 100 steps: 22, 41, 57,
+  70, 80, 87, 93, 99."""
+  first = max(int(.22 * steps), 1)
+  shrink, least = max(int(.03 * steps), 1), max(int(.06 * steps), 1)
+  points, interval = [], first
+  at = first
+  while at < steps:
+    points.append(at)
+    interval = max(interval - shrink, least)
+    at += interval
+  return points
+
+
 @dataclasses.dataclass(frozen=True)
 class PGDConfig:
   """Settings of PGD-L2.
@@ -70,6 +110,8 @@ class PGDConfig:
   step_scale: step = step_scale * eps / steps.
   search_steps: 0 = fixed budget; else rounds of the binary search on eps.
   zero_start: the first restart starts at the clean image, not at random.
+  schedule: 'fixed' (step_scale * eps / steps) or 'apgd' (module doc;
+    step_scale unused).
   on_failure: 'nan' or 'clean': `adversarial` where no success was found.
   seed: seeds the random starts of an attack object (override per call).
   jit_compile: XLA-compile the restart loop.
@@ -80,6 +122,7 @@ class PGDConfig:
   step_scale: float = 2.5
   search_steps: int = 0
   zero_start: bool = True
+  schedule: str = 'fixed'
   on_failure: str = 'nan'
   seed: int = 0
   jit_compile: bool = False
@@ -89,6 +132,9 @@ class PGDConfig:
       settings.check_positive_number(name, getattr(self, name))
     for name, least in (('steps', 1), ('restarts', 1), ('search_steps', 0)):
       settings.check_integer(name, getattr(self, name), least)
+    if self.schedule not in SCHEDULES:
+      raise ValueError(f'schedule={self.schedule!r} is not one of '
+                       f'{SCHEDULES}.')
     if self.on_failure not in ON_FAILURE:
       raise ValueError(f'on_failure={self.on_failure!r} is not one of '
                        f'{ON_FAILURE}.')
@@ -97,8 +143,10 @@ class PGDConfig:
 PRESETS = {
     # MNIST's threshold; Madry et al.'s step rule.
     'pgd_l2': PGDConfig(eps=4., steps=100, restarts=5),
-    # Ceiling 10 (well above both thresholds); 10 rounds: within 0.01.
-    'pgd_l2_min': PGDConfig(eps=10., steps=100, restarts=1, search_steps=10),
+    # Ceiling 10 (well above both thresholds); 10 rounds: within 0.01. APGD's
+    # schedule: the fixed step stalled at this ceiling (module doc).
+    'pgd_l2_min': PGDConfig(eps=10., steps=100, restarts=1, search_steps=10,
+                            schedule='apgd'),
 }
 
 
@@ -187,7 +235,14 @@ class PGDAttack:
                     best_img, best_l2):
     """PGD from `start` at budgets eps [B]; folds every point visited into
     the best (margin, success, image, l2) so far and returns them."""
-    step = self.config.step_scale * eps / self.config.steps
+    cfg = self.config
+    apgd = cfg.schedule == 'apgd'
+    step = eps * (APGD_FIRST_STEP if apgd else cfg.step_scale / cfg.steps)
+    # window[k]: the steps since the last checkpoint if k is one, else 0.
+    window, last = np.zeros(cfg.steps, np.float32), 0
+    for k in apgd_checkpoints(cfg.steps) if apgd else ():
+      window[k], last = k - last, k
+    window = tf.constant(window)
 
     def record(x_adv, margin, pred, best):
       b_margin, b_success, b_img, b_l2 = best
@@ -200,15 +255,46 @@ class PGDAttack:
               tf.where(better, l2_norms(x_adv - x), b_l2))
 
     best = (best_margin, best_success, best_img, best_l2)
-    x_adv = start
-    for _ in tf.range(self.config.steps):
+    x_adv = x_prev = start
+    # APGD's state: the lowest-margin point visited and its gradient (a
+    # halving steps from there), the margin falls since the last checkpoint,
+    # and what that checkpoint saw.
+    inf = tf.fill(tf.shape(eps), np.inf)
+    low_margin, low_img, low_grad = inf, start, tf.zeros_like(start)
+    prev_margin, last_low = inf, inf
+    falls = tf.zeros_like(eps)
+    halved_last = tf.zeros_like(eps, tf.bool)
+    for k in tf.range(cfg.steps):
       with tf.GradientTape() as tape:
         tape.watch(x_adv)
         margin, pred = self.target(x_adv, labels)
       grad = tape.gradient(margin, x_adv)
       best = record(x_adv, margin, pred, best)
+      if apgd:
+        falls += tf.cast((margin < prev_margin) & (k > 0), tf.float32)
+        prev_margin = margin
+        last_low = tf.where(tf.equal(k, 0), margin, last_low)
+        lower = margin < low_margin
+        low_margin = tf.where(lower, margin, low_margin)
+        low_img = tf.where(_per_sample(lower), x_adv, low_img)
+        low_grad = tf.where(_per_sample(lower), grad, low_grad)
+        check = window[k] > 0
+        halve = check & ((falls < APGD_RHO * window[k]) | (
+            ~halved_last & (low_margin >= last_low)))
+        step = tf.where(halve, step / 2., step)
+        x_adv = tf.where(_per_sample(halve), low_img, x_adv)
+        grad = tf.where(_per_sample(halve), low_grad, grad)
+        halved_last = tf.where(check, halve, halved_last)
+        last_low = tf.where(check, low_margin, last_low)
+        falls = tf.where(check, tf.zeros_like(falls), falls)
       unit = grad / _per_sample(tf.maximum(l2_norms(grad), 1e-12))
-      x_adv = project(x_adv - _per_sample(step) * unit, x, eps)
+      x_next = project(x_adv - _per_sample(step) * unit, x, eps)
+      if apgd:
+        # The first step is the projected gradient step alone.
+        a = tf.where(k > 0, APGD_MOMENTUM, 1.)
+        x_next = project(x_adv + a * (x_next - x_adv) +
+                         (1. - a) * (x_adv - x_prev), x, eps)
+      x_prev, x_adv = x_adv, x_next
     margin, pred = self.target(x_adv, labels)
     return record(x_adv, margin, pred, best)
 

@@ -232,18 +232,107 @@ class SaturatingMargin:
 def test_minimal_norm_reports_the_l2_of_the_image_it_returns():
   """The search's L2 is that of the kept image, not the budget it was
   found at. d = .1 and .3, ceiling 1, 5 steps of 2.5 * eps / 5 = eps / 2,
-  from the clean image along -w: at eps 1 both stop after one step, at
+  from the clean image along -w (the fixed schedule, not the preset's
+  APGD): at eps 1 both stop after one step, at
   L2 .5. The search's round at eps .25 stops d = .1 after one step, at
   .125, and leaves d = .3 on the sphere at a = .05, a failure."""
   d = np.array([.1, .3])
   x = (.5 + d[:, None] * SaturatingMargin.w).reshape(2, 4, 4, 1)
   r = pgd.PGDAttack(SaturatingMargin(), 'pgd_l2_min', eps=1., steps=5,
-                    search_steps=1)(x.astype(np.float32),
+                    search_steps=1, schedule='fixed')(x.astype(np.float32),
                                     np.zeros(2, np.int64))
   assert r.success.all()
   np.testing.assert_allclose(r.l2, [.125, .5], rtol=1e-5)
   norms = np.linalg.norm((r.adversarial - x).reshape(2, -1), axis=1)
   np.testing.assert_allclose(r.l2, norms, rtol=1e-5)
+
+
+class DistanceToPlane:
+  """A margin target on 4 x 4 images that never misclassifies: margin
+  |a - t|, a = <w, x - .5>, w = 1/4 everywhere (a unit vector). From the
+  grey image every PGD move is along w, so the image stays .5 + a w and
+  PGD reduces to a scalar recurrence on a in [-eps, eps]."""
+  name = 'distance'
+  image_shape = (4, 4, 1)
+  num_classes = 2
+  w = np.full(16, .25)
+
+  def __init__(self, t):
+    self.t = t
+
+  def __call__(self, images, labels):
+    a = tf.reduce_sum(images - .5, [1, 2, 3]) * .25
+    return tf.abs(a - self.t), tf.zeros_like(labels)
+
+
+def apgd_by_hand(t, eps, steps):
+  """Croce & Hein's Algorithm 1 on |a - t| along w, written out on the
+  scalar a (minimising): the lowest margin visited."""
+  checks = pgd.apgd_checkpoints(steps)
+  step, a, a_prev = 2. * eps, 0., 0.
+  low, low_a, low_g = np.inf, 0., 0.
+  prev, last_low, falls, halved_last, last = np.inf, None, 0, False, 0
+  seen = []
+  for k in range(steps):
+    m, g = abs(a - t), np.sign(a - t)
+    seen.append(m)
+    falls += k > 0 and m < prev
+    prev = m
+    if k == 0:
+      last_low = m
+    if m < low:
+      low, low_a, low_g = m, a, g
+    if k in checks:
+      window, last = k - last, k
+      halve = falls < .75 * window or (not halved_last and low >= last_low)
+      if halve:
+        step, a, g = step / 2., low_a, low_g
+      halved_last, last_low, falls = halve, low, 0
+    z = np.clip(a - step * g, -eps, eps)
+    mix = .75 if k > 0 else 1.
+    a_prev, a = a, np.clip(a + mix * (z - a) + (1. - mix) * (a - a_prev),
+                           -eps, eps)
+  seen.append(abs(a - t))
+  return min(seen)
+
+
+def test_apgd_checkpoints_by_hand():
+  """22 % of the steps, then intervals shrinking by 3 % down to 6 %."""
+  assert pgd.apgd_checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+  assert pgd.apgd_checkpoints(5) == [1, 2, 3, 4]
+  assert pgd.apgd_checkpoints(1) == []
+
+
+@pytest.mark.parametrize('t,steps', [(.3137, 20), (-.6071, 40), (.81, 100)])
+def test_apgd_schedule_equals_algorithm_1_by_hand(t, steps):
+  """On |a - t| the APGD schedule's lowest margin is that of the scalar
+  recurrence (a failure: the image is not returned); the fixed step (2.5 eps / steps) oscillates
+  around t and ends further from it: APGD halves its step on the
+  oscillation, from a first step of 2 eps."""
+  x = np.full((1, 4, 4, 1), .5, np.float32)
+  labels = np.zeros(1, np.int64)
+  r = pgd.PGDAttack(DistanceToPlane(t), 'pgd_l2', eps=1., steps=steps,
+                    restarts=1, schedule='apgd')(x, labels)
+  low = apgd_by_hand(t, 1., steps)
+  assert not r.success[0]
+  np.testing.assert_allclose(r.margin[0], low, atol=1e-5)
+  fixed = pgd.PGDAttack(DistanceToPlane(t), 'pgd_l2', eps=1., steps=steps,
+                        restarts=1)(x, labels)
+  assert low < fixed.margin[0] / 4.
+
+
+def test_apgd_reaches_the_best_point_of_the_ball_in_one_step():
+  """On the linear toy the first APGD step, 2 eps along -w from the clean
+  image, is projected onto x - eps w, the ball's best point, and momentum
+  keeps it there."""
+  d = np.array([.1, .2])
+  _, w, x = linear_problem(d, seed=4)
+  r = pgd.PGDAttack(toy_target(w), 'pgd_l2', eps=.3, steps=10, restarts=1,
+                    schedule='apgd')(x, np.zeros(2, np.int64))
+  a = (r.adversarial.reshape(2, -1) - .5) @ w
+  np.testing.assert_allclose(a, d - .3, atol=1e-5)
+  assert pgd.PRESETS['pgd_l2_min'].schedule == 'apgd'
+  assert pgd.PRESETS['pgd_l2'].schedule == 'fixed'
 
 
 # --- margin C&W --------------------------------------------------------------
@@ -289,6 +378,8 @@ def test_pgd_config_errors():
     pgd.get_config('pgd_l2', learning_rate=1.)
   with pytest.raises(ValueError, match='search_steps must be an integer >= 0'):
     pgd.get_config('pgd_l2_min', search_steps=-1)
+  with pytest.raises(ValueError, match="schedule='adam' is not one of"):
+    pgd.get_config('pgd_l2', schedule='adam')
   assert pgd.PRESETS['pgd_l2'].steps == 100
   assert pgd.PRESETS['pgd_l2'].restarts == 5
 
