@@ -42,6 +42,8 @@ where the centres lie):
     the last point) divided by --attack_inner;
   * pgd_iteration_over_attack_iteration_T: their ratio. Target (issue 13):
     <= 1.0 on both targets.
+  * apgd_iteration_T and apgd_iteration_over_attack_iteration_T: the same
+    with APGD's step schedule (`pgd_l2_min`'s).
   Both iterations err high by one forward pass per --attack_inner steps,
   so the ratio is like for like. attack_iteration_PosL leaves out the
   clean pass that attack_iteration above includes.
@@ -201,6 +203,10 @@ def random_kmeans(config, seed=0):
                           'cosine', 'posterior', np.arange(config.num_classes))
 
 
+#: The PGD step schedules timed: pgd_l2's fixed step, pgd_l2_min's APGD.
+PGD_SCHEDULES = dict(pgd='fixed', apgd='apgd')
+
+
 def adaptive_calls(model, kmeans, images, labels, steps,
                    targets=ADAPTIVE_TARGETS):
   """{f'{attack}_{target}': (compiled fn, args)}: per target on `model`
@@ -229,11 +235,13 @@ def adaptive_calls(model, kmeans, images, labels, steps,
     p = tf.random.Generator.from_seed(capsule.config.seed).uniform(x.shape)
     calls[f'attack_{name}'] = (capsule._outer, (
         x, w, mask, subset, y, const, inf, tf.zeros_like(x), p))
-    margin_attack = pgd.PGDAttack(target, 'pgd_l2', steps=steps, restarts=1)
-    margin, pred = margin_attack._score(x, y)
-    eps = tf.fill([batch], np.float32(margin_attack.config.eps))
-    calls[f'pgd_{name}'] = (margin_attack._restart, (
-        x, y, eps, x, margin, tf.not_equal(pred, y), x, tf.zeros([batch])))
+    for kind, schedule in PGD_SCHEDULES.items():
+      margin_attack = pgd.PGDAttack(target, 'pgd_l2', steps=steps,
+                                    restarts=1, schedule=schedule)
+      margin, pred = margin_attack._score(x, y)
+      eps = tf.fill([batch], np.float32(margin_attack.config.eps))
+      calls[f'{kind}_{name}'] = (margin_attack._restart, (
+          x, y, eps, x, margin, tf.not_equal(pred, y), x, tf.zeros([batch])))
   return calls
 
 
@@ -243,10 +251,12 @@ def adaptive_ratios(seconds, steps):
   t = {}
   for name in ADAPTIVE_TARGETS:
     attack = seconds[f'attack_{name}'] / steps
-    margin_attack = seconds[f'pgd_{name}'] / steps
     t[f'attack_iteration_{name}'] = attack
-    t[f'pgd_iteration_{name}'] = margin_attack
-    t[f'pgd_iteration_over_attack_iteration_{name}'] = margin_attack / attack
+    for kind in PGD_SCHEDULES:
+      margin_attack = seconds[f'{kind}_{name}'] / steps
+      t[f'{kind}_iteration_{name}'] = margin_attack
+      t[f'{kind}_iteration_over_attack_iteration_{name}'] = (
+          margin_attack / attack)
   return t
 
 

@@ -35,18 +35,20 @@ def test_adaptive_calls_run_what_the_attacks_run(step_costs):
   # seconds of tracing.
   name = 'PosK'
   calls = step_costs.adaptive_calls(model, kmeans, x, y, steps, (name,))
-  assert sorted(calls) == [f'attack_{name}', f'pgd_{name}']
+  assert sorted(calls) == [f'apgd_{name}', f'attack_{name}', f'pgd_{name}']
   # The attack objects whose compiled functions the benchmark calls: their
   # own calls reuse the traces.
-  fn, args = calls[f'pgd_{name}']
-  margin, success, _, l2 = fn(*args)
-  margin_attack = fn.python_function.__self__
-  assert margin_attack.name == name
-  assert margin_attack.config.steps == steps
-  want = margin_attack(x, y)
-  np.testing.assert_array_equal(margin.numpy(), want.margin)
-  np.testing.assert_array_equal(success.numpy(), want.success)
-  np.testing.assert_array_equal(np.where(success, l2, np.inf), want.l2)
+  for kind, schedule in (('pgd', 'fixed'), ('apgd', 'apgd')):
+    fn, args = calls[f'{kind}_{name}']
+    margin, success, _, l2 = fn(*args)
+    margin_attack = fn.python_function.__self__
+    assert margin_attack.name == name
+    assert margin_attack.config.steps == steps
+    assert margin_attack.config.schedule == schedule
+    want = margin_attack(x, y)
+    np.testing.assert_array_equal(margin.numpy(), want.margin)
+    np.testing.assert_array_equal(success.numpy(), want.success)
+    np.testing.assert_array_equal(np.where(success, l2, np.inf), want.l2)
 
   fn, args = calls[f'attack_{name}']
   best_l2, _, _ = fn(*args)
@@ -58,13 +60,16 @@ def test_adaptive_calls_run_what_the_attacks_run(step_costs):
 
 
 def test_adaptive_ratios_are_per_step(step_costs):
-  seconds = dict(attack_PosL=6., pgd_PosL=3., attack_PosK=4., pgd_PosK=8.)
+  seconds = dict(attack_PosL=6., pgd_PosL=3., apgd_PosL=12., attack_PosK=4.,
+                 pgd_PosK=8., apgd_PosK=2.)
   t = step_costs.adaptive_ratios(seconds, steps=2)
   assert t == dict(
       attack_iteration_PosL=3., pgd_iteration_PosL=1.5,
       pgd_iteration_over_attack_iteration_PosL=.5,
+      apgd_iteration_PosL=6., apgd_iteration_over_attack_iteration_PosL=2.,
       attack_iteration_PosK=2., pgd_iteration_PosK=4.,
-      pgd_iteration_over_attack_iteration_PosK=2.)
+      pgd_iteration_over_attack_iteration_PosK=2.,
+      apgd_iteration_PosK=1., apgd_iteration_over_attack_iteration_PosK=.5)
 
 
 def test_alternating_medians_reverse_every_other_round(step_costs):
