@@ -5,7 +5,8 @@
 
 See `scae_tf/training/curves.py` for the panels. With --table it also prints,
 per run, a Markdown table of the per-epoch test evaluations (k-means and
-probes), as RESULTS.md shows them.
+probes), as RESULTS.md shows them; with --generator_blocks=50 a defence
+run's adversarial batches by blocks of 50 steps.
 """
 
 import os
@@ -22,6 +23,9 @@ flags.DEFINE_string('out', 'training.png', 'Output PNG.')
 flags.DEFINE_integer('smooth', 20, 'Moving-average window (log records).')
 flags.DEFINE_string('title', None, 'Figure title (e.g. data set and recipe).')
 flags.DEFINE_bool('table', False, 'Also print per-epoch Markdown tables.')
+flags.DEFINE_integer('generator_blocks', None, 'Also print, per run, the '
+                     'generator\'s success rate and mean L2 on a defence\'s '
+                     'adversarial batches, by blocks of this many steps.')
 flags.mark_flag_as_required('runs')
 FLAGS = flags.FLAGS
 
@@ -34,6 +38,11 @@ def main(argv):
                               for r in FLAGS.runs]
     for run_dir, label in zip(FLAGS.runs, labels):
       print(f'{label}:\n{curves.epoch_table(*curves.read_log(run_dir)[1:])}\n')
+  if FLAGS.generator_blocks:
+    for run_dir in FLAGS.runs:
+      train = curves.read_log(run_dir)[0]
+      print(f'{run_dir}:\n'
+            f'{curves.generator_table(train, FLAGS.generator_blocks)}\n')
   curves.plot_runs(FLAGS.runs, FLAGS.out, labels=FLAGS.labels,
                    smooth=FLAGS.smooth, title=FLAGS.title)
   print(f'wrote {FLAGS.out}')

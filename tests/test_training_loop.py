@@ -436,6 +436,36 @@ def test_plot_training_prints_the_epoch_table(tmp_path):
   assert (tmp_path / 'curves.png').stat().st_size > 0
 
 
+def test_plot_training_prints_the_generator_table(tmp_path):
+  """Blocks of 4 steps; only adversarial records count; the mean L2 is over
+  all successes: (.5 * 2 + 1. * 4) / 1.5 = 10 / 3 in steps 1-4."""
+  run_dir = tmp_path / 'run'
+  run_dir.mkdir()
+  # The plot's fields, in every training record.
+  plotted = dict(loss=1., prior_cls_acc=.1, posterior_cls_acc=.2,
+                 wall_time=1.)
+  records = [
+      dict(step=1, adversarial=0., **plotted),
+      dict(step=2, adversarial=1., attack_success_rate=.5, attack_mean_l2=2.,
+           **plotted),
+      dict(step=4, adversarial=1., attack_success_rate=1., attack_mean_l2=4.,
+           **plotted),
+      dict(step=5, epoch=1, eval=True, wall_time=2., prior_probe_acc=.5,
+           posterior_probe_acc=.5),
+      dict(step=6, adversarial=1., attack_success_rate=0., attack_mean_l2=0.,
+           **plotted),
+  ]
+  (run_dir / 'log.jsonl').write_text(
+      ''.join(json.dumps(r) + '\n' for r in records))
+  out = subprocess.run(
+      [sys.executable, str(REPO / 'run' / 'plot_training.py'),
+       f'--runs={run_dir}', '--generator_blocks=4',
+       f'--out={tmp_path / "curves.png"}'],
+      capture_output=True, text=True, check=True).stdout
+  rows = [line for line in out.splitlines() if line.startswith('| ')]
+  assert rows[1:] == ['| 1-4 | 2 | 75.0 % | 3.33 |', '| 5-6 | 1 | 0.0 % | - |']
+
+
 def test_random_step_survives_sigkill(tmp_path):
   """A step drawing from a checkpointed tf.random.Generator inside the
   compiled function, killed with SIGKILL and resumed, ends bit-identical to

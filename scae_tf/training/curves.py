@@ -4,7 +4,8 @@ Panels: loss, probe accuracy on training batches (moving average) and on the
 test split (per epoch, with the k-means test accuracy when the run used
 --kmeans_every_epoch), each against steps; and test accuracy against
 wall-clock hours. `epoch_table` gives the per-epoch evaluations as the
-Markdown tables of RESULTS.md.
+Markdown tables of RESULTS.md, `generator_table` a defence's adversarial
+batches by blocks of steps.
 """
 
 import json
@@ -62,6 +63,28 @@ def epoch_table(evals, kmeans):
         f'| {pct(k, "kmeans_prior_test_acc")} '
         f'| {pct(k, "kmeans_posterior_test_acc")} '
         f'| {pct(r, "prior_probe_acc")} | {pct(r, "posterior_probe_acc")} |')
+  return '\n'.join(lines)
+
+
+def generator_table(train, block=50):
+  """Markdown rows: the defences' generator on its adversarial batches
+  (records with `adversarial`), per block of `block` steps: the batches,
+  their success rate and the mean L2 over all their successes (each
+  batch's mean weighted by its successes; batches are all one size)."""
+  blocks = {}
+  for r in train:
+    if r.get('adversarial') and 'attack_success_rate' in r:
+      blocks.setdefault((r['step'] - 1) // block, []).append(r)
+  lines = ['| steps | adversarial batches | success rate | mean L2 of the '
+           'successes |', '|---|---|---|---|']
+  for b in sorted(blocks):
+    rate = np.array([r['attack_success_rate'] for r in blocks[b]])
+    l2 = np.array([r.get('attack_mean_l2', np.nan) for r in blocks[b]])
+    steps = [r['step'] for r in blocks[b]]
+    mean_l2 = (f'{np.sum(rate * l2) / rate.sum():.2f}' if rate.sum() > 0
+               else '-')
+    lines.append(f'| {b * block + 1}-{max(steps)} | {len(steps)} '
+                 f'| {100 * rate.mean():.1f} % | {mean_l2} |')
   return '\n'.join(lines)
 
 
