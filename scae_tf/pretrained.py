@@ -115,8 +115,14 @@ def model_card(name, loaded, report, run_folder=None, command=None):
   deviations = curves.run_deviations(run_folder) if run_folder else []
   total = _planned_steps(settings, report['results']['n_train'])
   if step is not None and total and step < total:
-    deviations.append(f'stopped at step {step} of the {total} the run '
-                      'planned')
+    batch = recipe.get('batch_size')
+    per_epoch = report['results']['n_train'] // batch if batch else None
+    deviations.append(
+        f'stopped at step {step} of the {total} the run planned'
+        + (f' (epoch {step / per_epoch:g} of {total / per_epoch:g})'
+           if per_epoch else ''))
+  deviations += [f'teacher: {d}' for d in
+                 card_deviations(settings.get('teacher'))]
   lines += ['', '## Deviations from the paper', '']
   lines += [f'- {d}' for d in deviations] or ['- none']
   results = report['results']
@@ -140,6 +146,22 @@ def model_card(name, loaded, report, run_folder=None, command=None):
             '    from scae_tf import loading',
             f'    loaded = loading.load_model("pretrained/{name}")', '']
   return '\n'.join(lines)
+
+
+def card_deviations(folder):
+  """The deviations listed in the model card of `folder` (a shipped model,
+  e.g. a defence's teacher); [] when it has no card."""
+  path = os.path.join(folder, 'MODEL_CARD.md') if folder else None
+  if not path or not os.path.exists(path):
+    return []
+  found, inside = [], False
+  with open(path) as f:
+    for line in f:
+      if line.startswith('## '):
+        inside = line.strip() == '## Deviations from the paper'
+      elif inside and line.startswith('- ') and line.strip() != '- none':
+        found.append(line[2:].strip())
+  return found
 
 
 def _checkpoint_step(prefix):

@@ -67,11 +67,30 @@ def test_export_writes_weights_kmeans_and_a_card_and_refuses_to_overwrite(
   assert 'DEVIATION' not in text  # Said once, under its heading:
   assert 'lr 3e-4 instead of 3e-5' in text
   # 80 epochs of 200 // 4 steps planned by the cpu recipe, 40 done.
-  assert 'stopped at step 40 of the 4000 the run planned' in text
+  assert ('stopped at step 40 of the 4000 the run planned (epoch 0.8 of 80)'
+          in text)
   assert 'python run/train_teacher.py --recipe=cpu' in text
   with pytest.raises(FileExistsError, match='not empty'):
     pretrained.export(str(source), str(out), 'mnist', data_dir=str(DATA_DIR),
                       max_examples=200, progress=False, log=lambda msg: None)
+
+
+def test_a_card_lists_the_deviations_of_its_teachers_card(tmp_path):
+  """A defence's card repeats its teacher's deviations, read from the
+  teacher's card; none without a card or under '- none'."""
+  teacher = tmp_path / 'teacher'
+  teacher.mkdir()
+  (teacher / 'MODEL_CARD.md').write_text(
+      '# t\n\n## Provenance\n\n- seed: `0`\n\n'
+      '## Deviations from the paper\n\n- lr 3e-4\n- stopped early\n\n'
+      '## Accuracy\n\n- not a deviation\n')
+  assert pretrained.card_deviations(str(teacher)) == ['lr 3e-4',
+                                                      'stopped early']
+  assert pretrained.card_deviations(str(tmp_path / 'missing')) == []
+  assert pretrained.card_deviations(None) == []
+  (teacher / 'MODEL_CARD.md').write_text(
+      '## Deviations from the paper\n\n- none\n')
+  assert pretrained.card_deviations(str(teacher)) == []
 
 
 def test_an_exported_folder_is_attacked_with_its_own_kmeans(tmp_path):
@@ -93,7 +112,7 @@ def test_an_exported_folder_is_attacked_with_its_own_kmeans(tmp_path):
   assert result['summary']['num_samples'] == 2
 
 
-SHIPPED = ('teacher_mnist_cpu',)
+SHIPPED = ('teacher_mnist_cpu', 'ntat_mnist_cpu')
 
 
 @pytest.mark.parametrize('name', SHIPPED)
