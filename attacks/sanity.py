@@ -14,8 +14,9 @@ a clean error, inf for a failure, else the L2 of its success.
    classified sample. Pixels lie in [0, 1], so an L2 budget equal to the
    box's diameter sqrt(H W C) (40 for the 40 x 40 MNIST canvas) reaches
    every image. Checked two ways:
-   - PGD-L2 at eps = diameter (`unbounded_config`, run by the pipeline on
-     every sample) must succeed on every correctly classified one;
+   - PGD-L2 at eps = diameter (`unbounded_config`: APGD's schedule, run by
+     the pipeline on every sample) must succeed on every correctly
+     classified one;
    - each minimal-norm attack without a ceiling (`UNBOUNDED_BY_DESIGN`:
      the paper's attack and margin_cw) must succeed on every one too, as
      its success rate is its rate at an unbounded budget. PGD runs with a
@@ -57,10 +58,15 @@ def box_diameter(image_shape) -> float:
 
 
 def unbounded_config(image_shape, seed: int = 0, steps: Optional[int] = None):
-  """The PGD settings of check 1: eps = the box's diameter, one restart."""
+  """The PGD settings of check 1: eps = the box's diameter, one restart,
+  APGD's step schedule. Why APGD: with the fixed step (1.0 at eps 40) the
+  check left 4 of 169 samples of the NTAT model unbroken that the APGD
+  search had broken below L2 4 (RESULTS.md section 8), a false alarm
+  about the model that was a weakness of the check's own attack."""
   from attacks import pgd  # pylint: disable=g-import-not-at-top
   return pgd.get_config('pgd_l2', eps=box_diameter(image_shape),
-                        steps=steps or UNBOUNDED_STEPS, restarts=1, seed=seed)
+                        steps=steps or UNBOUNDED_STEPS, restarts=1, seed=seed,
+                        schedule='apgd')
 
 
 def _amounts(values) -> np.ndarray:

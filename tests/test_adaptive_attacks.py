@@ -523,8 +523,8 @@ def test_unbounded_pgd_reaches_any_image():
   0.9 a does not."""
   assert sanity.box_diameter((40, 40, 1)) == 40.
   config = sanity.unbounded_config((4, 4, 1), seed=2)
-  assert (config.eps, config.steps, config.restarts, config.seed) == (
-      4., sanity.UNBOUNDED_STEPS, 1, 2)
+  assert (config.eps, config.steps, config.restarts, config.seed,
+          config.schedule) == (4., sanity.UNBOUNDED_STEPS, 1, 2, 'apgd')
   _, w, near = linear_problem([.05], seed=3)
   x = np.concatenate([near, np.ones_like(near)])
   distance = .5 * w.sum()
