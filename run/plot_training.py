@@ -33,15 +33,14 @@ FLAGS = flags.FLAGS
 def main(argv):
   if cli.extra_args_error(argv):
     return 1
-  if FLAGS.table:
-    labels = FLAGS.labels or [os.path.basename(r.rstrip('/'))
-                              for r in FLAGS.runs]
-    for run_dir, label in zip(FLAGS.runs, labels):
-      print(f'{label}:\n{curves.epoch_table(*curves.read_log(run_dir)[1:])}\n')
-  if FLAGS.generator_blocks:
-    for run_dir in FLAGS.runs:
-      train = curves.read_log(run_dir)[0]
-      print(f'{run_dir}:\n'
+  labels = FLAGS.labels or [os.path.basename(r.rstrip('/'))
+                            for r in FLAGS.runs]
+  for run_dir, label in zip(FLAGS.runs, labels):
+    train, evals, kmeans = curves.read_log(run_dir)
+    if FLAGS.table:
+      print(f'{label}:\n{curves.epoch_table(evals, kmeans)}\n')
+    if FLAGS.generator_blocks:
+      print(f'{label}, adversarial batches:\n'
             f'{curves.generator_table(train, FLAGS.generator_blocks)}\n')
   curves.plot_runs(FLAGS.runs, FLAGS.out, labels=FLAGS.labels,
                    smooth=FLAGS.smooth, title=FLAGS.title)

@@ -26,6 +26,8 @@ from scae_tf import loading
 from scae_tf.training import curves
 
 PREFIX = 'model'
+#: The card's section that `card_deviations` reads back.
+DEVIATIONS_HEADING = '## Deviations from the paper'
 #: What a pretrained folder may weigh: it lives in git.
 MAX_BYTES = 12 * 2 ** 20
 
@@ -115,15 +117,14 @@ def model_card(name, loaded, report, run_folder=None, command=None):
   deviations = curves.run_deviations(run_folder) if run_folder else []
   total = _planned_steps(settings, report['results']['n_train'])
   if step is not None and total and step < total:
-    batch = recipe.get('batch_size')
-    per_epoch = report['results']['n_train'] // batch if batch else None
+    per_epoch = _steps_per_epoch(settings, report['results']['n_train'])
     deviations.append(
         f'stopped at step {step} of the {total} the run planned'
         + (f' (epoch {step / per_epoch:g} of {total / per_epoch:g})'
            if per_epoch else ''))
   deviations += [f'teacher: {d}' for d in
                  card_deviations(settings.get('teacher'))]
-  lines += ['', '## Deviations from the paper', '']
+  lines += ['', DEVIATIONS_HEADING, '']
   lines += [f'- {d}' for d in deviations] or ['- none']
   results = report['results']
   lines += ['', '## Accuracy', '',
@@ -158,7 +159,7 @@ def card_deviations(folder):
   with open(path) as f:
     for line in f:
       if line.startswith('## '):
-        inside = line.strip() == '## Deviations from the paper'
+        inside = line.strip() == DEVIATIONS_HEADING
       elif inside and line.startswith('- ') and line.strip() != '- none':
         found.append(line[2:].strip())
   return found
@@ -176,6 +177,10 @@ def _planned_steps(settings, n_train):
     return recipe['train_steps']
   epochs = (sum(p['epochs'] for p in settings['phases'])
             if settings.get('phases') else recipe.get('epochs'))
-  if epochs and recipe.get('batch_size'):
-    return epochs * (n_train // recipe['batch_size'])
-  return None
+  per_epoch = _steps_per_epoch(settings, n_train)
+  return epochs * per_epoch if epochs and per_epoch else None
+
+
+def _steps_per_epoch(settings, n_train):
+  batch = (settings.get('recipe') or {}).get('batch_size')
+  return n_train // batch if batch else None

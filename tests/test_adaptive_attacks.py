@@ -306,9 +306,9 @@ def test_apgd_checkpoints_by_hand():
 @pytest.mark.parametrize('t,steps', [(.3137, 20), (-.6071, 40), (.81, 100)])
 def test_apgd_schedule_equals_algorithm_1_by_hand(t, steps):
   """On |a - t| the APGD schedule's lowest margin is that of the scalar
-  recurrence (a failure: the image is not returned); the fixed step (2.5 eps / steps) oscillates
-  around t and ends further from it: APGD halves its step on the
-  oscillation, from a first step of 2 eps."""
+  recurrence (a failure: the image is not returned); the fixed step
+  (2.5 eps / steps) oscillates around t and ends further from it: APGD
+  halves its step on the oscillation, from a first step of 2 eps."""
   x = np.full((1, 4, 4, 1), .5, np.float32)
   labels = np.zeros(1, np.int64)
   r = pgd.PGDAttack(DistanceToPlane(t), 'pgd_l2', eps=1., steps=steps,
