@@ -21,6 +21,7 @@ import dataclasses
 from typing import Optional, Tuple
 
 LR_SCHEDULES = ('code', 'decay')
+INITS = ('scratch', 'teacher')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,26 @@ class Method:
   @property
   def needs_teacher(self) -> bool:
     return self.init == 'teacher' or any(k == 'ad' for k, _ in self.phases)
+
+  def starting_from(self, init: Optional[str]) -> 'Method':
+    """The method with the student's start `init` ('scratch' or 'teacher';
+    None keeps the method's own). A start other than the method's own is a
+    deviation (see `init_deviation`)."""
+    if init is None or init == self.init:
+      return self
+    if init not in INITS:
+      raise ValueError(f'Unknown init {init!r}; expected one of {INITS}.')
+    return dataclasses.replace(self, init=init)
+
+
+def init_deviation(method: Method) -> Optional[str]:
+  """How `method`'s start departs from the paper's, in words, or None."""
+  paper = METHODS[method.name].init
+  if method.init == paper:
+    return None
+  start = dict(teacher="the teacher's weights", scratch='scratch')
+  return (f'the student starts from {start[method.init]} instead of from '
+          f'{start[paper]} (paper section 5)')
 
 
 METHODS = {m.name: m for m in (

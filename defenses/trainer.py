@@ -56,7 +56,7 @@ def _deviations(method, phases, preset, recipe, clean_batches, ad_weight,
                 attack_overrides):
   """How a run departs from the paper's protocol (section 6.2), in words;
   empty for the paper's."""
-  found = []
+  found = [text for text in (methods.init_deviation(method),) if text]
   defaults = dict(method.phases)
   changed = [f'{p.kind.upper()} {p.epochs} epochs instead of '
              f'{defaults[p.kind]}' for p in phases
@@ -78,8 +78,9 @@ def _deviations(method, phases, preset, recipe, clean_batches, ad_weight,
 
 
 def train_defense(method, dataset='mnist', teacher=None, logdir=None, seed=0,
-                  preset='paper', epochs=None, ad_epochs=None, at_epochs=None,
-                  lr_schedule='code', ad_target='input', ad_weight=0.5,
+                  preset='paper', init=None, epochs=None, ad_epochs=None,
+                  at_epochs=None, lr_schedule='code', ad_target='input',
+                  ad_weight=0.5,
                   clean_batches=1, batch_size=None, learning_rate=None,
                   attack_overrides=None, max_train_steps=None, data_dir=None,
                   save_every=1000, fit_kmeans=True, overwrite=False,
@@ -93,6 +94,10 @@ def train_defense(method, dataset='mnist', teacher=None, logdir=None, seed=0,
       run/train_teacher.py or any checkpoint `load_model` reads (original TF1
       ones included). Its config is the student's, with noise off.
     preset: 'paper' (section 6.2's epochs) or 'cpu' (a labelled deviation).
+    init: where the student starts, 'scratch' or 'teacher'; None: the
+      method's own (AT, AD, HAT from scratch, NTAT from the teacher).
+      Another start is a deviation (a CPU budget too short to train a
+      student from scratch).
     epochs: the length of a one-phase method (AT, AD, NTAT).
     ad_epochs, at_epochs: the length of the method's AD / AT phase.
     lr_schedule: 'code' (what the authors' code ran) or 'decay' (Table 2).
@@ -117,7 +122,7 @@ def train_defense(method, dataset='mnist', teacher=None, logdir=None, seed=0,
   departure from the paper is written there under 'deviations' and printed
   at the start.
   """
-  method = methods.get_method(method)
+  method = methods.get_method(method).starting_from(init)
   preset = methods.get_preset(preset)
   phases = methods.plan(method, ad_epochs, at_epochs, lr_schedule,
                         epochs=epochs, preset=preset)
@@ -125,7 +130,9 @@ def train_defense(method, dataset='mnist', teacher=None, logdir=None, seed=0,
     raise ValueError(f'Unknown ad_target {ad_target!r}; expected one of '
                      f'{objectives.AD_TARGETS}.')
   if method.needs_teacher and teacher is None:
-    raise ValueError(f'--method={method.name} needs --teacher.')
+    raise ValueError(f'--method={method.name}'
+                     + (' --init=teacher' if method.init == 'teacher' else '')
+                     + ' needs --teacher.')
   if not method.needs_teacher and teacher is not None:
     raise ValueError(f'--method={method.name} trains from scratch and takes '
                      'no --teacher.')
@@ -160,8 +167,8 @@ def train_defense(method, dataset='mnist', teacher=None, logdir=None, seed=0,
                            ad_weight, attack_overrides)
   logdir = logdir or os.path.join('runs', f'{method.name}_{dataset}')
   settings = training.run_settings(
-      config, recipe, method=method.name, dataset=dataset, teacher=teacher,
-      seed=seed, preset=preset.name,
+      config, recipe, method=method.name, init=method.init, dataset=dataset,
+      teacher=teacher, seed=seed, preset=preset.name,
       phases=[dataclasses.asdict(p) for p in phases],
       lr_schedule=lr_schedule, ad_target=ad_target, ad_weight=ad_weight,
       clean_batches=clean_batches, attack=dataclasses.asdict(attack_config),

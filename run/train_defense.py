@@ -5,6 +5,7 @@
   python run/train_defense.py --method=hat --teacher=path/to/fork/model.ckpt
   python run/train_defense.py --method=ntat --teacher=pretrained/teacher_mnist_cpu
   python run/train_defense.py --method=ntat --teacher=... --preset=cpu
+  python run/train_defense.py --method=hat --teacher=... --preset=cpu --init=teacher
 
 Defaults are the authors' code (../shared/SPEC_NOTES.md, Defences): every
 second batch adversarial (Algorithm 5 against the trained model's posterior
@@ -28,6 +29,9 @@ flags.DEFINE_string('teacher', None, 'The teacher (AD, HAT, NTAT): a run '
 flags.DEFINE_string('preset', 'paper', 'paper (section 6.2: AT and AD 100 '
                     'epochs, HAT 50 + 50, NTAT 50) or cpu (1 epoch per phase, '
                     'a deviation).')
+flags.DEFINE_string('init', None, 'Where the student starts: scratch or '
+                    'teacher (default: the method\'s own, paper section 5; '
+                    'another is a deviation).')
 flags.DEFINE_integer('epochs', None, 'Epochs of a one-phase method (AT, AD, '
                      'NTAT; default: the preset\'s).')
 for _kind, _defaults in (('ad', 'AD 100, HAT 50'),
@@ -56,6 +60,7 @@ def _train():
   trainer.train_defense(
       FLAGS.method, dataset=FLAGS.dataset, teacher=FLAGS.teacher,
       logdir=FLAGS.logdir, seed=FLAGS.seed, preset=FLAGS.preset,
+      init=FLAGS.init,
       epochs=FLAGS.epochs, ad_epochs=FLAGS.ad_epochs,
       at_epochs=FLAGS.at_epochs, lr_schedule=FLAGS.lr_schedule,
       ad_target=FLAGS.ad_target, ad_weight=FLAGS.lambda_,

@@ -278,8 +278,46 @@ def test_ntat_starts_from_the_teacher_with_a_fresh_optimizer(tmp_path,
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
 
 
+def test_hat_from_the_teacher_is_a_labelled_deviation(tmp_path, small_teacher):
+  teacher_path, teacher_model = small_teacher
+  _defend('hat', tmp_path / 'hat', teacher_path, init='teacher', ad_epochs=1,
+          at_epochs=1, max_train_steps=1)
+  # By hand: the teacher's weights, the AD phase's TF1 RMSProp (decayed
+  # rate), one Eq. 8 step on the first (clean) batch against the teacher.
+  student = SCAE(SMALL)
+  for mine, theirs in zip(student.variables, teacher_model.variables):
+    mine.assign(theirs)
+  recipe = trainer._recipe(batch_size=4).replace(lr_decay=True)  # pylint: disable=protected-access
+  opt = TF1RMSProp.for_recipe(student.trainable_variables, recipe)
+  clean = lambda m, b, c: _batch(b[0], b[1], b[0])
+  step = training.make_train_step(
+      objectives.StudentTeacher(student, teacher_model), opt,
+      objectives.distillation_objective(), noise=False, seed=0,
+      prepare=clean)
+  images, labels = _stream().batch(0)
+  step(tf.constant(images), tf.constant(labels))
+  restored = SCAE(SMALL)
+  tf.train.Checkpoint(model=restored).read(
+      str(tmp_path / 'hat' / 'ckpt' / 'ckpt-1')).expect_partial()
+  for a, b in zip(restored.variables, student.variables):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
+  import json  # pylint: disable=g-import-not-at-top
+  settings = json.load(open(tmp_path / 'hat' / 'run.json'))
+  assert settings['init'] == 'teacher'
+  assert ("the student starts from the teacher's weights instead of from "
+          'scratch') in ' '.join(settings['deviations'])
+  # From scratch, the paper's start, the student is not the teacher.
+  _defend('hat', tmp_path / 'scratch', teacher_path, ad_epochs=1,
+          at_epochs=1, max_train_steps=1)
+  settings = json.load(open(tmp_path / 'scratch' / 'run.json'))
+  assert settings['init'] == 'scratch'
+  assert not any('starts from' in d for d in settings['deviations'])
+
+
 @pytest.mark.parametrize('kwargs, message', [
     (dict(method='pgd'), 'Unknown method'),
+    (dict(method='hat', init='student', teacher='t'), 'Unknown init'),
+    (dict(method='at', init='teacher'), 'at --init=teacher needs --teacher'),
     (dict(method='ad'), 'needs --teacher'),
     (dict(method='at', ad_epochs=3), 'ad_epochs does not apply'),
     (dict(method='at', lr_schedule='cosine'), 'Unknown lr_schedule'),
