@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from scae_tf import loading
 from scae_tf.kmeans import KMeansClassifier
+from scae_tf.configs import GRADIENTS
 
 CLASSIFIERS = ('PriK', 'PosK', 'PriL', 'PosL')
 
@@ -85,8 +86,11 @@ class ModelClassifier(CapsuleClassifier):
     kind must match the target's.
   """
 
-  def __init__(self, model, name: str, kmeans=None):
+  def __init__(self, model, name: str, kmeans=None, gradient: str = 'code'):
     name = classifier_name(name)
+    if gradient not in GRADIENTS:
+      raise ValueError(f'Unknown gradient {gradient!r}; expected one of '
+                       f'{", ".join(GRADIENTS)}.')
     kind = feature_kind_of(name)
     c = model.config
     if name.endswith('K'):
@@ -105,20 +109,23 @@ class ModelClassifier(CapsuleClassifier):
                      c.num_classes, c.n_part_caps)
     self.model = model
     self.kmeans = kmeans if name.endswith('K') else None
+    self.gradient = gradient
 
   def __call__(self, images):
     features, probe_pred = capsule_features(self.model, images,
-                                            self.feature_kind)
+                                            self.feature_kind, self.gradient)
     pred = (self.kmeans.tf_predict(features) if self.kmeans is not None
             else probe_pred)
     return features, tf.cast(pred, tf.int64)
 
 
-def capsule_features(model, images, kind):
+def capsule_features(model, images, kind, gradient='code'):
   """(features [B, K], probe prediction [B]) of `kind` on `model`: its lean
-  `capsule_features` where it has one, else read off its forward pass."""
+  `capsule_features` where it has one, else read off its forward pass (a
+  model without one has no stop-gradients to remove: its one gradient is
+  both 'code' and 'full')."""
   if hasattr(model, 'capsule_features'):
-    return tuple(model.capsule_features(images, kind))
+    return tuple(model.capsule_features(images, kind, gradient=gradient))
   out = model.forward(images, full=False, training=False)
   if kind == 'prior':
     return out.caps_presence_prob, out.prior_cls_pred
@@ -126,13 +133,15 @@ def capsule_features(model, images, kind):
           out.posterior_cls_pred)
 
 
-def make_classifier(model, name: str,
-                    kmeans=None) -> ModelClassifier:
-  """`ModelClassifier(model, name, kmeans)`: the attack target `name` on
-  `model` (kmeans only for PriK / PosK; a path is loaded)."""
+def make_classifier(model, name: str, kmeans=None,
+                    gradient: str = 'code') -> ModelClassifier:
+  """`ModelClassifier(model, name, kmeans, gradient)`: the attack target
+  `name` on `model` (kmeans only for PriK / PosK; a path is loaded), whose
+  input gradient is the training graph's ('code') or the true one
+  ('full', `scae_tf.configs.GRADIENTS`)."""
   if isinstance(kmeans, str):
     kmeans = KMeansClassifier.load(kmeans)
-  return ModelClassifier(model, name, kmeans)
+  return ModelClassifier(model, name, kmeans, gradient)
 
 
 def kmeans_path_beside(checkpoint_prefix: str, name: str,

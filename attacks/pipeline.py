@@ -35,6 +35,7 @@ from attacks import protocol
 from attacks import sanity as sanity_lib
 from scae_tf import cli
 from scae_tf import files
+from scae_tf.configs import GRADIENTS
 
 DATASETS = tuple(protocol.PAPER_THRESHOLDS)
 
@@ -65,6 +66,7 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
                       attack: str = 'capsule', pgd_preset: str = 'pgd_l2_min',
                       eps: Optional[float] = None,
                       pgd_overrides: Optional[dict] = None,
+                      gradient: Optional[str] = None,
                       out_dir: Optional[str] = None, overwrite: bool = False,
                       threshold: Optional[float] = None,
                       plot_max: Optional[float] = None,
@@ -96,6 +98,11 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
     pgd_preset, eps, pgd_overrides: `attacks.pgd.get_config(pgd_preset,
       eps=eps, **pgd_overrides)`; eps defaults to the threshold for a
       fixed-budget preset, to the preset's search ceiling for `pgd_l2_min`.
+    gradient: the input gradient every attack follows, 'code' (the
+      training graph's, with its stop-gradients) or 'full' (the
+      classifier's true gradient; `scae_tf.configs.GRADIENTS`). None: each
+      attack's own (`DEFAULT_GRADIENTS`): the paper's attack 'code', as the
+      authors' attack differentiated that graph; the adaptive ones 'full'.
     out_dir: default `default_out_dir(dataset, classifier, preset)` (the
       PGD preset's name for pgd_l2, 'all' for all).
     overwrite: restart: remove every output of the run in `out_dir` first
@@ -135,6 +142,8 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
   cli.check_positive('batch_size', batch_size)
   name = classifiers.classifier_name(classifier)
   names = attack_names(attack)
+  if gradient is not None:
+    cli.check_choice('gradient', gradient, GRADIENTS)
   if eps is not None:
     settings_lib.check_positive_number('eps', eps)
   split = split or protocol.DEFAULT_SPLITS[dataset]
@@ -171,16 +180,22 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
           'the checkpoint or pass --kmeans.')
     kmeans_lib.check_fitted_on(kmeans_clf, kmeans, prefix, dataset,
                                preprocess, allow_kmeans_mismatch, log)
-  target = classifiers.make_classifier(loaded.model, name, kmeans_clf)
+  gradients = {n: gradient or DEFAULT_GRADIENTS[n]
+               for n in names + ((UNBOUNDED,) if sanity else ())}
+  targets = {g: classifiers.make_classifier(loaded.model, name, kmeans_clf,
+                                            gradient=g)
+             for g in set(gradients.values())}
   kinds = dict(capsule=evasion.CapsuleAttack, pgd_l2=pgd.PGDAttack,
                margin_cw=margin_cw.MarginCWAttack)
-  attacks = {n: kinds[n](target, attack_configs[n]) for n in names}
+  attacks = {n: kinds[n](targets[gradients[n]], attack_configs[n])
+             for n in names}
   if sanity:
     attack_configs[UNBOUNDED] = sanity_lib.unbounded_config(
-        target.image_shape, seed,
+        targets[gradients[UNBOUNDED]].image_shape, seed,
         (pgd_overrides or {}).get('steps'))
     presets[UNBOUNDED] = UNBOUNDED
-    attacks[UNBOUNDED] = pgd.PGDAttack(target, attack_configs[UNBOUNDED])
+    attacks[UNBOUNDED] = pgd.PGDAttack(targets[gradients[UNBOUNDED]],
+                                       attack_configs[UNBOUNDED])
 
   images_u8, labels = data.load_dataset(dataset, split, data_dir)
   if num_samples > len(images_u8):
@@ -204,7 +219,8 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
     # The capsule attack's settings are those of runs before PGD existed,
     # so that they resume.
     settings = dict(common, preset=presets[n],
-                    attack=dataclasses.asdict(attack_configs[n]))
+                    attack=dataclasses.asdict(attack_configs[n]),
+                    gradient=gradients[n])
     if n != 'capsule':
       settings['attack_name'] = n
     # out_dir itself is locked for the whole call below.
@@ -213,8 +229,8 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
       protocol.check_settings(folder, settings, overwrite)
       log(f'checkpoint {prefix} ({loaded.format.upper()}, config '
           f'{config.name}); {name}; {num_samples} samples of '
-          f'{dataset}/{split}; attack {n} ({settings["preset"]}); out '
-          f'{folder}')
+          f'{dataset}/{split}; attack {n} ({settings["preset"]}, '
+          f'{gradients[n]} gradient); out {folder}')
       start = time.time()
       results = protocol.run_protocol(
           attacks[n], images, labels[indices], folder, batch_size, seed,
@@ -244,9 +260,14 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
 #: The paper's attack first: the worst case counts the samples where each
 #: other attack needs less than it.
 SINGLE_ATTACKS = ('capsule', 'pgd_l2', 'margin_cw')
+#: The input gradient each attack follows unless told otherwise: the paper's
+#: attack the authors' training graph, the adaptive attacks (and the sanity
+#: check's unbounded PGD) the classifier's true gradient.
 ATTACKS = SINGLE_ATTACKS + ('all',)
 #: The sanity checks' PGD run at the box's diameter (`attacks.sanity`).
 UNBOUNDED = 'sanity_unbounded'
+DEFAULT_GRADIENTS = dict(capsule='code', pgd_l2='full', margin_cw='full',
+                         **{UNBOUNDED: 'full'})
 
 
 def attack_names(attack: str) -> Tuple[str, ...]:

@@ -98,6 +98,11 @@ flags.DEFINE_integer('pgd_restarts', None, 'Override the PGD preset: '
                      'restarts.')
 flags.DEFINE_integer('search_steps', None, 'Override the PGD preset: '
                      'binary-search rounds (0 = fixed budget).')
+flags.DEFINE_string('gradient', None, 'The input gradient of every attack: '
+                    'code (the training graph\'s, with its stop-gradients) '
+                    'or full (the classifier\'s true gradient). Default: '
+                    'code for the paper\'s attack, full for the adaptive '
+                    'ones.')
 flags.DEFINE_string('out_dir', None, 'Output folder; default: '
                     'results/attack_<dataset>_<classifier>_<preset>, the '
                     'PGD preset for pgd_l2, "all" for all.')
@@ -133,6 +138,9 @@ def _check_flags():
     raise cli.UsageError('--plot_only needs --out_dir or --compare.')
   if not FLAGS.plot_only and not FLAGS.checkpoint:
     raise cli.UsageError('--checkpoint is required.')
+  if FLAGS.gradient is not None:
+    from scae_tf.configs import GRADIENTS  # pylint: disable=g-import-not-at-top
+    cli.check_choice('gradient', FLAGS.gradient, GRADIENTS)
 
 
 def _run():
@@ -161,7 +169,7 @@ def _run():
         pgd_overrides={field: getattr(FLAGS, flag)
                        for flag, field in PGD_OVERRIDES.items()
                        if getattr(FLAGS, flag) is not None},
-        out_dir=FLAGS.out_dir, overwrite=FLAGS.overwrite,
+        gradient=FLAGS.gradient, out_dir=FLAGS.out_dir, overwrite=FLAGS.overwrite,
         progress=FLAGS.progress, sanity=FLAGS.sanity, log=cli.log, **reports)
     summary, checks = result['summary'], result['sanity']
   # pylint: disable=g-import-not-at-top

@@ -26,6 +26,14 @@ from typing import Optional, Tuple
 from scae_tf import named
 from scae_tf.recipes import RECIPES
 
+#: Which input gradient the encoding gives. 'code': the original's training
+#: graph, whose stop-gradients (`stop_grad_caps_inpt`,
+#: `stop_grad_caps_target`) hide from the image's gradient every path
+#: through the Set Transformer's input and the capsule likelihood's target
+#: but the part features. 'full': the same values with those stops removed,
+#: the true gradient of the classifier an attack aims at.
+GRADIENTS = ('code', 'full')
+
 
 @dataclasses.dataclass(frozen=True)
 class ScaeConfig:

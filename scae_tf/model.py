@@ -18,7 +18,7 @@ import tensorflow_probability as tfp
 
 from scae_tf import losses
 from scae_tf import math_ops
-from scae_tf.configs import ScaeConfig
+from scae_tf.configs import GRADIENTS, ScaeConfig
 from scae_tf.objects import ObjectCapsuleOutput, ObjectCapsules
 from scae_tf.parts import PartCapsules, PartEncoder, Rendering, TemplateDecoder
 from scae_tf.set_transformer import SetTransformer
@@ -228,12 +228,18 @@ class SCAE(snt.Module):
     return ScaeOutput(**fields)
 
   def encode(self, images, *, training=False, noise_seed=None,
-             full=False) -> Capsules:
+             full=False, gradient='code') -> Capsules:
     """Part capsules, Set Transformer, object capsules and the capsule
     likelihood of the part poses: the shared trunk of `forward` and
     `capsule_features` (arguments as `forward`'s; `full` adds the
-    likelihood's winners)."""
+    likelihood's winners; `gradient`: see `configs.GRADIENTS`, values equal
+    either way)."""
     c = self.config
+    if gradient not in GRADIENTS:
+      raise ValueError(f'gradient must be one of {GRADIENTS}, got '
+                       f'{gradient!r}.')
+    stop_inpt = c.stop_grad_caps_inpt and gradient == 'code'
+    stop_target = c.stop_grad_caps_target and gradient == 'code'
     part_seed = obj_seed = None
     if noise_seed is not None:
       part_seed, obj_seed = tf.unstack(
@@ -245,12 +251,12 @@ class SCAE(snt.Module):
     input_pres = pres
     templates = self.template_decoder.make_templates(part.feature)
     inpt_templates = templates
-    if c.stop_grad_caps_inpt:
+    if stop_inpt:
       input_pose = tf.stop_gradient(input_pose)
       input_pres = tf.stop_gradient(pres)
       inpt_templates = tf.stop_gradient(templates)
     target_pose, target_pres = pose, pres
-    if c.stop_grad_caps_target:
+    if stop_target:
       target_pose = tf.stop_gradient(target_pose)
       target_pres = tf.stop_gradient(target_pres)
 
@@ -266,11 +272,13 @@ class SCAE(snt.Module):
                                full=full, seed=obj_seed)
     return Capsules(part, templates, obj)
 
-  def capsule_features(self, images, kind='posterior') -> CapsuleFeatures:
+  def capsule_features(self, images, kind='posterior',
+                       gradient='code') -> CapsuleFeatures:
     """The features of an attack target and its probe's prediction, equal
     to `forward(images, full=False, training=False)`'s: `caps_presence_prob`
     and `prior_cls_pred` ('prior'), or `posterior_presence` and
-    `posterior_cls_pred` ('posterior').
+    `posterior_cls_pred` ('posterior'). `gradient` ('code' or 'full', see
+    `configs.GRADIENTS`) chooses the image's gradient, never the values.
 
     Each attack iteration runs this under a gradient tape. The template
     decoder's image likelihood (the costliest part of the forward pass after
@@ -278,7 +286,7 @@ class SCAE(snt.Module):
     graph pruning would not remove the decoder's likelihood, whose fused
     kernel is a stateful call.
     """
-    obj = self.encode(images).obj
+    obj = self.encode(images, gradient=gradient).obj
     if kind == 'prior':
       features, probe = obj.caps_presence_prob, self.prior_probe
     elif kind == 'posterior':

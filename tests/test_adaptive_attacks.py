@@ -38,8 +38,8 @@ class LinearProbeToy:
     identity = types.SimpleNamespace(linear=tf.identity)
     self.prior_probe = self.posterior_probe = identity
 
-  def capsule_features(self, images, kind):
-    del kind
+  def capsule_features(self, images, kind, gradient='code'):
+    del kind, gradient  # no stop-gradients: one gradient
     flat = tf.reshape(images, [tf.shape(images)[0], -1])
     a = tf.matmul(flat - 0.5, self.w)
     features = tf.sigmoid(tf.concat([a, -a], -1))
@@ -131,7 +131,8 @@ def test_margin_target_on_the_scae_has_the_probes_gradient():
 
 def test_margin_target_bad_inputs():
   model = types.SimpleNamespace(config=ToyConfig(),
-                                capsule_features=lambda x, kind: None)
+                                capsule_features=(
+                                    lambda x, kind, gradient: None))
   with pytest.raises(ValueError, match='no prior linear probe'):
     margins.margin_target(classifiers.make_classifier(model, 'PriL'))
   with pytest.raises(ValueError, match='needs a k-means'):
@@ -360,7 +361,8 @@ def test_margin_cw_preset_and_errors():
   with pytest.raises(ValueError, match='Unknown margin_cw preset'):
     margin_cw.get_config('paper_eval')
   model = types.SimpleNamespace(config=ToyConfig(),
-                                capsule_features=lambda x, kind: None)
+                                capsule_features=(
+                                    lambda x, kind, gradient: None))
   with pytest.raises(ValueError, match='no posterior linear probe'):
     margin_cw.MarginCWAttack(classifiers.make_classifier(model, 'PosL'))
 
@@ -561,6 +563,7 @@ def test_attack_names_take_a_list_in_the_papers_order():
     (dict(attack='pgd_l2', pgd_overrides=dict(steps=0)),
      'steps must be a positive integer'),
     (dict(attack='pgd_l2', pgd_preset='pgd_linf'), 'Unknown PGD preset'),
+    (dict(attack='pgd_l2', gradient='true'), "unknown gradient='true'"),
 ])
 def test_bad_attack_settings_fail_before_the_model_loads(tmp_path, settings,
                                                          error):
@@ -628,6 +631,10 @@ def test_attack_all_runs_each_on_the_same_samples_and_merges(tmp_path):
   assert pgd_settings['attack_name'] == 'pgd_l2'
   assert pgd_settings['attack']['steps'] == 2
   assert 'attack_name' not in result['runs']['capsule']['settings']
+  # The paper's attack differentiates the training graph, the adaptive ones
+  # the classifier.
+  assert {n: r['settings']['gradient'] for n, r in result['runs'].items()
+          } == dict(capsule='code', pgd_l2='full', margin_cw='full')
   cw_settings = result['runs']['margin_cw']['settings']
   assert (cw_settings['preset'], cw_settings['attack']['inner_iterations'],
           cw_settings['attack']['use_mask']) == ('margin_cw', 2, False)
@@ -659,7 +666,9 @@ def test_attack_all_runs_each_on_the_same_samples_and_merges(tmp_path):
     unbounded_settings = json.load(f)
   assert (unbounded_settings['attack']['eps'],
           unbounded_settings['attack']['steps'],
-          unbounded_settings['attack_name']) == (40., 2, 'sanity_unbounded')
+          unbounded_settings['attack_name'],
+          unbounded_settings['gradient']) == (40., 2, 'sanity_unbounded',
+                                              'full')
   curves = {}
   for name in amounts:
     with open(out / name / 'robust_accuracy.json') as f:
@@ -694,7 +703,8 @@ def test_a_list_of_attacks_runs_those_and_a_single_one_checks_in_place(
       object_hook=lambda d: {k: v for k, v in d.items()
                              if k not in ('runs', 'unbounded_run')})
   skipped = pipeline.attack_checkpoint(
-      str(tmp_path), 'PriL', attack='pgd_l2', sanity=False,
+      str(tmp_path), 'PriL', attack='pgd_l2', sanity=False, gradient='code',
       out_dir=str(tmp_path / 'skipped'), **settings)
   assert skipped['sanity'] is None
+  assert skipped['settings']['gradient'] == 'code'  # --gradient overrides
   assert not (tmp_path / 'skipped' / 'sanity_unbounded').exists()
