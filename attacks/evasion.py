@@ -68,7 +68,9 @@ class AttackConfig:
   seed: seeds the p' draws of an attack object (override per call).
   target: the classifier the preset is meant for (informational;
     `make_attack` uses it when no classifier is named).
-  jit_compile: XLA-compile the inner loop.
+  jit_compile: XLA-compile the inner loop, in `__call__` and, nested in
+    the caller's (uncompiled) graph, in `in_graph`. Whether it pays depends
+    on the CPU (RESULTS.md, Speed): off by default.
   """
   optimizer: str
   learning_rate: float
@@ -223,6 +225,11 @@ class CapsuleAttack:
         self._outer_impl, jit_compile=self.config.jit_compile,
         input_signature=[img, img, img, tf.TensorSpec([None, None]),
                          tf.TensorSpec([None], tf.int64), vec, vec, img, img])
+    # Inside a training step's graph: XLA only around the inner loop, the
+    # many small capsule ops it fuses, and never around the step itself.
+    self._outer_in_graph = (
+        tf.function(self._outer_impl, jit_compile=True)
+        if self.config.jit_compile else self._outer_impl)
 
   # --- compiled pieces -------------------------------------------------------
 
@@ -317,7 +324,7 @@ class CapsuleAttack:
     best_img = tf.zeros_like(x)
     for _ in range(cfg.outer_iterations):
       p = rng.uniform(tf.shape(x), dtype=tf.float32)
-      best_l2, best_img, hit = self._outer_impl(
+      best_l2, best_img, hit = self._outer_in_graph(
           x, w, mask, subset, target, const, best_l2, best_img, p)
       const, lower, upper = update_const(const, lower, upper, hit)
     success = tf.math.is_finite(best_l2)

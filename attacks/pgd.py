@@ -114,7 +114,8 @@ class PGDConfig:
     step_scale unused).
   on_failure: 'nan' or 'clean': `adversarial` where no success was found.
   seed: seeds the random starts of an attack object (override per call).
-  jit_compile: XLA-compile the restart loop.
+  jit_compile: XLA-compile the restart loop (in `__call__`, and nested in
+    the caller's graph in `in_graph`).
   """
   eps: float
   steps: int
@@ -230,6 +231,10 @@ class PGDAttack:
     self._restart = tf.function(
         self._restart_impl, jit_compile=self.config.jit_compile,
         input_signature=[img, labels, vec, img, vec, flags, img, vec])
+    # Inside a caller's graph (`in_graph`): XLA around the restart only.
+    self._restart_in_graph = (
+        tf.function(self._restart_impl, jit_compile=True)
+        if self.config.jit_compile else self._restart_impl)
 
   def _restart_impl(self, x, labels, eps, start, best_margin, best_success,
                     best_img, best_l2):
@@ -298,12 +303,44 @@ class PGDAttack:
     margin, pred = self.target(x_adv, labels)
     return record(x_adv, margin, pred, best)
 
-  def _budget(self, x, labels, eps, best, rng, tick):
-    """All restarts at budgets eps [B]; returns the updated best."""
+  def in_graph(self, images, labels, rng: tf.random.Generator):
+    """PGD at the fixed budget `eps` as traceable TF ops, for use inside a
+    compiled training step (a margin-trained defence's adversarial
+    batches).
+
+    images [B, H, W, C] float32 in [0, 1] and labels [B] int64 are tensors
+    (not validated); the random starts come from `rng`, which the caller
+    keeps in its checkpoint. Given a generator in the same state, success
+    and l2 equal `__call__(images, labels, seed=...)`'s, and so does the
+    image wherever the attack succeeded.
+    Returns (kept [B, H, W, C], success [B] bool, l2 [B], inf where it
+    failed). `kept` is the most adverse point found in the ball for every
+    example, whether or not it is misclassified (Madry et al.'s adversarial
+    training trains on it either way), whatever `on_failure` says.
+    """
+    if self.config.search_steps:
+      raise ValueError('in_graph runs PGD at a fixed budget; the minimal-norm '
+                       f'search (search_steps={self.config.search_steps}) '
+                       'is for evaluation.')
+    x = tf.convert_to_tensor(images, tf.float32)
+    y = tf.cast(labels, tf.int64)
+    clean_margin, clean_pred = self.target(x, y)
+    best = (clean_margin, tf.not_equal(clean_pred, y), x,
+            tf.zeros_like(clean_margin))
+    eps = tf.fill(tf.shape(clean_margin), float(self.config.eps))
+    _, success, kept, l2 = self._budget(x, y, eps, best, rng, lambda: None,
+                                        self._restart_in_graph)
+    return kept, success, tf.where(success, l2, np.inf)
+
+  def _budget(self, x, labels, eps, best, rng, tick, restart=None):
+    """All restarts at budgets eps [B]; returns the updated best. `restart`:
+    the compiled restart (default) or, inside a caller's graph, its
+    traceable body."""
+    restart = restart or self._restart
     for i in range(self.config.restarts):
       start = x if i == 0 and self.config.zero_start else random_start(
           rng, x, eps)
-      best = self._restart(x, labels, eps, start, *best)
+      best = restart(x, labels, eps, start, *best)
       tick()
     return best
 

@@ -20,10 +20,10 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from attacks import evasion
 from defenses import methods
 from defenses import objectives
 from defenses.adversarial_batches import AdversarialBatches
+from defenses.adversarial_batches import get_generator
 from scae_tf import checkpoints
 from scae_tf import configs
 from scae_tf import data
@@ -53,10 +53,11 @@ def _recipe(batch_size=None, learning_rate=None):
 
 
 def _deviations(method, phases, preset, recipe, clean_batches, ad_weight,
-                attack_overrides):
+                generator, attack_overrides):
   """How a run departs from the paper's protocol (section 6.2), in words;
   empty for the paper's."""
-  found = [text for text in (methods.init_deviation(method),) if text]
+  found = [text for text in (methods.init_deviation(method),
+                             generator.deviation) if text]
   defaults = dict(method.phases)
   changed = [f'{p.kind.upper()} {p.epochs} epochs instead of '
              f'{defaults[p.kind]}' for p in phases
@@ -72,7 +73,7 @@ def _deviations(method, phases, preset, recipe, clean_batches, ad_weight,
   if ad_weight != 0.5 and any(p.kind == 'ad' for p in phases):
     found.append(f'lambda={ad_weight} instead of 0.5')
   if attack_overrides:
-    found.append('paper_train attack with ' + ', '.join(
+    found.append(f'{generator.name} attack with ' + ', '.join(
         f'{k}={v}' for k, v in sorted(attack_overrides.items())))
   return found
 
@@ -82,7 +83,9 @@ def train_defense(method, dataset='mnist', teacher=None, logdir=None, seed=0,
                   at_epochs=None, lr_schedule='code', ad_target='input',
                   ad_weight=0.5,
                   clean_batches=1, batch_size=None, learning_rate=None,
-                  attack_overrides=None, max_train_steps=None, data_dir=None,
+                  generator='paper_train', xla_generator=False,
+                  attack_overrides=None,
+                  max_train_steps=None, data_dir=None,
                   save_every=1000, fit_kmeans=True, overwrite=False,
                   progress=True, log=print, config=None, stream=None,
                   eval_data=None):
@@ -104,8 +107,15 @@ def train_defense(method, dataset='mnist', teacher=None, logdir=None, seed=0,
     ad_target: 'input' (code) or 'clean' (Eq. 8 as written).
     ad_weight: lambda of Eq. 8. clean_batches: k, the clean batches
       between two adversarial ones.
+    generator: G of Algorithm 5, a name of `adversarial_batches.GENERATORS`:
+      'paper_train' (the paper's) or 'margin_pgd' (margin AT, beyond the
+      paper, a deviation).
+    xla_generator: XLA-compile the generator's inner loop inside the
+      (uncompiled) training step. The same method, other float rounding:
+      part of the run's identity (`attack.jit_compile`), not a deviation.
+      Whether it is faster depends on the CPU (RESULTS.md, Speed).
     batch_size, learning_rate, attack_overrides: deviations from the paper
-      (tests, budgets).
+      (tests, budgets); attack_overrides apply to the generator's attack.
     max_train_steps: stop at this step (a smoke test, or a budget); the same
       command without it resumes the run to its end. A stopped run is
       evaluated as a finished one, and its report says where it stopped.
@@ -146,8 +156,10 @@ def train_defense(method, dataset='mnist', teacher=None, logdir=None, seed=0,
     raise ValueError(f'--max_train_steps must be positive, got '
                      f'{max_train_steps}.')
   recipe = _recipe(batch_size, learning_rate)
-  attack_config = evasion.get_config('paper_train',
-                                     **(attack_overrides or {}))
+  generator = get_generator(generator)
+  attack_config = dataclasses.replace(
+      generator.config(**(attack_overrides or {})),
+      jit_compile=bool(xla_generator))
   data.get_dataset_spec(dataset)
   stream = stream or data.BatchStream(
       dataset, 'train', recipe.batch_size, preprocess=recipe.preprocess,
@@ -164,7 +176,7 @@ def train_defense(method, dataset='mnist', teacher=None, logdir=None, seed=0,
   else:
     config = (config or configs.get_config(dataset)).without_noise()
   deviations = _deviations(method, phases, preset, recipe, clean_batches,
-                           ad_weight, attack_overrides)
+                           ad_weight, generator, attack_overrides)
   logdir = logdir or os.path.join('runs', f'{method.name}_{dataset}')
   settings = training.run_settings(
       config, recipe, method=method.name, init=method.init, dataset=dataset,
@@ -172,7 +184,10 @@ def train_defense(method, dataset='mnist', teacher=None, logdir=None, seed=0,
       phases=[dataclasses.asdict(p) for p in phases],
       lr_schedule=lr_schedule, ad_target=ad_target, ad_weight=ad_weight,
       clean_batches=clean_batches, attack=dataclasses.asdict(attack_config),
-      deviations=deviations)
+      deviations=deviations,
+      # Runs of the paper's generator made before the option resume.
+      **({} if generator.name == 'paper_train'
+         else dict(generator=generator.name)))
   # Checks that write nothing first; then the folder is ours alone.
   training.check_logdir(logdir, settings, overwrite)
   with training.lock_folder(logdir):
@@ -190,6 +205,7 @@ def train_defense(method, dataset='mnist', teacher=None, logdir=None, seed=0,
              if teacher_model is not None else student)
     batches = AdversarialBatches(model, attacked=lambda _: student,
                                  clean_batches=clean_batches, seed=seed,
+                                 generator=generator.name,
                                  preset=attack_config)
     phase_var = tf.Variable(0, dtype=tf.int64, trainable=False, name='phase')
     state = dict(adversarial=batches, phase=phase_var)

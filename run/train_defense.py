@@ -6,6 +6,7 @@
   python run/train_defense.py --method=ntat --teacher=pretrained/teacher_mnist_cpu
   python run/train_defense.py --method=ntat --teacher=... --preset=cpu
   python run/train_defense.py --method=hat --teacher=... --preset=cpu --init=teacher
+  python run/train_defense.py --method=ntat --teacher=... --generator=margin_pgd
 
 Defaults are the authors' code (../shared/SPEC_NOTES.md, Defences): every
 second batch adversarial (Algorithm 5 against the trained model's posterior
@@ -46,6 +47,14 @@ flags.DEFINE_integer('k', 1, 'Clean batches between two adversarial ones '
                      '(paper: 1, every second batch adversarial).')
 flags.DEFINE_float('lambda_', 0.5, 'lambda of Eq. 8, the distillation weight '
                    '(AD, HAT).')
+flags.DEFINE_string('generator', 'paper_train', 'The adversarial batches\' '
+                    'attack: paper_train (the paper\'s, Algorithm 5) or '
+                    'margin_pgd (margin AT: PGD-L2 on the posterior probe\'s '
+                    'margin, beyond the paper, a deviation).')
+flags.DEFINE_bool('xla_generator', False, 'XLA-compile the adversarial '
+                  'batches\' attack loop (same method, other rounding; part '
+                  'of the run\'s identity). Faster on some CPUs only: time '
+                  'it with benchmarks/step_costs.py --xla_generator.')
 flags.DEFINE_integer('max_train_steps', None, 'Stop at this step, evaluate '
                      'and plot (a smoke test or a time budget); the same '
                      'command without it resumes.')
@@ -64,7 +73,9 @@ def _train():
       epochs=FLAGS.epochs, ad_epochs=FLAGS.ad_epochs,
       at_epochs=FLAGS.at_epochs, lr_schedule=FLAGS.lr_schedule,
       ad_target=FLAGS.ad_target, ad_weight=FLAGS.lambda_,
-      clean_batches=FLAGS.k, max_train_steps=FLAGS.max_train_steps,
+      clean_batches=FLAGS.k, generator=FLAGS.generator,
+      xla_generator=FLAGS.xla_generator,
+      max_train_steps=FLAGS.max_train_steps,
       data_dir=FLAGS.data_dir, save_every=FLAGS.save_every,
       overwrite=FLAGS.overwrite, progress=FLAGS.progress)
 

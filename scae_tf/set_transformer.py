@@ -7,6 +7,8 @@ capsule) pools them into K object-capsule feature vectors.
 
 import math
 
+import numpy as np
+
 import sonnet as snt
 import tensorflow as tf
 
@@ -48,8 +50,23 @@ def _softmax(logits):
   """
   shifted = logits - tf.stop_gradient(tf.reduce_max(logits, -1,
                                                     keepdims=True))
-  e = tf.exp(shifted)
-  return e / tf.reduce_sum(e, -1, keepdims=True)
+  # min(., 0) is the identity here without XLA (gradient included: TF's
+  # Minimum passes it to x where x <= y); under XLA it keeps exp finite.
+  e = tf.exp(tf.minimum(shifted, 0.))
+  total = tf.reduce_sum(e, -1, keepdims=True)
+  # The mask puts logits near -1e31, where one float32 ulp is ~1e24. XLA
+  # may round the logits feeding the max and those feeding the difference
+  # differently (a division fused two ways), so the winner's shifted logit
+  # comes out at +-1e24 instead of 0, and the row at 0 / 0.
+  # Such a row is, as TF computes it, uniform over the logits equal to the
+  # row's max (one of them, unless presences tie). Without XLA the winner's
+  # term is exp(0) = 1, so `ok` always holds and neither values nor
+  # gradients change.
+  ok = (total >= 1.) & (total < np.inf)
+  top = tf.cast(tf.equal(logits, tf.reduce_max(logits, -1, keepdims=True)),
+                logits.dtype)
+  winners = top / tf.reduce_sum(top, -1, keepdims=True)
+  return tf.where(ok, e / tf.where(ok, total, 1.), tf.stop_gradient(winners))
 
 
 class MultiHeadQKVAttention(snt.Module):

@@ -2,6 +2,7 @@
 loss functions, the adversarial batches of Algorithm 5 inside the compiled
 step, and a frozen teacher."""
 
+import dataclasses
 import os
 import signal
 
@@ -11,6 +12,9 @@ import tensorflow as tf
 
 from attacks import classifiers
 from attacks import evasion
+from attacks import margins
+from attacks import pgd
+from defenses import adversarial_batches
 from defenses import objectives
 from defenses.adversarial_batches import AdversarialBatches
 from defenses.adversarial_batches import DefenceBatch
@@ -156,6 +160,81 @@ def test_in_graph_attack_equals_the_attack_call():
   assert adv.numpy().min() >= 0. and adv.numpy().max() <= 1.
 
 
+def test_in_graph_pgd_equals_the_attack_call_and_keeps_the_worst_point():
+  model = _model(0)
+  x, y = _data(6)
+  target = classifiers.make_classifier(model, 'PosL', gradient='full')
+  attack = pgd.PGDAttack(target, 'pgd_l2', eps=1., steps=3, restarts=2,
+                         zero_start=False)
+  expected = attack(x.numpy(), y.numpy(), seed=7)
+  run = tf.function(lambda x, y, g: attack.in_graph(x, y, g))
+  kept, success, l2 = run(x, y, tf.random.Generator.from_seed(7))
+  np.testing.assert_array_equal(success.numpy(), expected.success)
+  np.testing.assert_allclose(l2.numpy(), expected.l2, rtol=1e-5)
+  won = expected.success
+  np.testing.assert_allclose(kept.numpy()[won], expected.adversarial[won],
+                             rtol=1e-6, atol=2e-7)
+  # Every example is moved, to its most adverse point in the ball and the
+  # box, a success or not: the margin there is the call's.
+  delta = np.sqrt(((kept.numpy() - x.numpy()) ** 2).sum((1, 2, 3)))
+  assert (delta > 0.).all() and (delta <= 1. + 1e-5).all()
+  assert kept.numpy().min() >= 0. and kept.numpy().max() <= 1.
+  margin, _ = margins.margin_target(target)(kept, y)
+  np.testing.assert_allclose(margin.numpy(), expected.margin, rtol=1e-5,
+                             atol=1e-6)
+  with pytest.raises(ValueError, match='fixed budget'):
+    pgd.PGDAttack(target, 'pgd_l2_min').in_graph(x, y,
+                                                  tf.random.Generator.from_seed(0))
+
+
+def test_margin_generator_attacks_the_probe_margin_along_the_full_gradient():
+  student = _model(0)
+  batches = AdversarialBatches(student, clean_batches=0, seed=3,
+                               generator='margin_pgd', steps=2)
+  assert isinstance(batches.attack, pgd.PGDAttack)
+  assert batches.attack.config == dataclasses.replace(
+      adversarial_batches.GENERATORS['margin_pgd'].preset, steps=2)
+  clf = batches.attack.target.classifier
+  assert (clf.name, clf.gradient) == ('PosL', 'full')
+  x, y = _data()
+  state = batches.generator.state.numpy()
+  got = tf.function(lambda x, y: batches(student, (x, y), _ctx()))(x, y)
+  assert bool(got.adversarial)
+  replay = tf.random.Generator.from_state(state, batches.generator.algorithm)
+  kept, success, _ = batches.attack.in_graph(x, y, replay)
+  np.testing.assert_allclose(got.images.numpy(), kept.numpy(), rtol=1e-6,
+                             atol=2e-7)
+  np.testing.assert_allclose(got.success_rate, np.mean(success.numpy()))
+  with pytest.raises(ValueError, match='Unknown generator'):
+    AdversarialBatches(student, generator='fgsm')
+
+
+@pytest.mark.slow  # XLA compiles for about a minute per generator
+@pytest.mark.parametrize('generator', ['paper_train', 'margin_pgd'])
+def test_xla_generator_gives_the_same_batch_and_step(generator):
+  x, y = _data(6)
+  overrides = QUICK if generator == 'paper_train' else dict(steps=3)
+  weights, batches = [], []
+  for jit in (False, True):
+    student = _model(0)
+    prepare = AdversarialBatches(student, clean_batches=0, seed=3,
+                                 generator=generator, jit_compile=jit,
+                                 **overrides)
+    opt = TF1RMSProp.for_recipe(student.trainable_variables,
+                                trainer._recipe(batch_size=6))  # pylint: disable=protected-access
+    step = training.make_train_step(
+        student, opt, objectives.adversarial_training_objective, noise=False,
+        seed=0, prepare=prepare)
+    step(x, y)
+    weights.append([v.numpy() for v in student.trainable_variables])
+    batches.append(tf.function(lambda x, y, p=prepare, s=student: p(
+        s, (x, y), _ctx()).images)(x, y).numpy())
+  # The XLA loop computes the same attack with other rounding.
+  np.testing.assert_allclose(batches[1], batches[0], rtol=0, atol=1e-5)
+  for a, b in zip(*weights):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+
+
 def test_every_second_batch_is_adversarial_against_the_trained_model():
   student, teacher = _model(0), _model(1)
   pair = objectives.StudentTeacher(student, teacher)
@@ -214,9 +293,10 @@ def small_teacher(tmp_path_factory):
 def _defend(method, logdir, teacher=None, **kwargs):
   from conftest import DATA_DIR, data_path  # pylint: disable=g-import-not-at-top
   data_path('mnist')
+  kwargs.setdefault('attack_overrides', QUICK)
   return trainer.train_defense(
       method, teacher=teacher, logdir=str(logdir), batch_size=4,
-      attack_overrides=QUICK, stream=_stream(), config=SMALL,
+      stream=_stream(), config=SMALL,
       data_dir=str(DATA_DIR), save_every=1, fit_kmeans=False,
       progress=False, log=lambda msg: None, **kwargs)
 
@@ -304,6 +384,8 @@ def test_hat_from_the_teacher_is_a_labelled_deviation(tmp_path, small_teacher):
   import json  # pylint: disable=g-import-not-at-top
   settings = json.load(open(tmp_path / 'hat' / 'run.json'))
   assert settings['init'] == 'teacher'
+  # The paper's generator writes no key: runs made before the option resume.
+  assert 'generator' not in settings
   assert ("the student starts from the teacher's weights instead of from "
           'scratch') in ' '.join(settings['deviations'])
   # From scratch, the paper's start, the student is not the teacher.
@@ -312,6 +394,24 @@ def test_hat_from_the_teacher_is_a_labelled_deviation(tmp_path, small_teacher):
   settings = json.load(open(tmp_path / 'scratch' / 'run.json'))
   assert settings['init'] == 'scratch'
   assert not any('starts from' in d for d in settings['deviations'])
+
+
+def test_margin_at_is_labelled_and_trains_on_pgd_batches(tmp_path,
+                                                        small_teacher):
+  teacher_path, _ = small_teacher
+  _defend('ntat', tmp_path / 'margin', teacher_path, at_epochs=1,
+          generator='margin_pgd', attack_overrides=dict(steps=2))
+  import json  # pylint: disable=g-import-not-at-top
+  settings = json.load(open(tmp_path / 'margin' / 'run.json'))
+  assert settings['generator'] == 'margin_pgd'
+  assert (settings['attack']['eps'], settings['attack']['steps']) == (2., 2)
+  assert any(d.startswith('margin AT') for d in settings['deviations'])
+  assert any(d == 'margin_pgd attack with steps=2'
+             for d in settings['deviations'])
+  records = [json.loads(line) for line in
+             open(tmp_path / 'margin' / 'log.jsonl') if 'eval' not in line]
+  second = [r for r in records if r['step'] == 2][0]
+  assert second['adversarial'] == 1. and 'attack_success_rate' in second
 
 
 @pytest.mark.parametrize('kwargs, message', [
