@@ -111,7 +111,9 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
     progress: a progress bar on stderr.
     sanity: run the checks of `attacks.sanity` (PGD at the box's diameter
       on the same samples, in `<out_dir>/sanity_unbounded/`, with the run's
-      PGD steps) and write sanity.json and sanity.md to `out_dir`.
+      PGD steps; Gaussian noise at the threshold, `attacks.noise`, in
+      `<out_dir>/noise_control.npz`) and write sanity.json and sanity.md to
+      `out_dir`.
     log: callable(str) for progress messages.
 
   Returns:
@@ -127,7 +129,7 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
   """
   # Imported here: the reports alone need neither TensorFlow nor a model.
   # pylint: disable=g-import-not-at-top
-  from attacks import classifiers, evasion, margin_cw, pgd
+  from attacks import classifiers, evasion, margin_cw, noise, pgd
   from attacks import settings as settings_lib
   from scae_tf import data, loading
   from scae_tf import kmeans as kmeans_lib
@@ -252,7 +254,18 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
     result['sanity'] = None
     if sanity:
       checked = run(UNBOUNDED, os.path.join(out_dir, UNBOUNDED))
-      result['sanity'] = write_sanity(out_dir, folders, checked['out_dir'])
+      # Forward passes only (seconds): recomputed, not resumed.
+      noise_correct = noise.noise_control(
+          targets[gradients[UNBOUNDED]], images, labels[indices], threshold,
+          seed=seed, batch_size=batch_size)
+      files.save_npz(os.path.join(out_dir, NOISE_FILE), dict(
+          correct=noise_correct, indices=indices, threshold=threshold),
+                     compressed=True)
+      log(f'noise control: {noise.accuracy(noise_correct):.2%} correct under '
+          f'{noise_correct.shape[1]} draws of Gaussian noise at L2 = '
+          f'{threshold:g}')
+      result['sanity'] = write_sanity(out_dir, folders, checked['out_dir'],
+                                      noise_correct, threshold)
       log(sanity_lib.markdown(result['sanity']).rstrip())
   return result
 
@@ -266,6 +279,8 @@ SINGLE_ATTACKS = ('capsule', 'pgd_l2', 'margin_cw')
 ATTACKS = SINGLE_ATTACKS + ('all',)
 #: The sanity checks' PGD run at the box's diameter (`attacks.sanity`).
 UNBOUNDED = 'sanity_unbounded'
+#: The noise control's per-sample results (`attacks.noise`).
+NOISE_FILE = 'noise_control.npz'
 DEFAULT_GRADIENTS = dict(capsule='code', pgd_l2='full', margin_cw='full',
                          **{UNBOUNDED: 'full'})
 
@@ -337,10 +352,13 @@ def write_worst_case(out_dir: str, folders: Sequence[str], threshold: float,
 
 
 def write_sanity(out_dir: str, folders: Mapping[str, str],
-                 unbounded_folder: str) -> dict:
+                 unbounded_folder: str, noise_correct=None,
+                 threshold: Optional[float] = None) -> dict:
   """`attacks.sanity.check` of finished runs {attack: folder} and of the
-  unbounded PGD run, against the curves their robust_accuracy.json show;
-  writes sanity.json and sanity.md to `out_dir`, returns the report."""
+  unbounded PGD run, against the curves their robust_accuracy.json show,
+  and against the noise control `noise_correct` at `threshold` (None skips
+  it); writes sanity.json and sanity.md to `out_dir`, returns the
+  report."""
   amounts, curves, ceilings, first = {}, {}, {}, None
   for name, folder in folders.items():
     arrays, settings = protocol.load_results(folder)
@@ -358,7 +376,7 @@ def write_sanity(out_dir: str, folders: Mapping[str, str],
   report = sanity_lib.check(
       amounts, first['clean_correct'], unbounded['perturbation'],
       settings['attack']['eps'], curves, unbounded['clean_correct'],
-      first['indices'], ceilings)
+      first['indices'], ceilings, noise_correct, threshold)
   # Relative: the folder may move, and its files stay those of the run.
   where = lambda folder: os.path.relpath(folder, out_dir)
   files.write_json(os.path.join(out_dir, 'sanity.json'),
