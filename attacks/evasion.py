@@ -95,10 +95,7 @@ class AttackConfig:
                    capsule_loss=objectives.CAPSULE_LOSSES,
                    const_coupling=objectives.CONST_COUPLINGS,
                    success=SUCCESS_RULES, on_failure=ON_FAILURE)
-    for name, allowed in choices.items():
-      if getattr(self, name) not in allowed:
-        raise ValueError(f'{name}={getattr(self, name)!r} is not one of '
-                         f'{allowed}.')
+    settings.check_choices(self, choices)
     for name in ('outer_iterations', 'inner_iterations', 'mask_radius',
                  'mask_times'):
       settings.check_integer(name, getattr(self, name))

@@ -133,12 +133,8 @@ class PGDConfig:
       settings.check_positive_number(name, getattr(self, name))
     for name, least in (('steps', 1), ('restarts', 1), ('search_steps', 0)):
       settings.check_integer(name, getattr(self, name), least)
-    if self.schedule not in SCHEDULES:
-      raise ValueError(f'schedule={self.schedule!r} is not one of '
-                       f'{SCHEDULES}.')
-    if self.on_failure not in ON_FAILURE:
-      raise ValueError(f'on_failure={self.on_failure!r} is not one of '
-                       f'{ON_FAILURE}.')
+    settings.check_choices(self, dict(schedule=SCHEDULES,
+                                      on_failure=ON_FAILURE))
 
 
 PRESETS = {

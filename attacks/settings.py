@@ -15,6 +15,15 @@ def check_positive_number(name: str, value):
     raise ValueError(f'{name} must be a positive number, got {value!r}.')
 
 
+def check_choices(config, choices: dict):
+  """ValueError unless each field `name` of `config` is one of
+  `choices[name]`."""
+  for name, allowed in choices.items():
+    if getattr(config, name) not in allowed:
+      raise ValueError(f'{name}={getattr(config, name)!r} is not one of '
+                       f'{tuple(allowed)}.')
+
+
 def check_integer(name: str, value, least: int = 1):
   """ValueError unless `value` is an integer >= least (bools refused)."""
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
