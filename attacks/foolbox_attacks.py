@@ -238,8 +238,9 @@ def make_foolbox_attack(config: FoolboxConfig):
 
 
 @dataclasses.dataclass(frozen=True)
-class FoolboxResult:
-  """What `FoolboxAttack.__call__` returns (numpy arrays).
+class MinimalNormResult:
+  """What a `VerifiedAttack` (FMN and DDN of Foolbox, our DDN) returns
+  (numpy arrays).
 
   adversarial: [B, H, W, C] float32, the returned image (clipped to the
     box); NaN (on_failure='nan') or the clean image ('clean') where the
@@ -256,46 +257,38 @@ class FoolboxResult:
   clean_pred: np.ndarray
 
 
-class FoolboxAttack:
-  """DDN or FMN of Foolbox on a `ModelClassifier`, with our interface.
+FoolboxResult = MinimalNormResult
 
-  attack = FoolboxAttack(classifier, preset='ddn', **overrides)
+
+class VerifiedAttack:
+  """A minimal-norm attack on a `ModelClassifier` that searches through
+  `ClassifierLogits` and counts only what a fresh forward pass of the
+  classifier confirms (module doc).
+
+  attack = Subclass(classifier, preset, **overrides)
   result = attack(images, labels, seed=None, callback=None)
 
-  `overrides` are `FoolboxConfig` fields. Success and L2 are re-verified
-  with our classifier (module doc).
+  Subclasses give `get_config` and `_search(images, labels, seed,
+  callback)`, which attacks the correctly classified inputs and returns
+  their images ([n, H, W, C], NaN where it found none).
   """
 
-  def __init__(self, classifier, preset='ddn', **overrides):
-    self.config = get_config(preset, **overrides)
+  get_config = None
+
+  def __init__(self, classifier, preset, **overrides):
+    self.config = type(self).get_config(preset, **overrides)
     self.logits = ClassifierLogits(classifier, self.config.temperature)
     self.classifier = classifier
     self.name = classifier.name
     self.image_shape = classifier.image_shape
     self.num_classes = classifier.num_classes
-    self.model = fb.TensorFlowModel(self._model_call, bounds=(0, 1),
-                                    device=_device())
-    self.attack = make_foolbox_attack(self.config)
     h, w, c = self.image_shape
     self._predict = tf.function(
         lambda x: classifier(x)[1],
         input_signature=[tf.TensorSpec([None, h, w, c], tf.float32)])
-    self._tick = None
 
-  def _model_call(self, images):
-    out = self.logits(images)
-    if self._tick is not None:
-      self._tick()
-    return out
-
-  def _run_foolbox(self, images: np.ndarray, labels: np.ndarray
-                   ) -> np.ndarray:
-    """Foolbox's raw (unclipped) minimal-norm images for correctly
-    classified inputs."""
-    x = tf.constant(images)
-    criterion = fb.criteria.Misclassification(tf.constant(labels))
-    raw, _, _ = self.attack(self.model, x, criterion, epsilons=None)
-    return raw.numpy()
+  def _search(self, images, labels, seed, callback):
+    raise NotImplementedError
 
   def predict(self, images: np.ndarray) -> np.ndarray:
     """[B] int64 our classifier's prediction (a fresh forward pass)."""
@@ -303,7 +296,7 @@ class FoolboxAttack:
         np.int64)
 
   def verify(self, images: np.ndarray, labels: np.ndarray, returned):
-    """(success [B], image [B, H, W, C], l2 [B]) of the images Foolbox
+    """(success [B], image [B, H, W, C], l2 [B]) of the images the search
     returned for (images, labels): module doc."""
     adv = np.asarray(returned, np.float32).reshape(images.shape)
     flat = adv.reshape(len(adv), -1)
@@ -321,7 +314,7 @@ class FoolboxAttack:
 
   def __call__(self, images, labels, seed: Optional[int] = None,
                callback: Optional[Callable[[int, int], None]] = None
-               ) -> FoolboxResult:
+               ) -> MinimalNormResult:
     cfg = self.config
     images, labels = validate_inputs(images, labels, self.image_shape,
                                      self.num_classes)
@@ -331,24 +324,63 @@ class FoolboxAttack:
     l2 = np.where(success, 0., np.inf).astype(np.float32)
     todo = np.flatnonzero(~success)
     if todo.size:
-      calls = [0]
-
-      def tick():
-        if callback is not None and calls[0] < cfg.steps:
-          callback(calls[0], cfg.steps)
-        calls[0] += 1
-
-      tf.random.set_seed(cfg.seed if seed is None else seed)
-      self._tick = tick
-      try:
-        returned = self._run_foolbox(images[todo], labels[todo])
-      finally:
-        self._tick = None
+      returned = self._search(images[todo], labels[todo],
+                              cfg.seed if seed is None else seed, callback)
       ok, img, dist = self.verify(images[todo], labels[todo], returned)
       success[todo], adv[todo], l2[todo] = ok, img, np.where(ok, dist,
                                                              np.inf)
     failed = ~success
     adv[failed] = np.nan if cfg.on_failure == 'nan' else images[failed]
-    return FoolboxResult(adversarial=adv, success=success,
-                         l2=l2.astype(np.float32),
-                         clean_pred=clean_pred)
+    return MinimalNormResult(adversarial=adv, success=success,
+                             l2=l2.astype(np.float32),
+                             clean_pred=clean_pred)
+
+
+class FoolboxAttack(VerifiedAttack):
+  """DDN or FMN of Foolbox on a `ModelClassifier`, with our interface.
+
+  attack = FoolboxAttack(classifier, preset='ddn', **overrides)
+  result = attack(images, labels, seed=None, callback=None)
+
+  `overrides` are `FoolboxConfig` fields. Success and L2 are re-verified
+  with our classifier (module doc).
+  """
+
+  get_config = staticmethod(lambda preset, **o: get_config(preset, **o))
+
+  def __init__(self, classifier, preset='ddn', **overrides):
+    super().__init__(classifier, preset, **overrides)
+    self.model = fb.TensorFlowModel(self._model_call, bounds=(0, 1),
+                                    device=_device())
+    self.attack = make_foolbox_attack(self.config)
+    self._tick = None
+
+  def _model_call(self, images):
+    out = self.logits(images)
+    if self._tick is not None:
+      self._tick()
+    return out
+
+  def _run_foolbox(self, images: np.ndarray, labels: np.ndarray
+                   ) -> np.ndarray:
+    """Foolbox's raw (unclipped) minimal-norm images for correctly
+    classified inputs."""
+    x = tf.constant(images)
+    criterion = fb.criteria.Misclassification(tf.constant(labels))
+    raw, _, _ = self.attack(self.model, x, criterion, epsilons=None)
+    return raw.numpy()
+
+  def _search(self, images, labels, seed, callback):
+    steps, calls = self.config.steps, [0]
+
+    def tick():
+      if callback is not None and calls[0] < steps:
+        callback(calls[0], steps)
+      calls[0] += 1
+
+    tf.random.set_seed(seed)
+    self._tick = tick
+    try:
+      return self._run_foolbox(images, labels)
+    finally:
+      self._tick = None

@@ -172,7 +172,7 @@ class PGDResult:
   margin: np.ndarray
 
 
-def _per_sample(v):
+def per_sample(v):
   """[B] -> [B, 1, 1, 1], to scale images."""
   return v[:, tf.newaxis, tf.newaxis, tf.newaxis]
 
@@ -188,17 +188,17 @@ def project(x_adv, x, eps):
   delta = x_adv - x
   norm = l2_norms(delta)
   scale = tf.minimum(1., eps / tf.maximum(norm, 1e-12))
-  return tf.clip_by_value(x + _per_sample(scale) * delta, 0., 1.)
+  return tf.clip_by_value(x + per_sample(scale) * delta, 0., 1.)
 
 
 def random_start(rng: tf.random.Generator, x, eps):
   """x + a point uniform in the eps-ball (radius eps * U^(1/D) in D
   dimensions along a uniform direction), clipped to [0, 1]."""
   direction = rng.normal(tf.shape(x))
-  direction /= _per_sample(tf.maximum(l2_norms(direction), 1e-12))
+  direction /= per_sample(tf.maximum(l2_norms(direction), 1e-12))
   dims = tf.cast(tf.reduce_prod(tf.shape(x)[1:]), tf.float32)
   radius = eps * rng.uniform(tf.shape(eps)) ** (1. / dims)
-  return tf.clip_by_value(x + _per_sample(radius) * direction, 0., 1.)
+  return tf.clip_by_value(x + per_sample(radius) * direction, 0., 1.)
 
 
 class PGDAttack:
@@ -252,7 +252,7 @@ class PGDAttack:
           tf.equal(success, b_success) & (margin < b_margin))
       return (tf.where(better, margin, b_margin),
               b_success | success,
-              tf.where(_per_sample(better), x_adv, b_img),
+              tf.where(per_sample(better), x_adv, b_img),
               tf.where(better, l2_norms(x_adv - x), b_l2))
 
     best = (best_margin, best_success, best_img, best_l2)
@@ -277,19 +277,19 @@ class PGDAttack:
         last_low = tf.where(tf.equal(k, 0), margin, last_low)
         lower = margin < low_margin
         low_margin = tf.where(lower, margin, low_margin)
-        low_img = tf.where(_per_sample(lower), x_adv, low_img)
-        low_grad = tf.where(_per_sample(lower), grad, low_grad)
+        low_img = tf.where(per_sample(lower), x_adv, low_img)
+        low_grad = tf.where(per_sample(lower), grad, low_grad)
         check = window[k] > 0
         halve = check & ((falls < APGD_RHO * window[k]) | (
             ~halved_last & (low_margin >= last_low)))
         step = tf.where(halve, step / 2., step)
-        x_adv = tf.where(_per_sample(halve), low_img, x_adv)
-        grad = tf.where(_per_sample(halve), low_grad, grad)
+        x_adv = tf.where(per_sample(halve), low_img, x_adv)
+        grad = tf.where(per_sample(halve), low_grad, grad)
         halved_last = tf.where(check, halve, halved_last)
         last_low = tf.where(check, low_margin, last_low)
         falls = tf.where(check, tf.zeros_like(falls), falls)
-      unit = grad / _per_sample(tf.maximum(l2_norms(grad), 1e-12))
-      x_next = project(x_adv - _per_sample(step) * unit, x, eps)
+      unit = grad / per_sample(tf.maximum(l2_norms(grad), 1e-12))
+      x_next = project(x_adv - per_sample(step) * unit, x, eps)
       if apgd:
         # The first step is the projected gradient step alone.
         a = tf.where(k > 0, APGD_MOMENTUM, 1.)
@@ -378,7 +378,7 @@ class PGDAttack:
     run at the ceiling. Keeps the smallest-L2 success."""
     margin, success, img, l2 = best
     hi = tf.where(clean_wrong, 0., tf.where(success, l2, np.inf))
-    img = tf.where(_per_sample(clean_wrong), x, img)
+    img = tf.where(per_sample(clean_wrong), x, img)
     lo = tf.zeros_like(hi)
     for _ in range(self.config.search_steps):
       # Samples already decided (failed at the ceiling) run at eps 0.
@@ -390,5 +390,5 @@ class PGDAttack:
       lo = tf.where(r_success, lo, eps)
       hi = tf.where(smaller, r_l2, hi)
       margin = tf.where(smaller, r_margin, margin)
-      img = tf.where(_per_sample(smaller), r_img, img)
+      img = tf.where(per_sample(smaller), r_img, img)
     return margin, tf.math.is_finite(hi), img, hi

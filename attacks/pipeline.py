@@ -91,7 +91,9 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
     attack: 'capsule' (the paper's), 'pgd_l2' (`attacks.pgd` on the
       classifier's margin), 'margin_cw' (`attacks.margin_cw`: the paper's
       search on the margin, preset 'margin_cw' with `overrides` applied
-      as to the capsule attack's), several of them joined by commas, or
+      as to the capsule attack's), 'ddn' (`attacks.ddn`, Rony et al.
+      2019, 100 steps), 'fmn' (FMN of Pintor et al. 2021 through Foolbox,
+      `attacks.foolbox_attacks`), several of them joined by commas, or
       'all' (every one). Several run on the same samples, each in
       `<out_dir>/<attack>/`, with their per-sample worst case in
       `out_dir` (`write_worst_case`).
@@ -129,7 +131,8 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
   """
   # Imported here: the reports alone need neither TensorFlow nor a model.
   # pylint: disable=g-import-not-at-top
-  from attacks import classifiers, evasion, margin_cw, noise, pgd
+  from attacks import classifiers, ddn, evasion, foolbox_attacks, margin_cw
+  from attacks import noise, pgd
   from attacks import settings as settings_lib
   from scae_tf import data, loading
   from scae_tf import kmeans as kmeans_lib
@@ -160,7 +163,12 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
   if 'pgd_l2' in names:
     attack_configs['pgd_l2'] = pgd_config(pgd_preset, eps, threshold, seed,
                                           pgd_overrides)
-  presets = dict(capsule=preset, pgd_l2=pgd_preset, margin_cw='margin_cw')
+  if 'ddn' in names:
+    attack_configs['ddn'] = ddn.get_config('ddn', seed=seed)
+  if 'fmn' in names:
+    attack_configs['fmn'] = foolbox_attacks.get_config('fmn', seed=seed)
+  presets = dict(capsule=preset, pgd_l2=pgd_preset, margin_cw='margin_cw',
+                 ddn='ddn', fmn='fmn')
   out_dir = out_dir or default_out_dir(
       dataset, name, presets[names[0]] if len(names) == 1 else
       'all' if attack == 'all' else '+'.join(names))
@@ -188,7 +196,8 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
                                             gradient=g)
              for g in set(gradients.values())}
   kinds = dict(capsule=evasion.CapsuleAttack, pgd_l2=pgd.PGDAttack,
-               margin_cw=margin_cw.MarginCWAttack)
+               margin_cw=margin_cw.MarginCWAttack, ddn=ddn.DDNAttack,
+               fmn=foolbox_attacks.FoolboxAttack)
   attacks = {n: kinds[n](targets[gradients[n]], attack_configs[n])
              for n in names}
   if sanity:
@@ -243,6 +252,8 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
     return dict(summary=summary, settings=settings, out_dir=folder)
 
   with run_dir.lock_folder(out_dir):
+    if overwrite:
+      remove_previous_run(out_dir)
     if len(names) == 1:
       result = run(names[0], out_dir)
       folders = {names[0]: out_dir}
@@ -272,7 +283,7 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
 
 #: The paper's attack first: the worst case counts the samples where each
 #: other attack needs less than it.
-SINGLE_ATTACKS = ('capsule', 'pgd_l2', 'margin_cw')
+SINGLE_ATTACKS = ('capsule', 'pgd_l2', 'margin_cw', 'ddn', 'fmn')
 #: The input gradient each attack follows unless told otherwise: the paper's
 #: attack the authors' training graph, the adaptive attacks (and the sanity
 #: check's unbounded PGD) the classifier's true gradient.
@@ -282,7 +293,7 @@ UNBOUNDED = 'sanity_unbounded'
 #: The noise control's per-sample results (`attacks.noise`).
 NOISE_FILE = 'noise_control.npz'
 DEFAULT_GRADIENTS = dict(capsule='code', pgd_l2='full', margin_cw='full',
-                         **{UNBOUNDED: 'full'})
+                         ddn='full', fmn='full', **{UNBOUNDED: 'full'})
 
 
 def attack_names(attack: str) -> Tuple[str, ...]:
@@ -349,6 +360,39 @@ def write_worst_case(out_dir: str, folders: Sequence[str], threshold: float,
       curves, os.path.join(out_dir, 'accuracy_vs_l2.png'), max_threshold,
       threshold, protocol.plot_title([s for _, s in runs]))
   return summary
+
+
+#: What a run of `attack_checkpoint` writes into its out_dir beside the
+#: protocol's outputs: the worst case, the sanity report, the noise control.
+REPORT_FILES = ('worst_case.npz', 'worst_case.json', 'worst_case.md',
+                'sanity.json', 'sanity.md', NOISE_FILE)
+
+
+def remove_previous_run(out_dir: str):
+  """`--overwrite`: removes every output an earlier `attack_checkpoint`
+  left in `out_dir`, whichever attacks it ran (one in place, or several in
+  their subfolders), so that nothing of it stays beside the new run's
+  outputs or resumes under its name. Files it did not write stay."""
+  from scae_tf.training import run_dir  # pylint: disable=g-import-not-at-top
+
+  def remove(folder):
+    protocol.remove_outputs(folder)
+    for name in ('settings.json',) + REPORT_FILES:
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(folder, name))
+    with contextlib.suppress(OSError):  # kept where other files remain
+      os.rmdir(os.path.join(folder, 'batches'))
+
+  remove(out_dir)  # the caller holds its lock
+  for name in SINGLE_ATTACKS + (UNBOUNDED,):
+    folder = os.path.join(out_dir, name)
+    if not os.path.exists(os.path.join(folder, 'settings.json')):
+      continue
+    with run_dir.lock_folder(folder):
+      remove(folder)
+    with contextlib.suppress(OSError):
+      os.remove(os.path.join(folder, run_dir.LOCK_FILE))
+      os.rmdir(folder)
 
 
 def write_sanity(out_dir: str, folders: Mapping[str, str],

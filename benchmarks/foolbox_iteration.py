@@ -1,5 +1,5 @@
-"""Times one iteration of Foolbox's DDN (and FMN) against one PGD-L2
-iteration on the SCAE.
+"""Times one iteration of Foolbox's DDN (and FMN) and of our compiled DDN
+(`attacks.ddn`) against one PGD-L2 iteration on the SCAE.
 
   python benchmarks/foolbox_iteration.py --steps=10 --batch_size=100
 
@@ -10,10 +10,13 @@ Each timed call runs --steps iterations:
     --steps steps, each one compiled call of the logits under its
     GradientTape, then Foolbox's own check of the result: one more forward
     pass);
+  * ddn_tf (with --ours): our DDN, `DDNAttack._run` of preset ddn with
+    steps=--steps (one compiled call: --steps steps, then the scoring pass
+    of the last point);
   * pgd: one compiled PGD-L2 restart, `PGDAttack._restart` of preset
     pgd_l2 with steps=--steps, restarts=1 (--steps steps, then the scoring
     pass of the last point).
-Both err high by one forward pass per call, so the ratio is like for like.
+All err high by one forward pass per call, so the ratio is like for like.
 After one warm-up call each, --rounds rounds call them in turn (every other
 round in reverse order, so that a background load shifts them alike); the
 median seconds of a call divided by --steps is the iteration's cost.
@@ -35,17 +38,18 @@ flags.DEFINE_integer('batch_size', 100, 'Batch size.')
 flags.DEFINE_integer('steps', 10, 'Iterations per timed call.')
 flags.DEFINE_integer('rounds', 3, 'Timed rounds (after one warm-up).')
 flags.DEFINE_list('attacks', ['ddn', 'fmn'], 'Foolbox presets to time.')
+flags.DEFINE_bool('ours', True, 'Also time our compiled DDN (ddn_tf).')
 
 FLAGS = flags.FLAGS
 
 
-def calls(model, images, labels, steps, presets):
-  """{name: zero-argument callable}: the Foolbox runs and the PGD
-  restart."""
+def calls(model, images, labels, steps, presets, ours=True):
+  """{name: zero-argument callable}: the Foolbox runs, our DDN's run
+  (`ours`) and the PGD restart."""
   # pylint: disable=protected-access
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from attacks import classifiers, foolbox_attacks, pgd  # pylint: disable=g-import-not-at-top
+  from attacks import classifiers, ddn, foolbox_attacks, pgd  # pylint: disable=g-import-not-at-top
 
   target = classifiers.make_classifier(model, 'PosL', gradient='full')
   out = {}
@@ -53,6 +57,10 @@ def calls(model, images, labels, steps, presets):
   for preset in presets:
     attack = foolbox_attacks.FoolboxAttack(target, preset, steps=steps)
     out[preset] = (lambda a=attack: a._run_foolbox(x_np, y_np))
+  if ours:
+    ddn_attack = ddn.DDNAttack(target, 'ddn', steps=steps)
+    out['ddn_tf'] = lambda: [t.numpy() for t in ddn_attack._run(images,
+                                                                labels)]
   margin_attack = pgd.PGDAttack(target, 'pgd_l2', steps=steps, restarts=1)
   margin, pred = margin_attack._score(images, labels)
   batch = int(images.shape[0])
@@ -90,7 +98,8 @@ def main(argv):
   labels = tf.random.uniform([FLAGS.batch_size], 0, config.num_classes,
                              tf.int64)
   model = SCAE(config)
-  fns = calls(model, images, labels, FLAGS.steps, FLAGS.attacks)
+  fns = calls(model, images, labels, FLAGS.steps, FLAGS.attacks,
+              FLAGS.ours)
   medians, raw = alternating_medians(fns, FLAGS.rounds)
   per_step = {k: v / FLAGS.steps for k, v in medians.items()}
   result = dict(
@@ -101,7 +110,7 @@ def main(argv):
       cpu_count=os.cpu_count(), load_average=os.getloadavg(),
       seconds_per_iteration={k: round(v, 4) for k, v in per_step.items()},
       ratio_over_pgd={k: round(per_step[k] / per_step['pgd'], 3)
-                      for k in FLAGS.attacks},
+                      for k in fns if k != 'pgd'},
       seconds_per_call={k: [round(s, 3) for s in v] for k, v in raw.items()})
   print(json.dumps(result, indent=1))
 

@@ -29,8 +29,11 @@ classifier's margin, --pgd_preset: pgd_l2_min searches the smallest budget
 per sample below --eps, default 10, and gives a curve; pgd_l2 attacks at
 the budget --eps, default the threshold), margin_cw (the paper's search on
 the classifier's margin, C&W style; the flags after --preset override its
-settings too), several of them joined by commas (capsule,pgd_l2) or all
-(all three). Several run on the same samples, each in <out_dir>/<attack>/,
+settings too), ddn (Decoupled Direction and Norm, Rony et al. 2019, 100
+steps, in-graph), fmn (Fast Minimum-Norm, Pintor et al. 2021, through
+Foolbox), several of them joined by commas (capsule,pgd_l2) or all (all
+five). The adaptive attacks follow the classifier's true gradient, the
+paper's attack the training graph's (--gradient overrides both). Several run on the same samples, each in <out_dir>/<attack>/,
 with their per-sample worst case in --out_dir: worst_case.npz / .json / .md
 and one accuracy_vs_l2.png with every curve.
 
@@ -87,8 +90,8 @@ flags.DEFINE_string('const_coupling', None, 'Override: batch (fork) or '
                     'example.')
 flags.DEFINE_string('success', None, 'Override: label (fork) or '
                     'clean_prediction (paper).')
-flags.DEFINE_string('attack', 'capsule', 'capsule, pgd_l2, margin_cw, '
-                    'several joined by commas, or all.')
+flags.DEFINE_string('attack', 'capsule', 'capsule, pgd_l2, margin_cw, ddn, '
+                    'fmn, several joined by commas, or all.')
 flags.DEFINE_string('pgd_preset', 'pgd_l2_min', 'PGD preset '
                     '(attacks.pgd.PRESETS): pgd_l2_min or pgd_l2.')
 flags.DEFINE_float('eps', None, 'PGD budget (pgd_l2) or search ceiling '

@@ -544,13 +544,15 @@ def test_unbounded_pgd_reaches_any_image():
 
 
 def test_attack_names_take_a_list_in_the_papers_order():
-  assert pipeline.attack_names('all') == ('capsule', 'pgd_l2', 'margin_cw')
+  assert pipeline.attack_names('all') == ('capsule', 'pgd_l2', 'margin_cw',
+                                         'ddn', 'fmn')
+  assert pipeline.attack_names('fmn,ddn') == ('ddn', 'fmn')
   assert pipeline.attack_names('pgd_l2, capsule') == ('capsule', 'pgd_l2')
   assert pipeline.attack_names('margin_cw') == ('margin_cw',)
   with pytest.raises(ValueError, match='capsule listed twice'):
     pipeline.attack_names('capsule,pgd_l2,capsule')
   with pytest.raises(ValueError, match="unknown attack='all'; expected one "
-                     'of capsule, pgd_l2, margin_cw.'):
+                     'of capsule, pgd_l2, margin_cw, ddn, fmn.'):
     pipeline.attack_names('capsule,all')
   with pytest.raises(ValueError, match="unknown attack='fgsm'"):
     pipeline.attack_names('fgsm,pgd_l2')
@@ -588,7 +590,7 @@ def test_the_script_refuses_an_unknown_attack_with_one_line(tmp_path):
   assert done.returncode == 1
   assert done.stderr.strip().splitlines()[-1] == (
       "error: unknown attack='fgsm'; expected one of capsule, pgd_l2, "
-      'margin_cw, all.')
+      'margin_cw, ddn, fmn, all.')
   assert not (tmp_path / 'out').exists()
 
 
@@ -629,7 +631,8 @@ def test_attack_all_runs_each_on_the_same_samples_and_merges(tmp_path):
       overrides=dict(outer_iterations=1, inner_iterations=2),
       pgd_overrides=dict(steps=2, search_steps=1), out_dir=str(out),
       progress=False)
-  assert sorted(result['runs']) == ['capsule', 'margin_cw', 'pgd_l2']
+  assert sorted(result['runs']) == ['capsule', 'ddn', 'fmn', 'margin_cw',
+                                    'pgd_l2']
   pgd_settings = result['runs']['pgd_l2']['settings']
   assert pgd_settings['attack_name'] == 'pgd_l2'
   assert pgd_settings['attack']['steps'] == 2
@@ -637,12 +640,13 @@ def test_attack_all_runs_each_on_the_same_samples_and_merges(tmp_path):
   # The paper's attack differentiates the training graph, the adaptive ones
   # the classifier.
   assert {n: r['settings']['gradient'] for n, r in result['runs'].items()
-          } == dict(capsule='code', pgd_l2='full', margin_cw='full')
+          } == dict(capsule='code', pgd_l2='full', margin_cw='full',
+                    ddn='full', fmn='full')
   cw_settings = result['runs']['margin_cw']['settings']
   assert (cw_settings['preset'], cw_settings['attack']['inner_iterations'],
           cw_settings['attack']['use_mask']) == ('margin_cw', 2, False)
   amounts = {}
-  for name in ('capsule', 'pgd_l2', 'margin_cw'):
+  for name in ('capsule', 'pgd_l2', 'margin_cw', 'ddn', 'fmn'):
     with np.load(out / name / 'l2.npz') as z:
       amounts[name] = z['perturbation']
       indices = z['indices']
@@ -653,7 +657,7 @@ def test_attack_all_runs_each_on_the_same_samples_and_merges(tmp_path):
     np.testing.assert_array_equal(z['perturbation_pgd_l2'],
                                   amounts['pgd_l2'])
   assert result['summary']['num_samples'] == 4
-  for name in ('pgd_l2', 'margin_cw'):
+  for name in ('pgd_l2', 'margin_cw', 'ddn', 'fmn'):
     assert result['summary'][f'{name}_smaller_than_capsule'] == int(
         np.sum(amounts[name] < amounts['capsule']))
   assert (out / 'accuracy_vs_l2.png').exists()
@@ -716,3 +720,30 @@ def test_a_list_of_attacks_runs_those_and_a_single_one_checks_in_place(
   assert skipped['sanity'] is None
   assert skipped['settings']['gradient'] == 'code'  # --gradient overrides
   assert not (tmp_path / 'skipped' / 'sanity_unbounded').exists()
+
+
+def test_overwrite_removes_every_output_of_the_previous_run(tmp_path):
+  _tiny_checkpoint(tmp_path)
+  settings = dict(dataset='mnist', data_dir=str(data_path('mnist')),
+                  num_samples=2, batch_size=2, progress=False, sanity=False,
+                  overrides=dict(outer_iterations=1, inner_iterations=1),
+                  pgd_overrides=dict(steps=1, search_steps=1))
+  out = tmp_path / 'out'
+  pipeline.attack_checkpoint(str(tmp_path), 'PriL', attack='pgd_l2',
+                             out_dir=str(out), **settings)
+  assert (out / 'settings.json').exists() and (out / 'batches').is_dir()
+  (out / 'notes.txt').write_text('mine')
+  pipeline.attack_checkpoint(str(tmp_path), 'PriL', attack='capsule,pgd_l2',
+                             out_dir=str(out), overwrite=True, **settings)
+  # (the folder's lock file, .lock, stays: it is not a result)
+  left = sorted(p.name for p in out.iterdir() if p.name != '.lock')
+  assert left == ['accuracy_vs_l2.png', 'capsule', 'notes.txt', 'pgd_l2',
+                  'worst_case.json', 'worst_case.md', 'worst_case.npz'], left
+  # And back: the single run in place again, the two subfolders gone.
+  pipeline.attack_checkpoint(str(tmp_path), 'PriL', attack='pgd_l2',
+                             out_dir=str(out), overwrite=True, **settings)
+  left = sorted(p.name for p in out.iterdir() if p.name != '.lock')
+  assert left == ['accuracy_vs_l2.png', 'adversarial.npz', 'batches',
+                  'l2.npz', 'notes.txt',
+                  'robust_accuracy.json', 'settings.json', 'summary.json',
+                  'summary.md'], left
