@@ -235,6 +235,42 @@ def test_xla_generator_gives_the_same_batch_and_step(generator):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
 
 
+def test_the_generator_feeds_the_clean_image_where_it_failed():
+  model = _model(0)
+  x, _ = _data(8)
+  # Labels the model gets right on the clean images, and one signed step:
+  # some examples stay correctly classified.
+  y = classifiers.make_classifier(model, 'PosL')(x)[1]
+  weak = dict(outer_iterations=1, inner_iterations=1)
+  batches = AdversarialBatches(model, clean_batches=0, seed=3, **weak)
+  state = batches.generator.state.numpy()
+  got = tf.function(lambda x, y: batches(model, (x, y), _ctx()))(x, y)
+  replay = tf.random.Generator.from_state(state, batches.generator.algorithm)
+  _, success, _ = batches.attack.in_graph(x, y, replay)
+  failed = ~success.numpy()
+  assert failed.any()
+  # Exactly the clean image, not the attack's last candidate.
+  np.testing.assert_array_equal(got.images.numpy()[failed],
+                                x.numpy()[failed])
+  # (Every candidate differs from it: the random start p' on the blurred
+  # mask of these all-positive images moves every pixel.)
+
+
+def test_the_code_schedule_decays_ad_phases_only():
+  from defenses import methods  # pylint: disable=g-import-not-at-top
+  decays = lambda name, schedule: [
+      (p.kind, p.lr_decay) for p in methods.plan(
+          methods.get_method(name), lr_schedule=schedule)]
+  # The authors' code hands RMSProp the constant rate in AT (SPEC_NOTES,
+  # Defences) and the decayed one in AD.
+  assert decays('hat', 'code') == [('ad', True), ('at', False)]
+  assert decays('at', 'code') == [('at', False)]
+  assert decays('ntat', 'code') == [('at', False)]
+  assert decays('ad', 'code') == [('ad', True)]
+  assert decays('hat', 'decay') == [('ad', True), ('at', True)]
+  assert decays('ntat', 'decay') == [('at', True)]
+
+
 def test_every_second_batch_is_adversarial_against_the_trained_model():
   student, teacher = _model(0), _model(1)
   pair = objectives.StudentTeacher(student, teacher)
@@ -317,9 +353,15 @@ def test_hat_switches_after_n_ad_epochs_with_fresh_slots(tmp_path,
   slots = [n for n in tf.train.list_variables(switch)
            if n[0].startswith('optimizer/ms/')]
   assert slots and all(np.all(_read(switch, n) == 1.) for n, _ in slots)
+  # The momentum slot restarts too, at 0 (every step moves it: see the
+  # last checkpoint below).
+  moms = [n for n, _ in tf.train.list_variables(switch)
+          if n.startswith('optimizer/mom/')]
+  assert moms and all(np.all(_read(switch, n) == 0.) for n in moms)
   last = str(ckpt / 'ckpt-4')
   assert _read(last, 'optimizer/step/.ATTRIBUTES/VARIABLE_VALUE') == 4
   assert not all(np.all(_read(last, n) == 1.) for n, _ in slots)
+  assert any(np.any(_read(last, n) != 0.) for n in moms)
   # Every second batch is adversarial, across the phase boundary.
   import json  # pylint: disable=g-import-not-at-top
   records = [json.loads(line) for line in open(tmp_path / 'hat' / 'log.jsonl')
