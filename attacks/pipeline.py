@@ -35,6 +35,7 @@ from attacks import protocol
 from attacks import sanity as sanity_lib
 from scae_tf import cli
 from scae_tf import files
+from attacks.quantize import QUANTIZE
 from scae_tf.configs import GRADIENTS
 
 DATASETS = tuple(protocol.PAPER_THRESHOLDS)
@@ -67,6 +68,7 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
                       eps: Optional[float] = None,
                       pgd_overrides: Optional[dict] = None,
                       gradient: Optional[str] = None,
+                      quantize: str = 'none',
                       out_dir: Optional[str] = None, overwrite: bool = False,
                       threshold: Optional[float] = None,
                       plot_max: Optional[float] = None,
@@ -105,6 +107,10 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
       classifier's true gradient; `scae_tf.configs.GRADIENTS`). None: each
       attack's own (`DEFAULT_GRADIENTS`): the paper's attack 'code', as the
       authors' attack differentiated that graph; the adaptive ones 'full'.
+    quantize: 'none' or '8bit': every successful image rounded to the 256
+      grey levels an 8-bit image file holds, re-verified, and counted only
+      if still misclassified (`attacks.quantize`); the summaries say how
+      many survived.
     out_dir: default `default_out_dir(dataset, classifier, preset)` (the
       PGD preset's name for pgd_l2, 'all' for all).
     overwrite: restart: remove every output of the run in `out_dir` first
@@ -133,6 +139,7 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
   # pylint: disable=g-import-not-at-top
   from attacks import classifiers, ddn, evasion, foolbox_attacks, margin_cw
   from attacks import noise, pgd
+  from attacks import quantize as quantize_lib
   from attacks import settings as settings_lib
   from scae_tf import data, loading
   from scae_tf import kmeans as kmeans_lib
@@ -149,6 +156,7 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
   names = attack_names(attack)
   if gradient is not None:
     cli.check_choice('gradient', gradient, GRADIENTS)
+  cli.check_choice('quantize', quantize, QUANTIZE)
   if eps is not None:
     settings_lib.check_positive_number('eps', eps)
   split = split or protocol.DEFAULT_SPLITS[dataset]
@@ -200,6 +208,10 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
                fmn=foolbox_attacks.FoolboxAttack)
   attacks = {n: kinds[n](targets[gradients[n]], attack_configs[n])
              for n in names}
+  if quantize != 'none':
+    attacks = {n: quantize_lib.QuantizedAttack(a, targets[gradients[n]],
+                                               quantize_lib.LEVELS[quantize])
+               for n, a in attacks.items()}
   if sanity:
     attack_configs[UNBOUNDED] = sanity_lib.unbounded_config(
         targets[gradients[UNBOUNDED]].image_shape, seed,
@@ -234,6 +246,8 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
                     gradient=gradients[n])
     if n != 'capsule':
       settings['attack_name'] = n
+    if quantize != 'none' and n != UNBOUNDED:
+      settings['quantize'] = quantize
     # out_dir itself is locked for the whole call below.
     with (contextlib.nullcontext() if folder == out_dir
           else run_dir.lock_folder(folder)):
@@ -248,6 +262,10 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
           indices=indices, threshold=threshold, progress=progress)
       summary = protocol.write_outputs(folder, results, settings, threshold,
                                        t_max)
+    if 'quantized_successes_before' in summary:
+      log(f'{n}: {summary["quantized_successes_after"]} of '
+          f'{summary["quantized_successes_before"]} successes survive the '
+          f'{quantize} rounding')
     log(f'done in {time.time() - start:.0f} s; results in {folder}')
     return dict(summary=summary, settings=settings, out_dir=folder)
 

@@ -31,6 +31,9 @@ PAPER_THRESHOLDS = {'mnist': 4., 'fashion_mnist': 5.}
 DEFAULT_SPLITS = {'mnist': 'test', 'fashion_mnist': 'train'}
 BATCH_KEYS = ('indices', 'labels', 'clean_pred', 'success', 'attack_l2',
               'adversarial')
+# Kept where an attack's result has them: its success before the 8-bit
+# rounding (`attacks.quantize`).
+OPTIONAL_BATCH_KEYS = ('success_unquantized',)
 # What `write_outputs` writes beside settings.json and batches/.
 OUTPUT_FILES = ('l2.npz', 'adversarial.npz', 'summary.json', 'summary.md',
                 'robust_accuracy.json', 'accuracy_vs_l2.png')
@@ -291,7 +294,8 @@ def run_protocol(attack, images, labels, out_dir: str, batch_size: int = 100,
     path = batch_path(out_dir, b)
     if os.path.exists(path):
       with np.load(path) as z:
-        part = {k: z[k] for k in BATCH_KEYS}
+        part = {k: z[k] for k in BATCH_KEYS + OPTIONAL_BATCH_KEYS
+                if k in z.files}
       if not np.array_equal(part['indices'], indices[sl]):
         raise SettingsMismatchError(f'{path} holds other samples than this '
                                     'run would attack there.')
@@ -312,7 +316,9 @@ def run_protocol(attack, images, labels, out_dir: str, batch_size: int = 100,
       bar.update(m - shown[0])  # an attack may report fewer iterations
       part = dict(indices=indices[sl], labels=labels[sl],
                   clean_pred=result.clean_pred, success=result.success,
-                  attack_l2=result.l2, adversarial=result.adversarial)
+                  attack_l2=result.l2, adversarial=result.adversarial,
+                  **{k: getattr(result, k) for k in OPTIONAL_BATCH_KEYS
+                     if hasattr(result, k)})
       files.save_npz(path, part, compressed=True)
     parts.append(part)
     so_far = {k: np.concatenate([p[k] for p in parts]) for k in BATCH_KEYS}
@@ -323,6 +329,9 @@ def run_protocol(attack, images, labels, out_dir: str, batch_size: int = 100,
                     acc_at_t=f'{accuracy_at(pert, threshold):.3f}')
   bar.close()
   out = {k: np.concatenate([p[k] for p in parts]) for k in BATCH_KEYS}
+  for k in OPTIONAL_BATCH_KEYS:
+    if parts and all(k in p for p in parts):
+      out[k] = np.concatenate([p[k] for p in parts])
   out['clean_correct'] = out['clean_pred'] == out['labels']
   out['perturbation'] = protocol_l2(out['clean_correct'], out['success'],
                                     out['attack_l2'])
@@ -343,19 +352,30 @@ def write_outputs(out_dir: str, results: Dict[str, np.ndarray],
       attack_l2=results['attack_l2'], success=results['success'],
       clean_correct=results['clean_correct'],
       clean_pred=results['clean_pred'], labels=results['labels'],
-      indices=results['indices']), compressed=True)
+      indices=results['indices'],
+      **{k: results[k] for k in OPTIONAL_BATCH_KEYS if k in results}),
+                 compressed=True)
   files.save_npz(os.path.join(out_dir, 'adversarial.npz'), dict(
       adversarial=results['adversarial'], clean=results['clean'],
       indices=results['indices'], labels=results['labels']), compressed=True)
+  extra = None
+  if 'success_unquantized' in results:
+    correct = results['clean_correct']
+    extra = dict(quantized_successes_before=int(
+        results['success_unquantized'][correct].sum()),
+                 quantized_successes_after=int(
+                     results['success'][correct].sum()))
   return write_reports(out_dir, results['perturbation'],
                        results['clean_correct'], settings, threshold,
-                       max_threshold, label)
+                       max_threshold, label, extra)
 
 
 def write_reports(out_dir, perturbations, clean_correct, settings, threshold,
-                  max_threshold, label=None) -> dict:
-  """summary.json / summary.md / robust_accuracy.json / accuracy_vs_l2.png."""
-  summary = summarize(perturbations, clean_correct, threshold)
+                  max_threshold, label=None, extra=None) -> dict:
+  """summary.json / summary.md / robust_accuracy.json / accuracy_vs_l2.png;
+  `extra` joins the summary (e.g. the 8-bit rounding's survivors)."""
+  summary = dict(summarize(perturbations, clean_correct, threshold),
+                 **(extra or {}))
   files.write_json(os.path.join(out_dir, 'summary.json'),
                    dict(summary=summary, settings=settings), sort_keys=True)
   files.write_text(os.path.join(out_dir, 'summary.md'),

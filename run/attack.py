@@ -106,6 +106,9 @@ flags.DEFINE_string('gradient', None, 'The input gradient of every attack: '
                     'or full (the classifier\'s true gradient). Default: '
                     'code for the paper\'s attack, full for the adaptive '
                     'ones.')
+flags.DEFINE_string('quantize', 'none', 'none, or 8bit: round every '
+                    'successful image to k/255 (as saved in an 8-bit file), '
+                    're-verify it, and count only the survivors.')
 flags.DEFINE_string('out_dir', None, 'Output folder; default: '
                     'results/attack_<dataset>_<classifier>_<preset>, the '
                     'PGD preset for pgd_l2, "all" for all.')
@@ -144,6 +147,8 @@ def _check_flags():
   if FLAGS.gradient is not None:
     from scae_tf.configs import GRADIENTS  # pylint: disable=g-import-not-at-top
     cli.check_choice('gradient', FLAGS.gradient, GRADIENTS)
+  from attacks.quantize import QUANTIZE  # pylint: disable=g-import-not-at-top
+  cli.check_choice('quantize', FLAGS.quantize, QUANTIZE)
 
 
 def _run():
@@ -172,7 +177,8 @@ def _run():
         pgd_overrides={field: getattr(FLAGS, flag)
                        for flag, field in PGD_OVERRIDES.items()
                        if getattr(FLAGS, flag) is not None},
-        gradient=FLAGS.gradient, out_dir=FLAGS.out_dir, overwrite=FLAGS.overwrite,
+        gradient=FLAGS.gradient, quantize=FLAGS.quantize,
+        out_dir=FLAGS.out_dir, overwrite=FLAGS.overwrite,
         progress=FLAGS.progress, sanity=FLAGS.sanity, log=cli.log, **reports)
     summary, checks = result['summary'], result['sanity']
   # pylint: disable=g-import-not-at-top

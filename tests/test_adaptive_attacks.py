@@ -569,6 +569,7 @@ def test_attack_names_take_a_list_in_the_papers_order():
      'steps must be a positive integer'),
     (dict(attack='pgd_l2', pgd_preset='pgd_linf'), 'Unknown PGD preset'),
     (dict(attack='pgd_l2', gradient='true'), "unknown gradient='true'"),
+    (dict(attack='pgd_l2', quantize='16bit'), "unknown quantize='16bit'"),
 ])
 def test_bad_attack_settings_fail_before_the_model_loads(tmp_path, settings,
                                                          error):
@@ -747,3 +748,24 @@ def test_overwrite_removes_every_output_of_the_previous_run(tmp_path):
                   'l2.npz', 'notes.txt',
                   'robust_accuracy.json', 'settings.json', 'summary.json',
                   'summary.md'], left
+
+
+def test_quantized_runs_count_only_what_survives_the_rounding(tmp_path):
+  _tiny_checkpoint(tmp_path)
+  out = tmp_path / 'q'
+  result = pipeline.attack_checkpoint(
+      str(tmp_path), 'PriL', attack='pgd_l2', quantize='8bit',
+      dataset='mnist', data_dir=str(data_path('mnist')), num_samples=4,
+      batch_size=2, progress=False, sanity=False,
+      pgd_overrides=dict(steps=2, search_steps=1), out_dir=str(out))
+  assert result['settings']['quantize'] == '8bit'
+  summary = result['summary']
+  with np.load(out / 'l2.npz') as z:
+    before, after = z['success_unquantized'], z['success']
+    correct = z['clean_correct']
+    kept = np.load(out / 'adversarial.npz')['adversarial'][after & correct]
+  assert summary['quantized_successes_before'] == int(before[correct].sum())
+  assert summary['quantized_successes_after'] == int(after[correct].sum())
+  assert not (after & ~before).any()
+  # What counts lies on the 8-bit grid.
+  np.testing.assert_allclose(kept * 255., np.round(kept * 255.), atol=1e-4)
