@@ -27,7 +27,8 @@ def test_logdir_guard(tmp_path):
   assert training.prepare_logdir(str(run), settings)  # resume
   (run / 'keep.txt').write_text('x')
   other = training.run_settings(TINY, lr=2e-3)
-  with pytest.raises(training.RunMismatchError, match="'lr': \\(0.001, 0.002"):
+  with pytest.raises(training.RunMismatchError,
+                     match=r'other settings \(lr: 0.001 -> 0.002\)'):
     training.prepare_logdir(str(run), other)
   assert json.loads((run / 'run.json').read_text()) == settings
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -111,3 +112,42 @@ def test_a_logdir_it_cannot_write_is_one_line_before_any_work(tmp_path):
   assert _errors(proc.stderr) == [
       f'error: cannot write to {parent / "run"}: Permission denied']
   assert list(parent.iterdir()) == []
+
+
+def test_a_run_is_extended_or_shortened_and_stays_bit_identical(tmp_path):
+  """The length of a run is not its identity: a 2-step run asked for 4
+  resumes to 4, bit for bit the uninterrupted 4-step run; asked for 3, it
+  stays; a changed learning rate is still refused, with its key alone."""
+  import json  # pylint: disable=g-import-not-at-top
+  from scae_tf import training  # pylint: disable=g-import-not-at-top
+  data_path('mnist')
+
+  def run(logdir, **overrides):
+    return teacher.train_teacher(
+        'mnist', logdir=str(logdir), data_dir=str(DATA_DIR), save_every=1,
+        overrides=teacher.RecipeOverrides(batch_size=8, **overrides),
+        progress=False, log=lambda msg: None)
+
+  run(tmp_path / 'grown', train_steps=2)
+  run(tmp_path / 'grown', train_steps=4)
+  run(tmp_path / 'whole', train_steps=4)
+  grown = tf.train.latest_checkpoint(str(tmp_path / 'grown' / 'ckpt'))
+  whole = tf.train.latest_checkpoint(str(tmp_path / 'whole' / 'ckpt'))
+  assert grown.endswith('ckpt-4') and whole.endswith('ckpt-4')
+  names = [n for n, _ in tf.train.list_variables(whole)]
+  assert any(n.startswith('optimizer/') for n in names)
+  for name in names:
+    a = tf.train.load_checkpoint(grown).get_tensor(name)
+    b = tf.train.load_checkpoint(whole).get_tensor(name)
+    assert np.array_equal(a, b), name
+  run(tmp_path / 'grown', train_steps=3)
+  assert tf.train.latest_checkpoint(
+      str(tmp_path / 'grown' / 'ckpt')).endswith('ckpt-4')
+  saved = json.load(open(tmp_path / 'grown' / 'run.json'))
+  assert saved['lengths'] == [dict(epochs=None, train_steps=n)
+                              for n in (2, 4, 3)]
+  assert saved['recipe']['train_steps'] == 3
+  with pytest.raises(training.RunMismatchError,
+                     match=r'other settings \(recipe.learning_rate: 3e-05 '
+                           r'-> 0.001\)'):
+    run(tmp_path / 'grown', train_steps=4, learning_rate=1e-3)

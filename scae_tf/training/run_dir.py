@@ -102,9 +102,52 @@ def _is_run_entry(name):
   return name in RUN_ENTRIES or bool(_RUN_TEMPORARY.fullmatch(name))
 
 
+#: The recipe's fields that say how long a run trains, not what it trains
+#: (and the deviation text, which follows from the recipe): a run asked to
+#: train longer or shorter resumes from its newest checkpoint, the learning
+#: rate being a function of the step.
+LENGTH_FIELDS = ('epochs', 'train_steps', 'deviation')
+#: run.json's record of the lengths a run was asked to train to, in order.
+LENGTHS_KEY = 'lengths'
+
+
+def _identity(settings):
+  """`settings` without its length: what must match to resume a run."""
+  identity = json.loads(json.dumps(settings))
+  identity.pop(LENGTHS_KEY, None)
+  if isinstance(identity.get('recipe'), dict):
+    for name in LENGTH_FIELDS:
+      identity['recipe'].pop(name, None)
+  return identity
+
+
+def _length(settings):
+  recipe = settings.get('recipe') or {}
+  return {k: recipe.get(k) for k in LENGTH_FIELDS[:2] if k in recipe}
+
+
+def _flat(settings, prefix=''):
+  out = {}
+  for key, value in settings.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def differences(previous, settings) -> str:
+  """The settings that differ, one `key: previous -> now` each, nested
+  keys dotted (`recipe.learning_rate`): a line that fits on a screen."""
+  a, b = _flat(previous), _flat(settings)
+  return '; '.join(f'{k}: {a.get(k)!r} -> {b.get(k)!r}'
+                   for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+
+
 def check_logdir(logdir, settings, overwrite=False):
   """Raises RunMismatchError unless `prepare_logdir` would accept `logdir`;
-  writes nothing. Returns True if the run there would be resumed."""
+  writes nothing. Returns True if the run there would be resumed (also to
+  another length: `LENGTH_FIELDS`)."""
   entries = _entries(logdir)
   path = os.path.join(logdir, RUN_FILE)
   if os.path.exists(path):
@@ -112,13 +155,11 @@ def check_logdir(logdir, settings, overwrite=False):
       return False
     with open(path) as f:
       previous = json.load(f)
-    if previous == settings:
+    if _identity(previous) == _identity(settings):
       return True
-    diff = {k: (previous.get(k), settings.get(k))
-            for k in sorted(set(previous) | set(settings))
-            if previous.get(k) != settings.get(k)}
     raise RunMismatchError(
-        f'{logdir} holds a run with other settings (previous, now): {diff}. '
+        f'{logdir} holds a run with other settings ('
+        f'{differences(_identity(previous), _identity(settings))}). '
         'Use another --logdir, or --overwrite to restart it.')
   foreign = [name for name in entries if not _is_run_entry(name)]
   if foreign:
@@ -148,6 +189,14 @@ def prepare_logdir(logdir, settings, overwrite=False):
     for name in ('', CHECKPOINT_DIR, TB_DIR):
       if os.path.isdir(os.path.join(logdir, name)):
         files.check_writable(os.path.join(logdir, name))
+    path = os.path.join(logdir, RUN_FILE)
+    with open(path) as f:
+      previous = json.load(f)
+    if _length(previous) != _length(settings):
+      # Extended or shortened: the new length, and every length asked for.
+      history = previous.get(LENGTHS_KEY) or [_length(previous)]
+      files.write_json(path, dict(settings, **{
+          LENGTHS_KEY: history + [_length(settings)]}), sort_keys=True)
     return True
   for name in _entries(logdir):
     if _is_run_entry(name):
