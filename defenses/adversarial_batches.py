@@ -63,8 +63,9 @@ GENERATORS = {
     # threshold of 4, at a fifteenth of the paper generator's 150
     # iterations.
     'margin_pgd': Generator(
-        'margin_pgd', 'pgd', pgd.PGDConfig(eps=2., steps=10, restarts=1, zero_start=False,
-                             on_failure='clean'),
+        'margin_pgd', 'pgd',
+        pgd.PGDConfig(eps=2., steps=10, restarts=1, zero_start=False,
+                      on_failure='clean'),
         'PosL', 'full',
         'PGD-L2 on the posterior probe\'s margin, eps 2, 10 steps from a '
         'random start, through the true gradient',
