@@ -184,10 +184,8 @@ class DDNAttack(VerifiedAttack):
   `overrides` are `DDNConfig` fields.
   """
 
-  get_config = staticmethod(lambda preset, **o: get_config(preset, **o))
-
   def __init__(self, classifier, preset='ddn', **overrides):
-    super().__init__(classifier, preset, **overrides)
+    super().__init__(classifier, get_config(preset, **overrides))
     self._rng = tf.random.Generator.from_seed(self.config.seed)
     self._alphas = tf.constant(step_sizes(self.config))
     h, w, c = self.image_shape

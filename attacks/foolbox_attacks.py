@@ -268,15 +268,13 @@ class VerifiedAttack:
   attack = Subclass(classifier, preset, **overrides)
   result = attack(images, labels, seed=None, callback=None)
 
-  Subclasses give `get_config` and `_search(images, labels, seed,
+  Subclasses resolve their config and give `_search(images, labels, seed,
   callback)`, which attacks the correctly classified inputs and returns
   their images ([n, H, W, C], NaN where it found none).
   """
 
-  get_config = None
-
-  def __init__(self, classifier, preset, **overrides):
-    self.config = type(self).get_config(preset, **overrides)
+  def __init__(self, classifier, config):
+    self.config = config
     self.logits = ClassifierLogits(classifier, self.config.temperature)
     self.classifier = classifier
     self.name = classifier.name
@@ -346,10 +344,8 @@ class FoolboxAttack(VerifiedAttack):
   with our classifier (module doc).
   """
 
-  get_config = staticmethod(lambda preset, **o: get_config(preset, **o))
-
   def __init__(self, classifier, preset='ddn', **overrides):
-    super().__init__(classifier, preset, **overrides)
+    super().__init__(classifier, get_config(preset, **overrides))
     self.model = fb.TensorFlowModel(self._model_call, bounds=(0, 1),
                                     device=_device())
     self.attack = make_foolbox_attack(self.config)
