@@ -161,14 +161,19 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
     settings_lib.check_positive_number('eps', eps)
   split = split or protocol.DEFAULT_SPLITS[dataset]
   threshold, t_max = thresholds(dataset, threshold, plot_max)
-  attack_configs = {}
+  # Each attack's preset as is, and with the run's overrides: the labels
+  # name the settings that differ (`settings_lib.preset_label`).
+  attack_configs, preset_configs = {}, {}
   if 'capsule' in names:
+    preset_configs['capsule'] = evasion.get_config(preset, seed=seed)
     attack_configs['capsule'] = evasion.get_config(preset, seed=seed,
                                                    **(overrides or {}))
   if 'margin_cw' in names:
+    preset_configs['margin_cw'] = margin_cw.get_config(seed=seed)
     attack_configs['margin_cw'] = margin_cw.get_config(seed=seed,
                                                        **(overrides or {}))
   if 'pgd_l2' in names:
+    preset_configs['pgd_l2'] = pgd_config(pgd_preset, None, threshold, seed)
     attack_configs['pgd_l2'] = pgd_config(pgd_preset, eps, threshold, seed,
                                           pgd_overrides)
   if 'ddn' in names:
@@ -213,9 +218,10 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
                                                quantize_lib.LEVELS[quantize])
                for n, a in attacks.items()}
   if sanity:
+    shape = targets[gradients[UNBOUNDED]].image_shape
+    preset_configs[UNBOUNDED] = sanity_lib.unbounded_config(shape, seed)
     attack_configs[UNBOUNDED] = sanity_lib.unbounded_config(
-        targets[gradients[UNBOUNDED]].image_shape, seed,
-        (pgd_overrides or {}).get('steps'))
+        shape, seed, (pgd_overrides or {}).get('steps'))
     presets[UNBOUNDED] = UNBOUNDED
     attacks[UNBOUNDED] = pgd.PGDAttack(targets[gradients[UNBOUNDED]],
                                        attack_configs[UNBOUNDED])
@@ -244,6 +250,10 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
     settings = dict(common, preset=presets[n],
                     attack=dataclasses.asdict(attack_configs[n]),
                     gradient=gradients[n])
+    modified = settings_lib.changed_settings(
+        preset_configs.get(n, attack_configs[n]), attack_configs[n])
+    if modified:
+      settings['modified'] = modified
     if n != 'capsule':
       settings['attack_name'] = n
     if quantize != 'none' and n != UNBOUNDED:
@@ -254,7 +264,7 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
       protocol.check_settings(folder, settings, overwrite)
       log(f'checkpoint {prefix} ({loaded.format.upper()}, config '
           f'{config.name}); {name}; {num_samples} samples of '
-          f'{dataset}/{split}; attack {n} ({settings["preset"]}, '
+          f'{dataset}/{split}; attack {n} ({protocol.attack_label(settings)}, '
           f'{gradients[n]} gradient); out {folder}')
       start = time.time()
       results = protocol.run_protocol(

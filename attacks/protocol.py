@@ -25,6 +25,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from attacks import settings as settings_lib
 from scae_tf import files
 
 PAPER_THRESHOLDS = {'mnist': 4., 'fashion_mnist': 5.}
@@ -37,6 +38,11 @@ OPTIONAL_BATCH_KEYS = ('success_unquantized',)
 # What `write_outputs` writes beside settings.json and batches/.
 OUTPUT_FILES = ('l2.npz', 'adversarial.npz', 'summary.json', 'summary.md',
                 'robust_accuracy.json', 'accuracy_vs_l2.png')
+# A run's settings that follow from the others: the preset's settings that
+# its run overrode (`attacks.settings.changed_settings`), which the labels
+# name. Not compared when a run resumes: runs saved before they were
+# recorded resume, and get them.
+DERIVED_SETTINGS = ('modified',)
 
 
 # --- numbers ----------------------------------------------------------------
@@ -125,6 +131,10 @@ def markdown_table(summary: dict, settings: Optional[dict] = None) -> str:
         else key.replace('_', ' ')
     rows.append(f'| {name} | {fmt(value)} |')
   for key, value in (settings or {}).items():
+    if key in DERIVED_SETTINGS:
+      continue  # in the preset's label, and in the attack's rows
+    if key == 'preset':
+      value = attack_label(settings)
     items = value.items() if isinstance(value, dict) else [(None, value)]
     for sub, v in items:
       name = key if sub is None else f'{key}.{sub}'
@@ -135,21 +145,33 @@ def markdown_table(summary: dict, settings: Optional[dict] = None) -> str:
 DATASET_NAMES = {'mnist': 'MNIST', 'fashion_mnist': 'Fashion-MNIST'}
 
 
+def attack_label(settings: dict) -> Optional[str]:
+  """The preset of a run's settings, with the settings it overrode
+  (`attacks.settings.preset_label`); None without a preset."""
+  if settings.get('preset') is None:
+    return None
+  return settings_lib.preset_label(settings['preset'],
+                                   settings.get('modified'))
+
+
 def plot_title(settings: Sequence[dict]) -> Optional[str]:
   """What the plotted runs (their settings) share, in words: data set and
-  split, N, preset, classifier; None if they share none of them."""
+  split, N, preset (with the settings a run overrode), classifier; None if
+  they share none of them."""
 
-  def common(key):
-    values = [s.get(key) for s in settings]
+  def common(values):
     return values[0] if values and values.count(values[0]) == len(values) \
         else None
 
-  dataset, split, n = common('dataset'), common('split'), common('num_samples')
+  dataset, split, n, classifier = (
+      common([s.get(key) for s in settings])
+      for key in ('dataset', 'split', 'num_samples', 'classifier'))
+  preset = common([attack_label(s) for s in settings])
   parts = [' '.join(filter(None, (DATASET_NAMES.get(dataset, dataset),
                                   split))),
            n is not None and f'N = {n}',
-           common('preset') and f'preset {common("preset")}',
-           common('classifier') and f'classifier {common("classifier")}']
+           preset and f'preset {preset}',
+           classifier and f'classifier {classifier}']
   return ', '.join(filter(None, parts)) or None
 
 
@@ -218,19 +240,22 @@ def check_settings(out_dir: str, settings: dict, overwrite: bool = False):
   path = os.path.join(out_dir, 'settings.json')
   normal = json.loads(json.dumps(settings, sort_keys=True))
   resumed = os.path.exists(path) and not overwrite
+  old = None
   if resumed:
     with open(path) as f:
       old = json.load(f)
-    diff = sorted(k for k in set(old) | set(normal)
-                  if old.get(k) != normal.get(k))
-    if diff:
+    identity = lambda s: {k: v for k, v in s.items()
+                          if k not in DERIVED_SETTINGS}
+    if identity(old) != identity(normal):
+      from scae_tf.training import run_dir  # pylint: disable=g-import-not-at-top
       raise SettingsMismatchError(
-          f'{out_dir} holds a run with other settings ({", ".join(diff)} '
-          'differ); use another --out_dir or --overwrite.')
+          f'{out_dir} holds a run with other settings ('
+          f'{run_dir.differences(identity(old), identity(normal))}); use '
+          'another --out_dir or --overwrite.')
   _remove(_temporaries(out_dir))
   if overwrite:
     remove_outputs(out_dir)
-  if not resumed:
+  if old != normal:
     files.write_json(path, normal, sort_keys=True)
 
 

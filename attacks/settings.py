@@ -1,6 +1,7 @@
 """Checks and preset lookup shared by the attacks' frozen config classes
 (`evasion.AttackConfig`, `pgd.PGDConfig`), so that every attack refuses a
-bad setting with the same words before any work."""
+bad setting with the same words before any work; and the label of a preset
+whose settings were overridden (`preset_label`), which every report uses."""
 
 import dataclasses
 import numbers
@@ -54,3 +55,33 @@ def preset_config(presets: dict, preset, config_type, what: str,
     raise ValueError(f'Unknown {what} preset {preset!r}; expected one of '
                      f'{", ".join(presets)} or a {config_type.__name__}.')
   return replace_fields(config, what, overrides)
+
+
+#: How `preset_label` names a setting (the others by their field names).
+SHORT_NAMES = dict(outer_iterations='outer', inner_iterations='inner')
+#: The settings `preset_label` lists first, in this order; the others follow
+#: in alphabetical order.
+FIRST = ('outer_iterations', 'inner_iterations', 'steps', 'restarts',
+         'search_steps', 'eps')
+
+
+def changed_settings(preset, config) -> dict:
+  """{field: value} of the config `config` where it differs from the
+  config `preset`, in the fields' order."""
+  before = dataclasses.asdict(preset)
+  return {k: v for k, v in dataclasses.asdict(config).items()
+          if before.get(k) != v}
+
+
+def preset_label(preset: str, modified=None) -> str:
+  """The words that name an attack's settings: the preset's name, and the
+  settings that overrode it (`changed_settings`), as in 'paper_eval,
+  modified: outer 2, inner 10' whatever the order of `modified`. Never the
+  bare name of a modified preset."""
+  if not modified:
+    return str(preset)
+  # An order of their own: settings.json stores them sorted.
+  order = sorted(modified, key=lambda k: (
+      FIRST.index(k) if k in FIRST else len(FIRST), k))
+  return f'{preset}, modified: ' + ', '.join(
+      f'{SHORT_NAMES.get(k, k)} {modified[k]}' for k in order)

@@ -19,8 +19,9 @@ checkpoint, dataset or preprocessing is refused unless
 --allow_kmeans_mismatch) or PriL / PosL (the linear probes).
 --num_samples random samples (seeded by --seed) of --split (default: the
 paper's, MNIST test / Fashion-MNIST train) are attacked with --preset
-(attacks.evasion.PRESETS; the flags after it override single settings),
---batch_size at a time. Finished batches are saved under
+(attacks.evasion.PRESETS; the flags after it override single settings,
+and every report then names it with them: "paper_eval, modified: outer 2,
+inner 10"), --batch_size at a time. Finished batches are saved under
 <out_dir>/batches/ and skipped on a restart with the same settings;
 --overwrite restarts, removing every output of the previous run first.
 

@@ -800,3 +800,94 @@ def test_attack_killed_at_20_random_points_ends_bit_identical(
   assert finished >= 1
   # Kills fell in each stage of a save, and between saves.
   assert set(killed_at) == {'open', 'written', 'renamed', 'outer'}
+
+
+# --- labels of modified presets (issue 25, item 2) ---------------------------
+
+def test_a_modified_preset_is_never_labelled_by_its_name_alone(tmp_path,
+                                                               monkeypatch):
+  from attacks import settings as settings_lib  # pylint: disable=g-import-not-at-top
+  paper = evasion.get_config('paper_eval', seed=3)
+  changed = settings_lib.changed_settings(
+      paper, paper.replace(inner_iterations=10, outer_iterations=2,
+                           learning_rate=1.))
+  # In the config's field order; a value equal to the preset's is no change.
+  assert changed == dict(outer_iterations=2, inner_iterations=10)
+  assert settings_lib.preset_label('paper_eval', changed) == \
+      'paper_eval, modified: outer 2, inner 10'
+  assert settings_lib.preset_label('pgd_l2_min', dict(
+      steps=10, search_steps=2)) == \
+      'pgd_l2_min, modified: steps 10, search_steps 2'
+  assert settings_lib.preset_label('paper_eval', {}) == 'paper_eval'
+  # The reports: summary.md, the plot's title.
+  settings = dict(dataset='mnist', split='test', num_samples=5,
+                  preset='paper_eval', modified=changed, classifier='PosK')
+  label = 'paper_eval, modified: outer 2, inner 10'
+  assert protocol.plot_title([settings]) == \
+      f'MNIST test, N = 5, preset {label}, classifier PosK'
+  # Runs that share the preset but not its changes share no label.
+  assert protocol.plot_title([settings, dict(settings, modified=None)]) == \
+      'MNIST test, N = 5, classifier PosK'
+  drawn = []
+  monkeypatch.setattr(protocol, 'plot_accuracy_vs_l2',
+                      lambda *args: drawn.append(args))
+  p = np.array([0., 1., np.inf])
+  protocol.write_reports(str(tmp_path), p, p > 0, settings, 4., 5.)
+  assert label in drawn[0][4]
+  assert f'| preset | {label} |' in (tmp_path / 'summary.md').read_text()
+  assert json.loads((tmp_path / 'summary.json').read_text())['settings'][
+      'modified'] == changed
+
+
+def test_a_run_labels_its_modified_presets_everywhere(tmp_path, monkeypatch):
+  """Banner, summary files and plot titles of an attack run with the
+  preset's settings overridden; the unmodified ones keep the bare name."""
+  tf.random.set_seed(0)
+  prefix = checkpoints.save_tf2_checkpoint(
+      SCAE(configs.tiny_config(canvas_size=40)), str(tmp_path / 'tiny'))
+  titles = []
+  draw = protocol.plot_accuracy_vs_l2
+  monkeypatch.setattr(protocol, 'plot_accuracy_vs_l2',
+                      lambda *args: titles.append(args[4]) or draw(*args))
+  messages = []
+  out = tmp_path / 'out'
+  settings = dict(dataset='mnist', data_dir=str(data_path('mnist')),
+                  num_samples=2, batch_size=2, progress=False,
+                  attack='capsule,pgd_l2,ddn', sanity=False, out_dir=str(out),
+                  overrides=dict(outer_iterations=1, inner_iterations=2),
+                  pgd_overrides=dict(steps=2, search_steps=1))
+  pipeline.attack_checkpoint(prefix, 'PriL', log=messages.append, **settings)
+  capsule = 'paper_eval, modified: outer 1, inner 2'
+  pgd_label = 'pgd_l2_min, modified: steps 2, search_steps 1'
+  banners = [m for m in messages if m.startswith('checkpoint ')]
+  assert [b.split('; attack ')[1].split(' gradient')[0] for b in banners] == [
+      f'capsule ({capsule}, code', f'pgd_l2 ({pgd_label}, full',
+      'ddn (ddn, full']
+  for name, label in (('capsule', capsule), ('pgd_l2', pgd_label),
+                      ('ddn', 'ddn')):
+    md = (out / name / 'summary.md').read_text()
+    assert f'| preset | {label} |' in md
+  assert titles[:3] == [f'MNIST test, N = 2, preset {label}, classifier PriL'
+                        for label in (capsule, pgd_label, 'ddn')]
+  # The worst case's plot: no preset is common to all three.
+  assert 'preset' not in titles[3]
+  # Redrawn from the saved settings: the same label.
+  pipeline.redraw_reports(str(out / 'pgd_l2'))
+  assert titles[-1] == f'MNIST test, N = 2, preset {pgd_label}, classifier PriL'
+  # The same command resumes (the label is no setting of its own).
+  messages.clear()
+  pipeline.attack_checkpoint(prefix, 'PriL', log=messages.append, **settings)
+  assert any(capsule in m for m in messages)
+
+
+def test_a_run_saved_before_the_labels_resumes_and_gets_its_label(tmp_path):
+  out = str(tmp_path / 'run')
+  old = dict(classifier='PosK', preset='paper_eval',
+             attack=dict(outer_iterations=2))
+  protocol.check_settings(out, old)
+  new = dict(old, modified=dict(outer_iterations=2))
+  protocol.check_settings(out, new)  # no SettingsMismatchError
+  assert json.loads(open(os.path.join(out, 'settings.json')).read()) == new
+  with pytest.raises(protocol.SettingsMismatchError,
+                     match=r'attack.outer_iterations: 2 -> 3'):
+    protocol.check_settings(out, dict(new, attack=dict(outer_iterations=3)))
