@@ -6,7 +6,9 @@
 See `scae_tf/training/curves.py` for the panels. With --table it also prints,
 per run, a Markdown table of the per-epoch test evaluations (k-means and
 probes), as RESULTS.md shows them; with --generator_blocks=50 a defence
-run's adversarial batches by blocks of 50 steps.
+run's adversarial batches by blocks of 50 steps. An --out without an
+extension is written as <out>.png. A missing run, a folder that is no run
+or an --out in a missing folder: one error line and exit status 1.
 """
 
 import os
@@ -15,7 +17,6 @@ from absl import app
 from absl import flags
 
 from scae_tf import cli
-from scae_tf.training import curves
 
 flags.DEFINE_list('runs', None, 'Run directories (each with a log.jsonl).')
 flags.DEFINE_list('labels', None, 'Legend labels (default: directory names).')
@@ -30,22 +31,29 @@ flags.mark_flag_as_required('runs')
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-  if cli.extra_args_error(argv):
-    return 1
+def _plot():
+  # Imported here: after `cli.run` has quietened TensorFlow's start-up.
+  from scae_tf.training import curves  # pylint: disable=g-import-not-at-top
+  out = curves.png_path(FLAGS.out)
+  folder = os.path.dirname(out)
+  if folder and not os.path.isdir(folder):
+    raise FileNotFoundError(f'no folder {folder} for --out')
+  runs = [curves.read_log(run_dir) for run_dir in FLAGS.runs]
   labels = FLAGS.labels or [os.path.basename(r.rstrip('/'))
                             for r in FLAGS.runs]
-  for run_dir, label in zip(FLAGS.runs, labels):
-    train, evals, kmeans = curves.read_log(run_dir)
+  for (train, evals, kmeans), label in zip(runs, labels):
     if FLAGS.table:
       print(f'{label}:\n{curves.epoch_table(evals, kmeans)}\n')
     if FLAGS.generator_blocks:
       print(f'{label}, adversarial batches:\n'
             f'{curves.generator_table(train, FLAGS.generator_blocks)}\n')
-  curves.plot_runs(FLAGS.runs, FLAGS.out, labels=FLAGS.labels,
-                   smooth=FLAGS.smooth, title=FLAGS.title)
-  print(f'wrote {FLAGS.out}')
-  return 0
+  out = curves.plot_runs(FLAGS.runs, out, labels=FLAGS.labels,
+                         smooth=FLAGS.smooth, title=FLAGS.title)
+  print(f'wrote {out}')
+
+
+def main(argv):
+  return cli.run(argv, _plot)
 
 
 if __name__ == '__main__':

@@ -165,3 +165,48 @@ def test_writability_is_checked_before_anything_is_written(tmp_path):
                                                            'b')
   assert sorted(p.name for p in tmp_path.iterdir()) == ['file']
 
+
+
+def test_a_folder_of_another_kind_of_run_names_the_differing_keys_only(
+    tmp_path):
+  """A defence run pointed at a teacher's folder: the settings only one of
+  them has are named, not printed (issue 25: one line of 3,000 characters
+  with both configs); long values are cut."""
+  from scae_tf import recipes  # pylint: disable=g-import-not-at-top
+  config = configs.get_config('mnist')
+  teacher = training.run_settings(
+      config, recipes.get_recipe('cpu'), dataset='mnist', seed=0,
+      init_from='../shared/reference/scae_mnist_init/model.ckpt', replicas=1)
+  attack = dict(optimizer='sign', learning_rate=1., outer_iterations=5,
+                inner_iterations=30, const_init=100., use_mask=True,
+                mask_radius=1, mask_times=1, subset='batch',
+                capsule_loss='squared', const_coupling='batch',
+                success='label', on_failure='clean', seed=0, target='PosL',
+                jit_compile=False)
+  recipe = recipes.get_recipe('paper').replace(
+      noise=False, deviation=None, name='defence',
+      description='the defence code: RMSProp lr 3e-5, batch 100, noise off')
+  defence = training.run_settings(
+      config.without_noise(), recipe, method='hat', init='teacher',
+      dataset='mnist', teacher='pretrained/teacher_mnist_cpu', seed=0,
+      preset='cpu', phases=[dict(kind='ad', epochs=1, lr_decay=True),
+                            dict(kind='at', epochs=1, lr_decay=False)],
+      lr_schedule='code', ad_target='posterior', ad_weight=.5,
+      clean_batches=1, attack=attack,
+      deviations=['the student starts from the teacher\'s weights instead '
+                  'of from scratch (paper section 5)'])
+  run = tmp_path / 'teacher'
+  training.prepare_logdir(str(run), teacher)
+  with pytest.raises(training.RunMismatchError) as raised:
+    training.prepare_logdir(str(run), defence)
+  message = str(raised.value)
+  assert len(message) < 700, message
+  assert ('only in the new settings: ad_target, ad_weight, attack, '
+          'clean_batches, init, lr_schedule, method, phases, teacher') \
+      in message
+  assert 'only in the old: init_from, replicas' in message
+  assert 'recipe.learning_rate: 0.0003 -> 3e-05' in message
+  assert "'sign'" not in message and 'PosL' not in message
+  # A value too long for the line is cut.
+  assert "recipe.description: 'CPU budget: lr 3e-4 decayed 0.96 per... ->" \
+      in message

@@ -525,3 +525,39 @@ def test_teacher_under_a_strategy_and_its_errors(tmp_path):
     teacher.train_teacher('mnist', strategy='multiworker',
                           logdir=str(tmp_path / 'x'))
   assert not (tmp_path / 'x').exists()
+
+
+def _plot_training(*flags):
+  return subprocess.run(
+      [sys.executable, str(REPO / 'run' / 'plot_training.py'), *flags],
+      capture_output=True, text=True, check=False)
+
+
+def test_plot_training_answers_a_bad_path_in_one_line(tmp_path):
+  """A missing run, a folder that is no run, an --out in a missing folder:
+  one `error:` line naming it and status 1, no traceback, nothing written;
+  an --out without an extension is written as <out>.png, and said so."""
+  run_dir = tmp_path / 'run'
+  run_dir.mkdir()
+  (run_dir / 'log.jsonl').write_text(json.dumps(dict(
+      step=1, wall_time=1., loss=1., prior_cls_acc=.1,
+      posterior_cls_acc=.2)) + '\n')
+  (tmp_path / 'notes').mkdir()
+  cases = {
+      f'no run folder {tmp_path / "missing"}': (
+          f'--runs={tmp_path / "missing"}', f'--out={tmp_path / "a.png"}'),
+      f'{tmp_path / "notes"} is not a run folder (no log.jsonl)': (
+          f'--runs={tmp_path / "notes"}', f'--out={tmp_path / "a.png"}'),
+      f'no folder {tmp_path / "nowhere"} for --out': (
+          f'--runs={run_dir}', f'--out={tmp_path / "nowhere" / "a.png"}'),
+  }
+  for expected, flags in cases.items():
+    done = _plot_training(*flags)
+    assert (done.returncode, done.stdout) == (1, ''), done.stderr
+    assert done.stderr.splitlines()[-1] == f'error: {expected}', done.stderr
+    assert 'Traceback' not in done.stderr
+  assert not (tmp_path / 'a.png').exists()
+  done = _plot_training(f'--runs={run_dir}', f'--out={tmp_path / "curves"}')
+  assert done.returncode == 0, done.stderr
+  assert done.stdout == f'wrote {tmp_path / "curves.png"}\n'
+  assert (tmp_path / 'curves.png').stat().st_size > 0

@@ -15,9 +15,15 @@ import numpy as np
 
 
 def read_log(run_dir):
-  """(train, probe eval, k-means eval) records of a run's log.jsonl."""
+  """(train, probe eval, k-means eval) records of a run's log.jsonl;
+  FileNotFoundError in words for a missing folder or one without a log."""
+  path = os.path.join(run_dir, 'log.jsonl')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f'{run_dir} is not a run folder (no log.jsonl)'
+        if os.path.isdir(run_dir) else f'no run folder {run_dir}')
   train, evals, kmeans = [], [], []
-  with open(os.path.join(run_dir, 'log.jsonl')) as f:
+  with open(path) as f:
     for line in f:
       record = json.loads(line)
       if record.get('kmeans'):
@@ -96,8 +102,15 @@ def moving_average(values, window):
   return np.convolve(values, kernel, mode='valid')
 
 
+def png_path(out):
+  """The file `plot_runs` writes for `out`: `out`, or `<out>.png` when it
+  has no extension (as matplotlib would)."""
+  return out if os.path.splitext(out)[1][1:] else out.rstrip('.') + '.png'
+
+
 def plot_runs(runs, out, labels=None, smooth=20, title=None):
-  """Draws the curves of the `runs` folders into the PNG `out`."""
+  """Draws the curves of the `runs` folders into the PNG `out`
+  (`png_path`); returns the path written."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -148,5 +161,6 @@ def plot_runs(runs, out, labels=None, smooth=20, title=None):
   if caption:
     fig.text(0.01, -0.02, '\n'.join(caption), fontsize=8, va='top',
              ha='left', color='darkred', wrap=True)
+  out = png_path(out)
   fig.savefig(out, dpi=110, bbox_inches='tight')
   return out

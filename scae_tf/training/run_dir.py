@@ -136,12 +136,44 @@ def _flat(settings, prefix=''):
   return out
 
 
+#: The longest value `differences` prints whole.
+_SHOWN_CHARS = 40
+
+
+def _shown(value):
+  text = repr(value)
+  return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS - 3] + '...'
+
+
+def _roots(keys, other):
+  """The outermost dotted prefixes of `keys` that `other` (flat keys) has
+  nothing under: `attack` for every `attack.*` of a run that has none."""
+  roots = set()
+  for key in keys:
+    parts = key.split('.')
+    for i in range(1, len(parts) + 1):
+      root = '.'.join(parts[:i])
+      if not any(k == root or k.startswith(f'{root}.') for k in other):
+        roots.add(root)
+        break
+  return sorted(roots)
+
+
 def differences(previous, settings) -> str:
   """The settings that differ, one `key: previous -> now` each, nested
-  keys dotted (`recipe.learning_rate`): a line that fits on a screen."""
+  keys dotted (`recipe.learning_rate`), long values cut; the settings only
+  one side has are named, not printed (another kind of run): a line that
+  fits on a screen."""
   a, b = _flat(previous), _flat(settings)
-  return '; '.join(f'{k}: {a.get(k)!r} -> {b.get(k)!r}'
-                   for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+  # A missing key and a None are the same setting.
+  changed = [k for k in sorted(set(a) & set(b)) if a[k] != b[k]]
+  parts = [f'{k}: {_shown(a[k])} -> {_shown(b[k])}' for k in changed]
+  for side, mine, theirs in (('only in the new settings', b, a),
+                             ('only in the old', a, b)):
+    alone = [k for k in mine if k not in theirs and mine[k] is not None]
+    if alone:
+      parts.append(f'{side}: {", ".join(_roots(alone, theirs))}')
+  return '; '.join(parts)
 
 
 def check_logdir(logdir, settings, overwrite=False):
