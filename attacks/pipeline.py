@@ -379,8 +379,11 @@ def write_worst_case(out_dir: str, folders: Sequence[str], threshold: float,
       clean_correct=clean_correct,
       **{f'perturbation_{n}': a for n, a in amounts.items()}),
                  compressed=True)
+  # Relative, as in sanity.json: the folder may move.
   files.write_json(os.path.join(out_dir, 'worst_case.json'),
-                   dict(summary=summary, runs=list(folders)), sort_keys=True)
+                   dict(summary=summary, runs=[
+                       os.path.relpath(f, out_dir) for f in folders]),
+                   sort_keys=True)
   files.write_text(os.path.join(out_dir, 'worst_case.md'),
                    protocol.markdown_table(summary))
   curves = list(amounts.items()) + [('worst case', merged.l2)]

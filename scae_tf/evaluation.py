@@ -26,6 +26,10 @@ checkpoint, or under the prefix `out`:
                                                    with what they were fitted
                                                    on (`kmeans.fitted_on`)
   <prefix>.eval.json                               all accuracies + settings
+
+Both name the checkpoint, the data and the classifiers by paths relative to
+their own folder, so that a folder that moves (a shipped model) keeps them
+true and no absolute path of the machine that wrote them travels with it.
 """
 
 import json
@@ -111,7 +115,8 @@ def evaluate_checkpoint(checkpoint: str, dataset: str = 'mnist', *,
     log: callable(str) for progress messages and warnings.
 
   Returns:
-    The report written to `<out>.eval.json`, plus its path as 'eval_json'.
+    The report written to `<out>.eval.json` (its paths relative to that
+    file's folder), plus its path as 'eval_json'.
     Nothing is written when an argument, the checkpoint or the data is bad,
     and an output folder that cannot be written is an error before the
     work (NotWritableError).
@@ -165,17 +170,20 @@ def evaluate_checkpoint(checkpoint: str, dataset: str = 'mnist', *,
         **fit)
     seconds['seed_spread'] = round(time.time() - t, 2)
 
+  # Paths relative to the folder of the files that record them.
+  here = lambda path: os.path.relpath(os.path.abspath(path),
+                                      os.path.dirname(os.path.abspath(out)))
   saved = {}
   for (kind, metric), clf in sorted(classifiers.items()):
+    path = loading.kmeans_path(out, kind, metric)
     clf.metadata.update(kmeans_lib.fitted_on(prefix, dataset, preprocess,
-                                             config.name))
-    saved[f'{kind}_{metric}'] = clf.save(
-        loading.kmeans_path(out, kind, metric))
+                                             config.name, path=path))
+    saved[f'{kind}_{metric}'] = here(clf.save(path))
   seconds['total'] = round(time.time() - start, 2)
   report = dict(
-      checkpoint=prefix, checkpoint_format=loaded.format,
+      checkpoint=here(prefix), checkpoint_format=loaded.format,
       config=config.name, config_source=loaded.config_source,
-      dataset=dataset, data_dir=str(data_dir), preprocess=preprocess,
+      dataset=dataset, data_dir=here(data_dir), preprocess=preprocess,
       seed=seed, batch_size=batch_size, max_examples=max_examples,
       kmeans=dict(variants=list(metrics), k=k, n_iter=n_iter, n_init=n_init,
                   cluster_to_label_fitted_on='train'),

@@ -891,3 +891,25 @@ def test_a_run_saved_before_the_labels_resumes_and_gets_its_label(tmp_path):
   with pytest.raises(protocol.SettingsMismatchError,
                      match=r'attack.outer_iterations: 2 -> 3'):
     protocol.check_settings(out, dict(new, attack=dict(outer_iterations=3)))
+
+
+def test_worst_case_names_its_runs_relative_to_itself(tmp_path):
+  """worst_case.json lists the attacks' folders relative to the file (as
+  sanity.json does), not as paths of the machine that ran them."""
+  rng = np.random.default_rng(0)
+  images = rng.uniform(size=(4, 4, 4, 1)).astype(np.float32)
+  labels = rng.integers(0, 10, 4)
+  out = tmp_path / 'all'
+  folders = []
+  for name in ('capsule', 'pgd_l2'):
+    folder = str(out / name)
+    settings = dict(classifier='PosK', dataset='mnist', num_samples=4,
+                    **({} if name == 'capsule' else dict(attack_name=name)))
+    protocol.check_settings(folder, settings)
+    results = protocol.run_protocol(FakeAttack(), images, labels, folder,
+                                    batch_size=2, progress=False)
+    protocol.write_outputs(folder, results, settings, 4., 5.)
+    folders.append(os.path.abspath(folder))
+  pipeline.write_worst_case(str(out), folders, 4., 5.)
+  saved = json.loads((out / 'worst_case.json').read_text())
+  assert saved['runs'] == ['capsule', 'pgd_l2']

@@ -2,6 +2,7 @@
 MNIST examples."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -46,9 +47,15 @@ def test_evaluate_checkpoint_writes_report_classifiers_and_seed_spread(
   assert report['config_source'] == 'saved beside the checkpoint'
   assert report['results']['n_train'] == report['results']['n_test'] == 200
 
+  # Paths relative to the report's folder: nothing of this machine's.
+  assert (report['checkpoint'], report['classifiers']['prior_cosine']) == (
+      'tiny', 'tiny.kmeans_prior_cosine.npz')
+  here = lambda path: str(tmp_path / path)
+  assert os.path.samefile(here(report['data_dir']), data_dir / 'mnist')
+
   # The probe accuracy is the model's own on the first 200 resized digits.
   model = loading.load_model(prefix).model
-  images, labels = data.load_split(report['data_dir'], 'test')
+  images, labels = data.load_split(here(report['data_dir']), 'test')
   pred = model.forward(tf.constant(data.preprocess(images[:200], 'resize')),
                        full=False).prior_cls_pred.numpy()
   assert report['results']['linear_probe']['prior']['test'] == (
@@ -67,13 +74,14 @@ def test_evaluate_checkpoint_writes_report_classifiers_and_seed_spread(
       assert spread['train_distance'][best['seed']] == min(
           spread['train_distance'].values())
       assert best['test'] == spread['per_seed'][best['seed']]
-      clf = KMeansClassifier.load(report['classifiers'][f'{kind}_{metric}'])
+      clf = KMeansClassifier.load(
+          here(report['classifiers'][f'{kind}_{metric}']))
       assert clf.metric == metric and clf.k == 10
       assert clf.metadata['config'] == 'tiny'
       # What the attack checks the classifier against.
       assert {k: clf.metadata[k] for k in ('checkpoint', 'checkpoint_digest',
                                            'dataset', 'preprocess')} == dict(
-          checkpoint=prefix, checkpoint_digest=kmeans.checkpoint_digest(
+          checkpoint='tiny', checkpoint_digest=kmeans.checkpoint_digest(
               prefix), dataset='mnist', preprocess='resize')
       np.testing.assert_array_equal(beside[f'{kind}_{metric}'].centers,
                                     clf.centers)
@@ -123,7 +131,7 @@ def test_evaluate_script(tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert '%|' not in proc.stderr  # no progress bar
   report = json.loads((tmp_path / 'eval.eval.json').read_text())
-  assert report['checkpoint'] == prefix
+  assert report['checkpoint'] == 'tiny'  # relative to the report
   assert report['kmeans']['variants'] == ['cosine']
   assert 'k-means cosine / posterior' in proc.stdout
   assert json.loads(proc.stdout[proc.stdout.index('\n{'):]) == dict(
@@ -131,13 +139,15 @@ def test_evaluate_script(tmp_path):
   # The reported accuracies are the model's and the saved classifiers' own
   # on the first 50 resized test digits.
   model = loading.load_model(prefix).model
-  images, labels = data.load_split(report['data_dir'], 'test')
+  images, labels = data.load_split(str(tmp_path / report['data_dir']),
+                                   'test')
   feats = kmeans.collect_features(
       model, data.preprocess(images[:50], 'resize'))
   results = report['results']
   for kind in ('prior', 'posterior'):
     assert results['linear_probe'][kind]['test'] == np.mean(
         feats[f'{kind}_probe_pred'] == labels[:50])
-    clf = KMeansClassifier.load(report['classifiers'][f'{kind}_cosine'])
+    clf = KMeansClassifier.load(
+        str(tmp_path / report['classifiers'][f'{kind}_cosine']))
     assert results['kmeans']['cosine'][kind]['test'] == clf.accuracy(
         feats, labels[:50])

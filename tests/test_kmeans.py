@@ -3,6 +3,7 @@
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import shutil
 
@@ -601,3 +602,33 @@ def test_fitted_on_identifies_the_checkpoint_by_its_weights(tmp_path):
   assert messages == ['warning: k-means file km.npz records neither the '
                       'checkpoint nor the data it was fitted on; it cannot '
                       'be checked.']
+
+
+def test_a_kmeans_file_names_its_checkpoint_relative_to_itself(tmp_path):
+  """Portable: the path recorded beside the digest is relative to the
+  k-means file's folder (no absolute path of the machine that fitted it),
+  and read back against that folder, wherever the folder moved."""
+  tf.random.set_seed(0)
+  prefix = checkpoints.save_tf2_checkpoint(SCAE(configs.tiny_config()),
+                                           str(tmp_path / 'a' / 'model'))
+  path = str(tmp_path / 'a' / 'model.kmeans_prior_cosine.npz')
+  meta = kmeans.fitted_on(prefix, 'mnist', 'resize', 'tiny', path=path)
+  assert meta['checkpoint'] == 'model'
+  assert kmeans.fitted_on(prefix, 'mnist', 'resize', 'tiny',
+                          path=str(tmp_path / 'b' / 'km.npz'))[
+                              'checkpoint'] == os.path.join('..', 'a', 'model')
+  # Moved; and a file without the digest (then the path is what counts).
+  shutil.move(str(tmp_path / 'a'), str(tmp_path / 'moved'))
+  moved = str(tmp_path / 'moved' / 'model')
+  moved_path = str(tmp_path / 'moved' / 'model.kmeans_prior_cosine.npz')
+  legacy = dict(meta, checkpoint_digest=None)
+  assert not kmeans.provenance.mismatches(legacy, moved, 'mnist', 'resize',
+                                          path=moved_path)
+  clf = KMeansClassifier(np.eye(2), 'cosine', 'prior', [0, 1], legacy)
+  kmeans.check_fitted_on(clf, moved_path, moved, 'mnist', 'resize')
+  # Refused elsewhere, naming the checkpoint it resolves to.
+  other = checkpoints.save_tf2_checkpoint(SCAE(configs.tiny_config()),
+                                          str(tmp_path / 'other'))
+  with pytest.raises(kmeans.KMeansMismatchError, match=re.escape(
+      f'fitted on checkpoint {moved} (weights digest')):
+    kmeans.check_fitted_on(clf, moved_path, other, 'mnist', 'resize')

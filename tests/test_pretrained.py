@@ -144,3 +144,28 @@ def test_a_shipped_model_is_whole_and_its_card_tells_the_truth(name):
     assert acc == report['results']['kmeans']['cosine'][kind]['test']
     assert f'{100 * acc:.2f} %' in card
   assert '## Deviations from the paper' in card and '- none' not in card
+
+
+@pytest.mark.parametrize('name', SHIPPED)
+def test_a_shipped_model_records_no_path_of_the_machine_that_made_it(name):
+  """Portable: the k-means files and the report name their checkpoint, data
+  and classifiers relative to themselves, never by an absolute path."""
+  from conftest import REPO  # pylint: disable=g-import-not-at-top
+  from scae_tf.kmeans import KMeansClassifier  # pylint: disable=g-import-not-at-top
+  folder = REPO / 'pretrained' / name
+
+  def paths(value):
+    if isinstance(value, dict):
+      return [p for v in value.values() for p in paths(v)]
+    return [value] if isinstance(value, str) and '/' in value else []
+
+  for kind in ('prior', 'posterior'):
+    clf = KMeansClassifier.load(str(folder / f'model.kmeans_{kind}_cosine.npz'))
+    assert clf.metadata['checkpoint'] == 'model'
+  report = json.load(open(folder / 'model.eval.json'))
+  assert report['checkpoint'] == 'model'
+  assert report['classifiers'] == {
+      f'{kind}_cosine': f'model.kmeans_{kind}_cosine.npz'
+      for kind in ('prior', 'posterior')}
+  for path in paths(report):
+    assert not os.path.isabs(path), path

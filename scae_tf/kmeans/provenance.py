@@ -7,7 +7,9 @@ clusters of another checkpoint, or of resized digits applied to padded ones,
 give plausible-looking but wrong predictions. `run/evaluate.py` records in
 the classifier's metadata (`fitted_on`):
 
-  checkpoint         the absolute checkpoint prefix;
+  checkpoint         the checkpoint prefix, relative to the k-means file's
+                     folder (portable: `model` beside a shipped model;
+                     files written before hold an absolute path);
   checkpoint_digest  sha256 of the checkpoint's `.index` file, which holds
                      the checksum of every tensor: a copy of the checkpoint
                      elsewhere keeps it, a change of any weight changes it;
@@ -35,19 +37,28 @@ def checkpoint_digest(prefix: str) -> Optional[str]:
     return hashlib.sha256(f.read()).hexdigest()
 
 
-def fitted_on(prefix: str, dataset: str, preprocess: str,
-              config: str) -> dict:
-  """The metadata entries that `check_fitted_on` reads."""
-  return dict(checkpoint=os.path.abspath(prefix),
+def fitted_on(prefix: str, dataset: str, preprocess: str, config: str,
+              path: Optional[str] = None) -> dict:
+  """The metadata entries that `check_fitted_on` reads; the checkpoint
+  relative to the folder of the k-means file `path` (absolute without)."""
+  checkpoint = os.path.abspath(prefix)
+  if path is not None:
+    checkpoint = os.path.relpath(checkpoint,
+                                 os.path.dirname(os.path.abspath(path)))
+  return dict(checkpoint=checkpoint,
               checkpoint_digest=checkpoint_digest(prefix), dataset=dataset,
               preprocess=preprocess, config=config)
 
 
-def _checkpoint_mismatch(metadata: dict, prefix: str) -> Optional[str]:
+def _checkpoint_mismatch(metadata: dict, prefix: str,
+                         path: Optional[str]) -> Optional[str]:
   recorded = metadata.get('checkpoint')
   digest = metadata.get('checkpoint_digest')
   if recorded is None and digest is None:
     return None
+  if recorded and path is not None:
+    # Relative to the k-means file's folder (an absolute path stays).
+    recorded = os.path.join(os.path.dirname(path), recorded)
   if digest is None and recorded and os.path.isfile(f'{recorded}.index'):
     # Files written before the digest was recorded: fingerprint the recorded
     # checkpoint now, if it is still there.
@@ -66,10 +77,11 @@ def _checkpoint_mismatch(metadata: dict, prefix: str) -> Optional[str]:
 
 
 def mismatches(metadata: dict, prefix: str, dataset: str,
-               preprocess: str) -> List[str]:
+               preprocess: str, path: Optional[str] = None) -> List[str]:
   """How the recorded checkpoint, dataset and preprocessing differ from
-  these, in words (empty if they agree or were not recorded)."""
-  found = [_checkpoint_mismatch(metadata, prefix)]
+  these, in words (empty if they agree or were not recorded); `path`: the
+  k-means file, against whose folder a relative checkpoint is read."""
+  found = [_checkpoint_mismatch(metadata, prefix, path)]
   for key, value in (('dataset', dataset), ('preprocess', preprocess)):
     recorded = metadata.get(key)
     if recorded is not None and recorded != value:
@@ -94,7 +106,7 @@ def check_fitted_on(clf, path: str, prefix: str, dataset: str,
     log(f'warning: k-means file {path} records neither the checkpoint nor '
         'the data it was fitted on; it cannot be checked.')
     return
-  found = mismatches(meta, prefix, dataset, preprocess)
+  found = mismatches(meta, prefix, dataset, preprocess, path)
   if not found:
     return
   what = f'k-means file {path} was fitted {"; and ".join(found)}'
