@@ -6,7 +6,11 @@ cosine k-means (fitted on the exported weights) and a model card.
       --command="python run/train_teacher.py --recipe=cpu ..."
 
 Then `python run/attack.py --checkpoint=pretrained/teacher_mnist_cpu` works
-on a fresh clone. See scae_tf/pretrained.py for the folder's files.
+on a fresh clone. See scae_tf/pretrained.py for the folder's files. The
+folder is written under a temporary name beside --out and renamed at the
+end: an interrupted export leaves no half-written folder. --eval_examples=N
+fits and evaluates the card's k-means on the first N examples of each split
+(default: all), and the card says so.
 """
 
 from absl import app
@@ -22,18 +26,22 @@ flags.DEFINE_string('command', None, 'The command that trained the source, '
                     'for the model card.')
 flags.DEFINE_string('data_dir', None, 'Folder with the IDX files.')
 flags.DEFINE_bool('overwrite', False, 'Replace a non-empty --out.')
+flags.DEFINE_integer('eval_examples', None, 'Fit and evaluate the card\'s '
+                     'k-means on the first N examples of each split only '
+                     '(default: all; the card says so).')
 flags.DEFINE_bool('progress', True, 'Show progress bars.')
 flags.mark_flags_as_required(['source', 'out'])
 FLAGS = flags.FLAGS
 
 
 def _export():
+  cli.check_positive('eval_examples', FLAGS.eval_examples, optional=True)
   # Imported here so that --help answers without loading TensorFlow.
   from scae_tf import pretrained  # pylint: disable=g-import-not-at-top
   print(pretrained.export(
       FLAGS.source, FLAGS.out, FLAGS.dataset, command=FLAGS.command,
-      data_dir=FLAGS.data_dir, overwrite=FLAGS.overwrite,
-      progress=FLAGS.progress, log=cli.log))
+      data_dir=FLAGS.data_dir, max_examples=FLAGS.eval_examples,
+      overwrite=FLAGS.overwrite, progress=FLAGS.progress, log=cli.log))
 
 
 def main(argv):

@@ -13,10 +13,16 @@ and `scae_tf.loading.load_model` need, and nothing to train on:
 
 The card is written from the source run's `run.json` and from the report, so
 every number in it was measured on the files beside it.
+
+An export writes into a temporary folder beside `out` (`.<name>.partial-<pid>`)
+and renames it to `out` once everything is written: interrupted, it leaves
+no half-written folder (the temporary one goes, and one left by a killed
+export goes with the next export to that name).
 """
 
 import json
 import os
+import re
 import shutil
 
 from scae_tf import checkpoints
@@ -26,6 +32,8 @@ from scae_tf import loading
 from scae_tf.training import curves
 
 PREFIX = 'model'
+#: The temporary folder of an export: `.<name><PARTIAL><pid>`.
+PARTIAL = '.partial-'
 #: The card's section that `card_deviations` reads back.
 DEVIATIONS_HEADING = '## Deviations from the paper'
 #: What a pretrained folder may weigh: it lives in git.
@@ -40,15 +48,63 @@ def export(source, out, dataset='mnist', *, command=None, data_dir=None,
 
   `command`: how the source run was trained, for the card.
   `max_examples`: fit and evaluate the k-means on the first examples of each
-  split only (tests); the card says how many.
+  split only (`--eval_examples`; tests); the card says how many.
+  `out` appears whole or not at all (see the module's doc); with
+  `overwrite`, the previous export there is replaced only then.
   """
-  if os.path.exists(out) and os.listdir(out):
-    if not overwrite:
-      raise FileExistsError(f'{out!r} is not empty; pass --overwrite to '
-                            'replace it.')
-    shutil.rmtree(out)
+  out = os.path.normpath(out)
+  if os.path.exists(out) and os.listdir(out) and not overwrite:
+    raise FileExistsError(f'{out!r} is not empty; pass --overwrite to '
+                          'replace it.')
+  parent = files.check_writable(os.path.dirname(os.path.abspath(out)))
+  name = os.path.basename(out)
+  _remove_stale_partials(parent, name)
+  os.makedirs(parent, exist_ok=True)
+  partial = os.path.join(parent, f'.{name}{PARTIAL}{os.getpid()}')
+  shutil.rmtree(partial, ignore_errors=True)
+  try:
+    os.makedirs(partial)
+    card = _export_into(partial, name, source, dataset, command, data_dir,
+                        max_examples, progress, log)
+    if os.path.exists(out):
+      old = os.path.join(parent, f'.{name}.replaced-{os.getpid()}')
+      os.rename(out, old)
+      try:
+        os.rename(partial, out)
+      except BaseException:
+        os.rename(old, out)
+        raise
+      shutil.rmtree(old)
+    else:
+      os.rename(partial, out)
+  finally:
+    shutil.rmtree(partial, ignore_errors=True)
+  path = os.path.join(out, os.path.basename(card))
+  log(f'model card: {path}')
+  return path
+
+
+def _remove_stale_partials(parent, name):
+  """Removes the temporary folders that killed exports to `name` left (their
+  process runs no more)."""
+  pattern = re.compile(rf'\.{re.escape(name)}{re.escape(PARTIAL)}(\d+)')
+  for entry in os.listdir(parent) if os.path.isdir(parent) else ():
+    match = pattern.fullmatch(entry)
+    if not match:
+      continue
+    try:
+      os.kill(int(match.group(1)), 0)
+    except ProcessLookupError:
+      shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+    except PermissionError:
+      pass  # another user's process: running
+
+
+def _export_into(out, name, source, dataset, command, data_dir, max_examples,
+                 progress, log):
+  """The export's files, in the folder `out` (the temporary one) of the
+  model `name`. Returns the card's path."""
   loaded = loading.load_model(source, dataset=dataset, kmeans=False)
-  os.makedirs(out, exist_ok=True)
   prefix = os.path.join(out, PREFIX)
   checkpoints.save_tf2_checkpoint(loaded.model, prefix)
   # The state file `tf.train.latest_checkpoint` reads, naming the prefix
@@ -62,16 +118,12 @@ def export(source, out, dataset='mnist', *, command=None, data_dir=None,
     raise ValueError(f'The exported weights take {size / 2 ** 20:.1f} MiB, '
                      f'more than the {MAX_BYTES // 2 ** 20} MiB a pretrained '
                      'folder may take.')
-  log(f'weights of {loaded.prefix} -> {prefix} ({size / 2 ** 20:.1f} MiB)')
+  log(f'weights of {loaded.prefix} ({size / 2 ** 20:.1f} MiB)')
   report = evaluation.evaluate_checkpoint(
       prefix, dataset, data_dir=data_dir, kmeans='cosine',
       max_examples=max_examples, progress=progress, log=log)
-  card = model_card(os.path.basename(os.path.normpath(out)), loaded, report,
-                    _run_folder(source), command)
-  path = os.path.join(out, 'MODEL_CARD.md')
-  files.write_text(path, card)
-  log(f'model card: {path}')
-  return path
+  card = model_card(name, loaded, report, _run_folder(source), command)
+  return files.write_text(os.path.join(out, 'MODEL_CARD.md'), card)
 
 
 def _run_folder(source):
@@ -132,7 +184,11 @@ def model_card(name, loaded, report, run_folder=None, command=None):
             'on the train split) and the linear probes, measured on the '
             f'exported weights ({results["n_train"]} train, '
             f'{results["n_test"]} test images, '
-            f'{report["preprocess"]} preprocessing):', '',
+            f'{report["preprocess"]} preprocessing)'
+            + (f', evaluated on the first {report["max_examples"]} examples '
+               'of each split only (`--eval_examples='
+               f'{report["max_examples"]}`)'
+               if report.get('max_examples') else '') + ':', '',
             '| classifier | train | test | train + test |', '|---|---|---|---|']
   for kind, r in results['kmeans']['cosine'].items():
     lines.append(f'| k-means cosine / {kind} | {_pct(r["train"])} | '

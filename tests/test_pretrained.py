@@ -3,6 +3,8 @@ and the shipped models working straight from a clone."""
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -70,9 +72,21 @@ def test_export_writes_weights_kmeans_and_a_card_and_refuses_to_overwrite(
   assert ('stopped at step 40 of the 4000 the run planned (epoch 0.8 of 80)'
           in text)
   assert 'python run/train_teacher.py --recipe=cpu' in text
+  assert 'on the first 200 examples of each split only' in text
+  # Written under a temporary name, renamed: nothing else beside it.
+  assert os.listdir(out.parent) == ['tiny']
+  assert report['checkpoint'] == 'model'
   with pytest.raises(FileExistsError, match='not empty'):
     pretrained.export(str(source), str(out), 'mnist', data_dir=str(DATA_DIR),
                       max_examples=200, progress=False, log=lambda msg: None)
+  # --overwrite: the new export replaces the old one whole, at the end.
+  (out / 'notes.txt').write_text('of the old export')
+  assert pretrained.export(
+      str(source), str(out), 'mnist', data_dir=str(DATA_DIR), max_examples=100,
+      overwrite=True, progress=False, log=lambda msg: None) == card
+  assert sorted(os.listdir(out)) == names
+  assert os.listdir(out.parent) == ['tiny']
+  assert 'on the first 100 examples' in open(card).read()
 
 
 def test_a_card_lists_the_deviations_of_its_teachers_card(tmp_path):
@@ -169,3 +183,89 @@ def test_a_shipped_model_records_no_path_of_the_machine_that_made_it(name):
       for kind in ('prior', 'posterior')}
   for path in paths(report):
     assert not os.path.isabs(path), path
+
+
+def _siblings(folder):
+  return sorted(p.name for p in folder.parent.iterdir())
+
+
+@pytest.mark.parametrize('overwrite', [False, True])
+def test_an_interrupted_export_leaves_no_half_written_folder(
+    tmp_path, monkeypatch, overwrite):
+  """Ctrl-C during the k-means (after the weights are written): no `out`
+  with weights and no card, no temporary folder beside it; with
+  --overwrite, the previous export is left whole."""
+  from scae_tf import evaluation  # pylint: disable=g-import-not-at-top
+  source, _ = _run_folder(tmp_path)
+  out = tmp_path / 'pretrained' / 'tiny'
+  out.parent.mkdir()
+  if overwrite:
+    out.mkdir()
+    (out / 'MODEL_CARD.md').write_text('the previous export')
+  before = _siblings(out)
+
+  def interrupted(checkpoint, *args, **kwargs):
+    assert os.path.exists(checkpoint + '.index')  # the weights are written
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(evaluation, 'evaluate_checkpoint', interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    pretrained.export(str(source), str(out), 'mnist', overwrite=overwrite,
+                      progress=False, log=lambda msg: None)
+  assert _siblings(out) == before
+  if overwrite:
+    assert os.listdir(out) == ['MODEL_CARD.md']
+    assert (out / 'MODEL_CARD.md').read_text() == 'the previous export'
+
+
+def test_a_killed_exports_temporary_folder_goes_with_the_next_export(
+    tmp_path, monkeypatch):
+  from scae_tf import evaluation  # pylint: disable=g-import-not-at-top
+  source, _ = _run_folder(tmp_path)
+  out = tmp_path / 'pretrained' / 'tiny'
+  # What an export killed by SIGKILL leaves (its pid no longer runs).
+  dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
+                        capture_output=True, text=True, check=True)
+  stale = out.parent / f'.tiny.partial-{int(dead.stdout)}'
+  (stale / 'x').mkdir(parents=True)
+  monkeypatch.setattr(evaluation, 'evaluate_checkpoint',
+                      lambda *a, **k: (_ for _ in ()).throw(ValueError('x')))
+  with pytest.raises(ValueError):
+    pretrained.export(str(source), str(out), 'mnist', progress=False,
+                      log=lambda msg: None)
+  assert _siblings(out) == []
+
+
+def test_the_card_says_when_it_was_evaluated_on_fewer_examples():
+  """--eval_examples: said in the card; the whole splits (the default) as
+  the shipped cards say them."""
+  from scae_tf import configs as configs_lib  # pylint: disable=g-import-not-at-top
+
+  class Loaded:
+    prefix, format = 'runs/x/ckpt/ckpt-40', 'tf2'
+    config = configs_lib.tiny_config()
+
+  cell = dict(train=.9, test=.9, **{'train+test': .9})
+  results = dict(n_train=200, n_test=200,
+                 kmeans=dict(cosine=dict(prior=cell, posterior=cell)),
+                 linear_probe=dict(prior=cell, posterior=cell))
+  report = dict(dataset='mnist', preprocess='resize', results=results,
+                max_examples=200)
+  card = pretrained.model_card('tiny', Loaded, report)
+  assert ('evaluated on the first 200 examples of each split only '
+          '(`--eval_examples=200`)') in card
+  card = pretrained.model_card('tiny', Loaded, dict(report, max_examples=None))
+  assert 'eval_examples' not in card
+
+
+def test_export_script_checks_eval_examples_before_loading_tensorflow(
+    tmp_path):
+  from conftest import REPO  # pylint: disable=g-import-not-at-top
+  done = subprocess.run(
+      [sys.executable, str(REPO / 'run' / 'export_pretrained.py'),
+       f'--source={tmp_path}', f'--out={tmp_path / "out"}',
+       '--eval_examples=0'],
+      capture_output=True, text=True, check=False, timeout=60)
+  assert done.returncode == 1
+  assert done.stderr.strip() == 'error: eval_examples must be positive, got 0.'
+  assert not (tmp_path / 'out').exists()
