@@ -21,6 +21,8 @@ import contextlib
 import json
 import os
 import re
+import sys
+import time
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -293,6 +295,41 @@ def remove_outputs(out_dir: str):
   _remove(_temporaries(out_dir))
 
 
+def _duration(seconds: float) -> str:
+  if seconds < 90:
+    return f'{seconds:.0f} s'
+  if seconds < 5400:
+    return f'{seconds / 60:.0f} min'
+  return f'{seconds / 3600:.1f} h'
+
+
+def steady_seconds(ticks) -> Optional[float]:
+  """A batch's duration without its first iteration (which compiles the
+  attack's graph), from the attack's progress reports `ticks`: (time, i, n)
+  after iteration i of n; None with fewer than two reports."""
+  if len(ticks) < 2 or ticks[-1][1] == ticks[0][1]:
+    return None
+  (t0, i0, n), (t1, i1, _) = ticks[0], ticks[-1]
+  return (t1 - t0) / (i1 - i0) * n
+
+
+def eta_line(batch: int, seconds: float, left: int,
+             steady: Optional[float] = None,
+             now: Optional[float] = None) -> Optional[str]:
+  """What the first batch attacked (`batch` samples in `seconds`; `steady`:
+  its duration without compiling, `steady_seconds`) says of the `left`
+  samples after it, in words; None when none are left. The progress bar
+  moves when the attack reports (the paper's attack: after each outer
+  iteration), so before this line a long attack may show 0 for minutes."""
+  if left <= 0:
+    return None
+  rest = (seconds if steady is None else steady) * left / batch
+  end = time.localtime((time.time() if now is None else now) + rest)
+  return (f'first batch: {batch} samples in {_duration(seconds)}; the '
+          f'{left} left take about {_duration(rest)} more at this rate '
+          f'(done about {time.strftime("%a %H:%M", end)})')
+
+
 def run_protocol(attack, images, labels, out_dir: str, batch_size: int = 100,
                  seed: int = 0, indices=None, threshold: float = 4.,
                  progress: bool = True) -> Dict[str, np.ndarray]:
@@ -314,6 +351,7 @@ def run_protocol(attack, images, labels, out_dir: str, batch_size: int = 100,
   parts = []
   bar = tqdm(total=n, unit='img', disable=not progress, desc='attack',
              dynamic_ncols=True)
+  first_batch = True  # the first one attacked here, not loaded
   for b, start in enumerate(range(0, n, batch_size)):
     sl = slice(start, start + batch_size)
     path = batch_path(out_dir, b)
@@ -327,18 +365,26 @@ def run_protocol(attack, images, labels, out_dir: str, batch_size: int = 100,
       bar.update(len(part['indices']))
     else:
       m = len(indices[sl])
-      shown = [0]
+      shown, ticks = [0], []
 
-      def advance(i, total, m=m, shown=shown):
+      def advance(i, total, m=m, shown=shown, ticks=ticks):
         # Whole images only: fractions print as "3.1999999999999997/6", and
         # their rounding error overshoots the total (tqdm's clamping warning).
         now = m * (i + 1) // total
         bar.update(now - shown[0])
         shown[0] = now
+        ticks.append((time.time(), i, total))
 
       seed_b = int(np.random.SeedSequence([seed, b]).generate_state(1)[0])
+      began = time.time()
       result = attack(images[sl], labels[sl], seed=seed_b, callback=advance)
       bar.update(m - shown[0])  # an attack may report fewer iterations
+      if first_batch:
+        first_batch = False
+        estimate = eta_line(m, time.time() - began, n - start - m,
+                            steady_seconds(ticks))
+        if estimate:
+          bar.write(estimate, file=sys.stderr)
       part = dict(indices=indices[sl], labels=labels[sl],
                   clean_pred=result.clean_pred, success=result.success,
                   attack_l2=result.l2, adversarial=result.adversarial,

@@ -11,10 +11,13 @@ SCAE checkpoint (`scae_tf.loading.load_model`, `run/attack.py`).
 
 At the end the fork's cosine k-means (prior and posterior) is fitted on the
 train split and saved beside the final checkpoint, with its report
-(`scae_tf.evaluation`), and the per-epoch accuracy curve is drawn.
+(`scae_tf.evaluation`), and the per-epoch accuracy curve is drawn. A smoke
+run fits it on the first N examples (`kmeans_examples`, a labelled
+reduction) or skips it (`fit_kmeans=False`, said so).
 """
 
 import dataclasses
+import json
 import os
 
 import numpy as np
@@ -86,9 +89,9 @@ def train_defense(method, dataset='mnist', teacher=None, logdir=None, seed=0,
                   generator='paper_train', xla_generator=False,
                   attack_overrides=None,
                   max_train_steps=None, data_dir=None,
-                  save_every=1000, fit_kmeans=True, overwrite=False,
-                  progress=True, log=print, config=None, stream=None,
-                  eval_data=None):
+                  save_every=1000, fit_kmeans=True, kmeans_examples=None,
+                  overwrite=False, progress=True, log=print, config=None,
+                  stream=None, eval_data=None):
   """Trains (or resumes) a defended SCAE; returns the last step's metrics.
 
   Args:
@@ -119,6 +122,11 @@ def train_defense(method, dataset='mnist', teacher=None, logdir=None, seed=0,
     max_train_steps: stop at this step (a smoke test, or a budget); the same
       command without it resumes the run to its end. A stopped run is
       evaluated as a finished one, and its report says where it stopped.
+    fit_kmeans: fit the final cosine k-means (False: skip it, and say so).
+    kmeans_examples: fit and score the final k-means on the first N
+      examples of each split (`evaluation.evaluate_checkpoint`'s
+      max_examples) instead of all: a smoke run's budget, labelled as a
+      reduction in the log, log.jsonl, the .eval.json and the plot.
     config: the model config of a method without teacher (default: the
       dataset's); with a teacher, the config the teacher must have.
     stream: a batch stream to train on instead of the dataset's train split
@@ -155,6 +163,7 @@ def train_defense(method, dataset='mnist', teacher=None, logdir=None, seed=0,
   if max_train_steps is not None and max_train_steps < 1:
     raise ValueError(f'--max_train_steps must be positive, got '
                      f'{max_train_steps}.')
+  _check_kmeans_flags(fit_kmeans, kmeans_examples)
   recipe = _recipe(batch_size, learning_rate)
   generator = get_generator(generator)
   attack_config = dataclasses.replace(
@@ -260,33 +269,94 @@ def train_defense(method, dataset='mnist', teacher=None, logdir=None, seed=0,
     if stop < ends[-1]:
       log(f'stopped at step {stop} of {ends[-1]} (--max_train_steps); the '
           'same command without it resumes the run')
+    _log_final_probes(evaluators[0], logdir, stop, spe, log)
     if fit_kmeans:
-      _fit_kmeans(final, dataset, data_dir, logdir, stop, spe, progress,
-                  log)
+      note = _fit_kmeans(final, dataset, data_dir, logdir, stop, spe,
+                         kmeans_examples, progress, log)
+    else:
+      note = 'no final k-means (--nofit_kmeans)'
+      log(f'{note}: PriK / PosK attacks need one; `python run/evaluate.py '
+          f'--checkpoint={final} --dataset={dataset}` fits it')
     curves.plot_runs([logdir], os.path.join(logdir, 'accuracy.png'),
                      title=f'{method.name.upper()} on {dataset}'
                      + (f', step {stop} of {ends[-1]}' if stop < ends[-1]
-                        else ''))
+                        else '') + (f'; {note}' if note else ''))
     log(f'done: {final}')
     return metrics
 
 
+def _check_kmeans_flags(fit_kmeans, examples):
+  if examples is not None and examples < 1:
+    raise ValueError(f'--kmeans_examples must be positive, got {examples}.')
+  if examples is not None and not fit_kmeans:
+    raise ValueError('--kmeans_examples sizes the final k-means that '
+                     '--nofit_kmeans skips: give one of them.')
+
+
+def _kmeans_reduction(dataset, examples):
+  """The final k-means' departure from all examples, in words, or None."""
+  sizes = dict(data.get_dataset_spec(dataset).num_examples)
+  if examples is None or examples >= sizes['train']:
+    return None
+  return (f'final k-means fitted on the first {examples} of '
+          f'{sizes["train"]} train examples and scored on the first '
+          f'{min(examples, sizes["test"])} of {sizes["test"]} test examples '
+          f'(--kmeans_examples={examples}; the paper uses all)')
+
+
+def _wall_time(logdir):
+  """The run's clock at its last log record (the loop's `wall_time`)."""
+  train, evals, kmeans = curves.read_log(logdir)
+  return max((r.get('wall_time', 0.) for r in train + evals + kmeans),
+             default=0.)
+
+
+def _log_final_probes(evaluator, logdir, step, steps_per_epoch, log):
+  """The probes' test accuracy at a stop between two epoch ends, where the
+  loop does not evaluate (--max_train_steps), logged once: a short run's
+  curve has its point."""
+  if step % steps_per_epoch == 0 or any(
+      r['step'] == step for r in curves.read_log(logdir)[1]):
+    return
+  values = evaluator(step)
+  training.JsonlLog(os.path.join(logdir, training.LOG_FILE)).write(dict(
+      step=step, epoch=step / steps_per_epoch, eval=True,
+      wall_time=_wall_time(logdir), **values))
+  log(f'step {step}: ' + ', '.join(f'{k} {v:.4f}' for k, v in values.items()))
+
+
 def _fit_kmeans(final, dataset, data_dir, logdir, step, steps_per_epoch,
-                progress, log):
+                examples, progress, log):
   """The fork's cosine k-means of the final checkpoint (train split), saved
   beside it; its test accuracy joins the run's per-epoch curve. Done once:
-  a finished run started again finds it."""
-  if os.path.exists(f'{final}.eval.json'):
-    log(f'{final} is evaluated already ({final}.eval.json)')
-    return
+  a finished run started again finds it, unless it asks for another
+  `examples` (the first N of each split; None: all). Returns the plot's
+  note on a reduced fit, or None."""
+  note = _kmeans_reduction(dataset, examples)
+  path = f'{final}.eval.json'
+  if os.path.exists(path):
+    with open(path) as f:
+      done = json.load(f).get('max_examples')
+    if done == examples:
+      log(f'{final} is evaluated already ({path})')
+      return note and f'k-means on {examples} examples'
+    log(f'{path} used {done or "all"} examples, this run asks for '
+        f'{examples or "all"}: fitting again')
+  if note:
+    log(f'REDUCED evaluation: {note}')
   report = evaluation.evaluate_checkpoint(
-      final, dataset, data_dir=data_dir, kmeans='cosine', progress=progress,
-      log=log)
-  log(kmeans_report.format_results(report['results']))
+      final, dataset, data_dir=data_dir, kmeans='cosine',
+      max_examples=examples, progress=progress, log=log)
+  results = report['results']
+  log(kmeans_report.format_results(results))
   training.JsonlLog(os.path.join(logdir, training.LOG_FILE)).write(dict(
       step=step, epoch=step / steps_per_epoch, eval=True, kmeans=True,
+      wall_time=_wall_time(logdir), kmeans_train_examples=results['n_train'],
+      kmeans_test_examples=results['n_test'],
+      **({'kmeans_examples': examples} if note else {}),
       **{f'kmeans_{kind}_test_acc': r['test']
-         for kind, r in report['results']['kmeans']['cosine'].items()}))
+         for kind, r in results['kmeans']['cosine'].items()}))
+  return note and f'k-means on {examples} examples'
 
 
 def _switch_phase(run_ckpt, index, step, phase_var, log):

@@ -42,6 +42,8 @@ flags.DEFINE_bool('kmeans_every_epoch', False, 'Also fit the fork\'s cosine '
                   'k-means on the train split after every epoch and log its '
                   'test accuracy (about 40 s per MNIST epoch on 2 cores).')
 cli.define_run_flags('runs/teacher_<dataset>_<recipe>')
+# --helpshort lists the shared run flags (--logdir, ...) with this script's.
+flags.adopt_module_key_flags(cli)
 FLAGS = flags.FLAGS
 
 

@@ -108,6 +108,12 @@ def png_path(out):
   return out if os.path.splitext(out)[1][1:] else out.rstrip('.') + '.png'
 
 
+def _dots(points):
+  """Markers for a curve of one point, which a line alone does not draw
+  (a run of a few steps)."""
+  return dict(marker='.') if points < 2 else {}
+
+
 def plot_runs(runs, out, labels=None, smooth=20, title=None):
   """Draws the curves of the `runs` folders into the PNG `out`
   (`png_path`); returns the path written."""
@@ -124,10 +130,12 @@ def plot_runs(runs, out, labels=None, smooth=20, title=None):
     train, evals, kmeans = read_log(run_dir)
     steps = [r['step'] for r in train]
     w = min(smooth, max(1, len(train)))
-    axes[0].plot(steps, [r['loss'] for r in train], label=label, lw=.8)
+    axes[0].plot(steps, [r['loss'] for r in train], label=label, lw=.8,
+                 **_dots(len(steps)))
     for key, style in (('prior_cls_acc', '-'), ('posterior_cls_acc', '--')):
       axes[1].plot(steps[w - 1:], moving_average([r[key] for r in train], w),
-                   style, label=f'{label} {key.split("_")[0]}')
+                   style, label=f'{label} {key.split("_")[0]}',
+                   **_dots(len(steps) - w + 1))
     for key, style in (('prior_probe_acc', 'o-'),
                        ('posterior_probe_acc', 's--')):
       axes[2].plot([r['step'] for r in evals], [r[key] for r in evals],
@@ -135,14 +143,17 @@ def plot_runs(runs, out, labels=None, smooth=20, title=None):
       axes[3].plot([r['wall_time'] / 3600 for r in evals],
                    [r[key] for r in evals], style,
                    label=f'{label} probe {key.split("_")[0]}')
+    # A final k-means fitted on fewer examples says so (--kmeans_examples).
+    fewer = kmeans and kmeans[-1].get('kmeans_examples')
     for key, style in (('kmeans_prior_test_acc', 'v:'),
                        ('kmeans_posterior_test_acc', '^:')):
+      name = f'{label} k-means {key.split("_")[1]}' + (
+          f' ({fewer} examples)' if fewer else '')
       axes[2].plot([r['step'] for r in kmeans], [r[key] for r in kmeans],
-                   style, label=f'{label} k-means {key.split("_")[1]}')
+                   style, label=name)
       timed = [r for r in kmeans if 'wall_time' in r]  # older logs lack it
       axes[3].plot([r['wall_time'] / 3600 for r in timed],
-                   [r[key] for r in timed], style,
-                   label=f'{label} k-means {key.split("_")[1]}')
+                   [r[key] for r in timed], style, label=name)
   axes[0].set(title='training loss', xlabel='step', ylabel='loss')
   axes[1].set(title=f'probe accuracy, training batches (avg of {smooth} '
               'logs)', xlabel='step', ylabel='accuracy', ylim=(0, 1))
