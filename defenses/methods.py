@@ -22,6 +22,13 @@ from typing import Optional, Tuple
 
 LR_SCHEDULES = ('code', 'decay')
 INITS = ('scratch', 'teacher')
+#: AD's reconstruction target: 'input' is the authors' code (the student
+#: reconstructs its own input x'); 'clean' is Eq. 8 as written (the clean x).
+AD_TARGETS = ('input', 'clean')
+#: The generators of the adversarial batches
+#: (`defenses.adversarial_batches.GENERATORS`): here, without TensorFlow,
+#: for `run/train_defense.py` to check its flags before it loads.
+GENERATORS = ('paper_train', 'margin_pgd')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,3 +161,40 @@ def plan(method: Method, ad_epochs: Optional[int] = None,
       Phase(kind, chosen.get(kind, default),
             lr_decay=(lr_schedule == 'decay' or kind == 'ad'))
       for kind, default in method.phases)
+
+
+def phase_ends(phases, steps_per_epoch: int):
+  """The step at which each phase ends."""
+  ends, total = [], 0
+  for phase in phases:
+    total += phase.epochs * steps_per_epoch
+    ends.append(total)
+  return ends
+
+
+def length_change_error(previous, phases, step: int,
+                        steps_per_epoch: int) -> Optional[str]:
+  """Why a run planned as `previous` and trained to `step` cannot go on as
+  `phases` (same kinds, other epochs), or None if it can.
+
+  A phase's length is pure length only while the run has not passed where
+  the phase ends: the switch to the next phase (HAT's AD -> AT) happened,
+  or will happen, at that step, and a resumed run must train the function
+  an uninterrupted run of the new plan trains. So the end of a phase the
+  run has reached is fixed, the end of the current one may move to any
+  step not before `step`, and the last phase's length is free.
+  """
+  old_ends = phase_ends(previous, steps_per_epoch)
+  new_ends = phase_ends(phases, steps_per_epoch)
+  for index, (phase, old, new) in enumerate(
+      zip(phases[:-1], old_ends, new_ends)):
+    name = f'phase {index + 1} ({phase.kind.upper()})'
+    if old <= step and new != old:
+      return (f'{name} ended at step {old} and the run is at step {step}: '
+              f'its length can no longer change (asked: {phase.epochs} '
+              f'epochs, ending at step {new})')
+    if old > step and new < step:
+      return (f'{name} would end at step {new}, but the run has trained it '
+              f'to step {step}')
+  return None
+

@@ -135,10 +135,12 @@ def train_defense(method, dataset='mnist', teacher=None, logdir=None, seed=0,
       per-epoch probe accuracy, instead of the dataset's test split (small
       tests).
 
-  Everything but max_train_steps, save_every and the display is the run's
-  identity (`run.json`): a run folder refuses other settings, and any
-  departure from the paper is written there under 'deviations' and printed
-  at the start.
+  Everything but the length (the phases' epochs, the preset that names
+  them, max_train_steps), save_every and the display is the run's identity
+  (`run.json`): a run folder refuses other settings, and any departure from
+  the paper is written there under 'deviations' and printed at the start.
+  A run asked for other phase lengths resumes from its newest checkpoint,
+  unless it has already trained past a changed phase end (HAT's switch).
   """
   method = methods.get_method(method).starting_from(init)
   preset = methods.get_preset(preset)
@@ -198,11 +200,15 @@ def train_defense(method, dataset='mnist', teacher=None, logdir=None, seed=0,
       **({} if generator.name == 'paper_train'
          else dict(generator=generator.name)))
   # Checks that write nothing first; then the folder is ours alone.
-  training.check_logdir(logdir, settings, overwrite)
+  length_change = (
+      _check_length_change(logdir, phases, stream.steps_per_epoch)
+      if training.check_logdir(logdir, settings, overwrite) else None)
   with training.lock_folder(logdir):
     resumed = training.prepare_logdir(logdir, settings, overwrite)
     for text in deviations:
       log(f'DEVIATION from the paper: {text}')
+    if length_change:
+      log(length_change)
 
     tf.random.set_seed(seed)
     np.random.seed(seed)
@@ -283,6 +289,26 @@ def train_defense(method, dataset='mnist', teacher=None, logdir=None, seed=0,
                         else '') + (f'; {note}' if note else ''))
     log(f'done: {final}')
     return metrics
+
+
+def _check_length_change(logdir, phases, steps_per_epoch):
+  """What a change of the phases' lengths does to the run in `logdir`, in
+  words (None if they did not change); RunMismatchError if the run has
+  already trained past it (`methods.length_change_error`)."""
+  old = [methods.Phase(**p)
+         for p in training.previous_settings(logdir)['phases']]
+  if [p.epochs for p in old] == [p.epochs for p in phases]:
+    return None
+  step = training.newest_checkpoint_step(logdir)
+  error = methods.length_change_error(old, phases, step, steps_per_epoch)
+  if error:
+    raise training.RunMismatchError(
+        f'{logdir}: {error}. Use another --logdir, or --overwrite to restart '
+        'it.')
+  epochs = lambda plan: ' + '.join(f'{p.kind} {p.epochs}' for p in plan)
+  return (f'the run\'s length changes from {epochs(old)} to {epochs(phases)} '
+          f'epochs (newest checkpoint: step {step}); run.json keeps every '
+          'length asked for')
 
 
 def _check_kmeans_flags(fit_kmeans, examples):

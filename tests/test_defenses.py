@@ -15,6 +15,7 @@ from attacks import evasion
 from attacks import margins
 from attacks import pgd
 from defenses import adversarial_batches
+from defenses import methods
 from defenses import objectives
 from defenses.adversarial_batches import AdversarialBatches
 from defenses.adversarial_batches import DefenceBatch
@@ -257,7 +258,6 @@ def test_the_generator_feeds_the_clean_image_where_it_failed():
 
 
 def test_the_code_schedule_decays_ad_phases_only():
-  from defenses import methods  # pylint: disable=g-import-not-at-top
   decays = lambda name, schedule: [
       (p.kind, p.lr_decay) for p in methods.plan(
           methods.get_method(name), lr_schedule=schedule)]
@@ -330,11 +330,12 @@ def _defend(method, logdir, teacher=None, **kwargs):
   from conftest import DATA_DIR, data_path  # pylint: disable=g-import-not-at-top
   data_path('mnist')
   kwargs.setdefault('attack_overrides', QUICK)
+  kwargs.setdefault('log', lambda msg: None)
   return trainer.train_defense(
       method, teacher=teacher, logdir=str(logdir), batch_size=4,
       stream=_stream(), config=SMALL,
       data_dir=str(DATA_DIR), save_every=1, fit_kmeans=False,
-      progress=False, log=lambda msg: None, **kwargs)
+      progress=False, **kwargs)
 
 
 def _read(prefix, name):
@@ -596,3 +597,62 @@ def test_max_train_steps_stops_evaluates_and_the_same_command_resumes(
   trainer.train_defense('at', **kwargs)
   assert tf.train.latest_checkpoint(ckpt).endswith('ckpt-4')
   assert any(line.startswith('resuming at step 3') for line in logs)
+
+
+def test_a_phase_length_can_change_until_the_run_has_passed_its_end():
+  """By hand, 10 steps an epoch: HAT planned 1 + 1 epochs (switch at 10)."""
+  hat = lambda ad, at: [methods.Phase('ad', ad, True),
+                        methods.Phase('at', at, False)]
+  assert methods.phase_ends(hat(1, 2), 10) == [10, 30]
+  # Before the switch, the AD phase may grow, or shrink to the run's step.
+  assert methods.length_change_error(hat(1, 1), hat(3, 1), 7, 10) is None
+  assert methods.length_change_error(hat(1, 1), hat(1, 1), 10, 10) is None
+  assert methods.length_change_error(hat(2, 1), hat(1, 1), 10, 10) is None
+  assert methods.length_change_error(hat(2, 1), hat(1, 1), 11, 10) == (
+      'phase 1 (AD) would end at step 10, but the run has trained it to '
+      'step 11')
+  # After it, the switch is fixed; the last phase's length is free.
+  assert methods.length_change_error(hat(1, 1), hat(2, 1), 12, 10) == (
+      'phase 1 (AD) ended at step 10 and the run is at step 12: its length '
+      'can no longer change (asked: 2 epochs, ending at step 20)')
+  assert methods.length_change_error(hat(1, 1), hat(1, 5), 12, 10) is None
+  assert methods.length_change_error(hat(1, 5), hat(1, 1), 40, 10) is None
+  at = lambda n: [methods.Phase('at', n, False)]
+  assert methods.length_change_error(at(100), at(2), 500, 10) is None
+
+
+def test_a_defence_is_extended_bit_identically_and_other_changes_refused(
+    tmp_path, small_teacher):
+  """HAT 1 + 1 epochs (2 steps each) run to its end, then asked for 1 + 2:
+  it resumes to step 6, bit for bit a 1 + 2 run made at once; asked for
+  2 + 2 once past the switch, it is refused, as is another learning rate,
+  each in one line naming what changed."""
+  import json  # pylint: disable=g-import-not-at-top
+  teacher_path, _ = small_teacher
+  logs = []
+  _defend('hat', tmp_path / 'grown', teacher_path, ad_epochs=1, at_epochs=1)
+  _defend('hat', tmp_path / 'grown', teacher_path, ad_epochs=1, at_epochs=2,
+          log=logs.append)
+  _defend('hat', tmp_path / 'whole', teacher_path, ad_epochs=1, at_epochs=2)
+  assert ("the run's length changes from ad 1 + at 1 to ad 1 + at 2 epochs "
+          '(newest checkpoint: step 4); run.json keeps every length asked '
+          'for') in logs
+  got = _checkpoint_tensors(str(tmp_path / 'grown' / 'ckpt' / 'ckpt-6'))
+  want = _checkpoint_tensors(str(tmp_path / 'whole' / 'ckpt' / 'ckpt-6'))
+  assert sorted(got) == sorted(want)
+  for name in want:
+    np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+  saved = json.load(open(tmp_path / 'grown' / 'run.json'))
+  assert [length['phase_epochs'] for length in saved['lengths']] == [
+      [1, 1], [1, 2]]
+  assert [p['epochs'] for p in saved['phases']] == [1, 2]
+  with pytest.raises(training.RunMismatchError,
+                     match=r'phase 1 \(AD\) ended at step 2 and the run is '
+                           r'at step 6'):
+    _defend('hat', tmp_path / 'grown', teacher_path, ad_epochs=2,
+            at_epochs=2)
+  with pytest.raises(training.RunMismatchError,
+                     match=r'other settings \(recipe.learning_rate: 3e-05 '
+                           r'-> 0.001\)\.'):
+    _defend('hat', tmp_path / 'grown', teacher_path, ad_epochs=1,
+            at_epochs=3, learning_rate=1e-3)

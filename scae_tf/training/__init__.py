@@ -26,7 +26,9 @@ from scae_tf.training.run_dir import FolderInUseError
 from scae_tf.training.run_dir import JsonlLog
 from scae_tf.training.run_dir import lock_folder
 from scae_tf.training.run_dir import LOG_FILE
+from scae_tf.training.run_dir import newest_checkpoint_step
 from scae_tf.training.run_dir import prepare_logdir
+from scae_tf.training.run_dir import previous_settings
 from scae_tf.training.run_dir import RUN_FILE
 from scae_tf.training.run_dir import run_settings
 from scae_tf.training.run_dir import RunMismatchError

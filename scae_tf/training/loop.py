@@ -19,13 +19,12 @@ from tqdm import tqdm
 from scae_tf import checkpoints
 from scae_tf import cli
 from scae_tf.training.run_dir import CHECKPOINT_DIR
+from scae_tf.training.run_dir import CHECKPOINT_NAME
+from scae_tf.training.run_dir import checkpoint_files
 from scae_tf.training.run_dir import JsonlLog
 from scae_tf.training.run_dir import LOG_FILE
 from scae_tf.training.run_dir import TB_DIR
 from scae_tf.training.step import make_train_step
-
-# `tf.train.CheckpointManager` names its checkpoints `<folder>/ckpt-<step>`.
-CHECKPOINT_NAME = 'ckpt'
 
 
 class NonFiniteLossError(cli.TrainingFailed):
@@ -57,14 +56,9 @@ def _checkpoints_newest_first(manager):
   """The checkpoints of the manager's folder, newest first: those its
   `checkpoint` file lists and the complete-looking ones beside, which a save
   killed before it updated that file leaves (or a garbled file hides)."""
-  folder = manager.directory
-  found = [os.path.join(folder, name[:-len('.index')])
-           for name in (os.listdir(folder) if os.path.isdir(folder) else ())
-           if name.startswith(f'{CHECKPOINT_NAME}-')
-           and name.endswith('.index')]
-  by_step = {}
+  by_step = checkpoint_files(manager.directory)
   # The manager's spelling of a path wins: it compares paths as strings.
-  for prefix in found + list(manager.checkpoints):
+  for prefix in manager.checkpoints:
     number = prefix.rsplit('-', 1)[-1]
     if number.isdigit():
       by_step[int(number)] = prefix

@@ -13,6 +13,8 @@ from scae_tf import files
 RUN_FILE = 'run.json'
 LOG_FILE = 'log.jsonl'
 CHECKPOINT_DIR = 'ckpt'
+# A checkpoint is <logdir>/<CHECKPOINT_DIR>/<CHECKPOINT_NAME>-<step>.
+CHECKPOINT_NAME = 'ckpt'
 TB_DIR = 'tb'
 LOCK_FILE = '.lock'
 # Everything a run writes in its folder; `--overwrite` deletes these only.
@@ -107,6 +109,13 @@ def _is_run_entry(name):
 #: train longer or shorter resumes from its newest checkpoint, the learning
 #: rate being a function of the step.
 LENGTH_FIELDS = ('epochs', 'train_steps', 'deviation')
+#: A phased run's (the defences') settings: its phases, each with its
+#: length in `epochs`; the preset, which names those lengths; and the
+#: deviations, text that follows from the other settings. The trainer
+#: checks that a changed phase length is still possible at the run's step
+#: (`defenses.methods.length_change_error`): a switch already made stays.
+PHASES_KEY = 'phases'
+DERIVED_KEYS = ('preset', 'deviations')
 #: run.json's record of the lengths a run was asked to train to, in order.
 LENGTHS_KEY = 'lengths'
 
@@ -114,16 +123,49 @@ LENGTHS_KEY = 'lengths'
 def _identity(settings):
   """`settings` without its length: what must match to resume a run."""
   identity = json.loads(json.dumps(settings))
-  identity.pop(LENGTHS_KEY, None)
+  for name in (LENGTHS_KEY,) + DERIVED_KEYS:
+    identity.pop(name, None)
   if isinstance(identity.get('recipe'), dict):
     for name in LENGTH_FIELDS:
       identity['recipe'].pop(name, None)
+  for phase in identity.get(PHASES_KEY) or ():
+    phase.pop('epochs', None)
   return identity
 
 
 def _length(settings):
   recipe = settings.get('recipe') or {}
-  return {k: recipe.get(k) for k in LENGTH_FIELDS[:2] if k in recipe}
+  length = {k: recipe.get(k) for k in LENGTH_FIELDS[:2] if k in recipe}
+  if PHASES_KEY in settings:
+    length['phase_epochs'] = [p['epochs'] for p in settings[PHASES_KEY]]
+  return length
+
+
+def previous_settings(logdir):
+  """The settings in `logdir`'s run.json, or None."""
+  path = os.path.join(logdir, RUN_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def checkpoint_files(folder):
+  """{step: path prefix} of the checkpoints in `folder` whose index file is
+  written (complete-looking; whether they read back is the loop's
+  business)."""
+  found = {}
+  for name in os.listdir(folder) if os.path.isdir(folder) else ():
+    match = re.fullmatch(rf'{CHECKPOINT_NAME}-(\d+)\.index', name)
+    if match:
+      found[int(match.group(1))] = os.path.join(folder, name[:-len('.index')])
+  return found
+
+
+def newest_checkpoint_step(logdir):
+  """The largest step of a checkpoint in `logdir`'s folder, 0 if none."""
+  return max(checkpoint_files(os.path.join(logdir, CHECKPOINT_DIR)),
+             default=0)
 
 
 def _flat(settings, prefix=''):
