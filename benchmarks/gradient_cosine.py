@@ -33,15 +33,10 @@ def main(argv):
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from attacks import classifiers, margins  # pylint: disable=g-import-not-at-top
-  from scae_tf import data, loading  # pylint: disable=g-import-not-at-top
+  from scae_tf import loading  # pylint: disable=g-import-not-at-top
+  import samples  # pylint: disable=g-import-not-at-top
 
-  images_u8, labels = data.load_dataset('mnist', 'test', FLAGS.data_dir)
-  indices = np.random.default_rng(0).choice(len(images_u8), FLAGS.num_samples,
-                                            replace=False)
-  x = tf.constant(data.preprocess(images_u8[indices], 'resize',
-                                  rng=np.random.default_rng([0, 1]),
-                                  canvas_size=40))
-  y = tf.constant(labels[indices].astype(np.int64))
+  x, y = samples.mnist_test_digits(FLAGS.num_samples, FLAGS.data_dir)
   report = {}
   for path in FLAGS.checkpoints:
     loaded = loading.load_model(path)
@@ -62,7 +57,7 @@ def main(argv):
 
         grads[gradient] = np.concatenate([
             grad_of(x[i:i + 100], y[i:i + 100]).numpy().reshape(-1, 1600)
-            for i in range(0, len(indices), 100)])
+            for i in range(0, FLAGS.num_samples, 100)])
       code, full = grads['code'], grads['full']
       norm_code = np.linalg.norm(code, axis=1)
       norm_full = np.linalg.norm(full, axis=1)

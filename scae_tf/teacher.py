@@ -55,7 +55,8 @@ def resolve(dataset='mnist', config=None, recipe=None, overrides=None):
   """(model config, training recipe) of a teacher run; raises ValueError on
   unknown names or bad values, before any work."""
   data.get_dataset_spec(dataset)
-  config = configs.get_config(config or dataset)
+  if not isinstance(config, configs.ScaeConfig):
+    config = configs.get_config(config or dataset)
   recipe = recipes.get_recipe(recipe or config.default_recipe)
   return config, (overrides or RecipeOverrides()).apply(recipe)
 
@@ -69,7 +70,8 @@ def train_teacher(dataset='mnist', config=None, recipe=None, overrides=None,
 
   Args:
     dataset: 'mnist' or 'fashion_mnist'.
-    config, recipe: names; default: the dataset's config and its recipe.
+    config, recipe: names (config also a ScaeConfig); default: the
+      dataset's config and its recipe.
     overrides: a `RecipeOverrides`; any change labels the run a deviation.
     logdir: the run folder (default runs/teacher_<dataset>_<recipe>).
     init_from: initial weights, a TF1 or TF2 checkpoint (ignored when
