@@ -3,6 +3,7 @@
   scales.py     what each scale runs (the paper's section 6.2, or the CPU
                 campaign's reduced protocol), the paper's numbers, the
                 measured per-stage costs
+  records.py    a stage as data, and the record a finished one leaves
   stages.py     the stage graph: teacher, defences, their k-means, the
                 attacks; each stage a call of the library the `run/`
                 scripts use, skipped when done with the same settings

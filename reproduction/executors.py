@@ -9,6 +9,7 @@ one batch of 100.
 import dataclasses
 import os
 
+from reproduction import records
 from reproduction import stages as stages_lib
 
 EXECUTORS = ('local', 'ray')
@@ -77,7 +78,7 @@ def describe(stages, workdir):
   """The plan as text: each stage's status and estimated cost."""
   lines, remaining, unknown = [], 0., []
   for stage in stages:
-    state = stages_lib.status(stage, workdir)
+    state = records.status(stage, workdir)
     if stage.estimate_s is None:
       cost = 'unmeasured'
     else:

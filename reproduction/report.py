@@ -24,6 +24,7 @@ import sys
 
 import numpy as np
 
+from reproduction import records as records_lib
 from reproduction import scales as scales_lib
 
 KMEANS_KIND = dict(PriK='prior', PosK='posterior')
@@ -189,19 +190,18 @@ def write(workdir, stage, log=print):
   """Writes tables.md, tables.csv, the figures, figures.md and
   manifest.json into `stage.output`; returns that folder."""
   from attacks import pipeline  # pylint: disable=g-import-not-at-top
-  from reproduction import stages as stages_lib  # pylint: disable=g-import-not-at-top
   from scae_tf import files  # pylint: disable=g-import-not-at-top
   settings = stage.settings
   dataset, deviation = settings['dataset'], settings['deviation']
   manifest = _load_json(os.path.join(workdir, 'plan.json'))
-  stages = [stages_lib.Stage(**dict(s, needs=tuple(s['needs'])))
+  stages = [records_lib.Stage(**dict(s, needs=tuple(s['needs'])))
             for s in manifest['stages']]
   records = {}
   for s in stages:
     if s.name == stage.name:
       continue
     record = (dict(name=s.name, status='adopted', output=s.output)
-              if s.adopted else stages_lib.read_record(workdir, s.name))
+              if s.adopted else records_lib.read_record(workdir, s.name))
     if record is not None:
       records[s.name] = record
   threshold, max_threshold = pipeline.thresholds(dataset)

@@ -24,37 +24,23 @@ stage is not run, and its k-means is the one beside it if it has one.
 """
 
 import dataclasses
-import json
 import os
 import time
 from typing import Mapping, Optional, Sequence, Tuple
 
 from reproduction import scales as scales_lib
+from reproduction.records import read_record
+from reproduction.records import record_path
+from reproduction.records import Stage
+from reproduction.records import status
+from reproduction.records import STAGES_DIR
+from reproduction.records import to_json
 
-STAGES_DIR = 'stages'
 KINDS = ('teacher', 'defence', 'kmeans', 'attack', 'report')
 
 
 class StageMismatchError(ValueError):
   """A stage was finished with other settings."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Stage:
-  """name; kind (KINDS); needs: the names of the stages it reads; settings:
-  JSON-able, its identity; output: its folder (a checkpoint folder for an
-  adopted model); adopted: made outside this workdir; model, classifier:
-  what it is about; estimate_s: its measured-cost estimate, None if
-  unmeasured."""
-  name: str
-  kind: str
-  needs: Tuple[str, ...]
-  settings: Mapping
-  output: str
-  adopted: bool = False
-  model: Optional[str] = None
-  classifier: Optional[str] = None
-  estimate_s: Optional[float] = None
 
 
 def _steps_per_epoch(dataset, batch_size):
@@ -73,7 +59,11 @@ def _teacher_estimate(dataset, scale):
 
 
 def _defence_estimate(dataset, kwargs):
+  """The steps times the measured cost of a step, which is the paper's
+  generator's: another generator's step is unmeasured (None)."""
   from defenses import methods  # pylint: disable=g-import-not-at-top
+  if kwargs.get('generator', 'paper_train') != 'paper_train':
+    return None
   method = methods.get_method(kwargs['method'])
   phases = methods.plan(method, kwargs.get('ad_epochs'),
                         kwargs.get('at_epochs'), epochs=kwargs.get('epochs'),
@@ -201,33 +191,6 @@ def with_dependents(stages: Sequence[Stage], names: Sequence[str]):
   return found
 
 
-def record_path(workdir: str, name: str) -> str:
-  return os.path.join(workdir, STAGES_DIR, name.replace('/', '.') + '.json')
-
-
-def read_record(workdir: str, name: str) -> Optional[dict]:
-  path = record_path(workdir, name)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
-
-
-def _json(value):
-  return json.loads(json.dumps(value))
-
-
-def status(stage: Stage, workdir: str) -> str:
-  """'adopted', 'done' (finished with these settings), 'changed' (finished
-  with others) or 'todo'."""
-  if stage.adopted:
-    return 'adopted'
-  record = read_record(workdir, stage.name)
-  if record is None:
-    return 'todo'
-  return 'done' if record['settings'] == _json(stage.settings) else 'changed'
-
-
 def check_settings(stages: Sequence[Stage], workdir: str,
                    redo: Sequence[str] = ()):
   """Raises StageMismatchError, naming the keys that differ, for every
@@ -239,7 +202,7 @@ def check_settings(stages: Sequence[Stage], workdir: str,
     if stage.name not in redo and status(stage, workdir) == 'changed':
       previous = read_record(workdir, stage.name)['settings']
       problems.append(f'{stage.name} ('
-                      f'{run_dir.differences(previous, _json(stage.settings))})')
+                      f'{run_dir.differences(previous, to_json(stage.settings))})')
   if problems:
     raise StageMismatchError(
         'finished with other settings: ' + '; '.join(problems)
@@ -260,7 +223,7 @@ def run_stage(stage: Stage, workdir: str, redo: bool = False,
   start = time.time()
   output = _RUNNERS[stage.kind](stage, workdir, redo, progress, log)
   record = dict(name=stage.name, kind=stage.kind, status='done',
-                settings=_json(stage.settings), output=output,
+                settings=to_json(stage.settings), output=output,
                 seconds=round(time.time() - start, 1),
                 finished=time.strftime('%Y-%m-%d %H:%M:%S UTC',
                                        time.gmtime()))
