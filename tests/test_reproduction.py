@@ -193,3 +193,37 @@ def test_the_ray_executor_gives_the_local_executors_outputs(tmp_path,
       np.testing.assert_array_equal(local[key], remote[key], err_msg=key)
     else:
       assert local[key] == remote[key], key
+
+
+def test_a_stage_that_dies_leaves_no_record_and_the_rerun_starts_there(
+    tmp_path, monkeypatch):
+  """With stand-in runners: a stage killed part-way (here: raising) leaves
+  the records of the stages before it, none of its own, and the same
+  command then runs it and what follows only."""
+  workdir = str(tmp_path)
+  plan = stages.plan('mnist', 'paper', workdir)
+  ran, killed = [], []
+
+  def runner(stage, workdir, redo, progress, log):
+    ran.append(stage.name)
+    if stage.name == 'kmeans/ad' and not killed:
+      killed.append(stage.name)
+      raise RuntimeError('killed')
+    return stage.output
+
+  monkeypatch.setattr(stages, '_RUNNERS', {k: runner for k in stages.KINDS})
+  with pytest.raises(RuntimeError, match='killed'):
+    executors.run(plan, workdir, log=lambda msg: None)
+  first = list(ran)
+  assert first[-1] == 'kmeans/ad'
+  assert stages.read_record(workdir, 'kmeans/ad') is None
+  assert all(stages.read_record(workdir, n) for n in first[:-1])
+  ran.clear()
+  executors.run(plan, workdir, log=lambda msg: None)
+  names = [s.name for s in plan]
+  assert ran == names[names.index('kmeans/ad'):]
+  # --redo of a training stage reruns what reads it, and only that.
+  ran.clear()
+  executors.run(plan, workdir, redo=['train/hat'], log=lambda msg: None)
+  assert ran == ['train/hat', 'kmeans/hat', 'attack/hat/PriK',
+                 'attack/hat/PosK', 'report']
