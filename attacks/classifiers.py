@@ -22,11 +22,11 @@ from typing import Optional, Tuple
 
 import tensorflow as tf
 
+from attacks.names import classifier_name
+from attacks.names import CLASSIFIERS
 from scae_tf import loading
 from scae_tf.kmeans import KMeansClassifier
 from scae_tf.configs import GRADIENTS
-
-CLASSIFIERS = ('PriK', 'PosK', 'PriL', 'PosL')
 
 
 class CapsuleClassifier:
@@ -55,16 +55,6 @@ class CapsuleClassifier:
   def __call__(self, images):
     """images [B, H, W, C] float32 -> (features [B, K], int64 preds [B])."""
     raise NotImplementedError
-
-
-def classifier_name(name: str) -> str:
-  """Canonical spelling of a target name ('posk' -> 'PosK'); ValueError if
-  unknown."""
-  for known in CLASSIFIERS:
-    if isinstance(name, str) and name.lower() == known.lower():
-      return known
-  raise ValueError(f'Unknown classifier {name!r}; expected one of '
-                   f'{", ".join(CLASSIFIERS)}.')
 
 
 def feature_kind_of(name: str) -> str:

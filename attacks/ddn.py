@@ -81,6 +81,7 @@ from attacks import settings
 from attacks.evasion import ON_FAILURE
 from attacks.foolbox_attacks import MinimalNormResult, VerifiedAttack
 from attacks.pgd import l2_norms, per_sample
+from scae_tf import interrupts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,7 +215,9 @@ class DDNAttack(VerifiedAttack):
     epsilon = tf.fill([batch], np.float32(cfg.init_epsilon))
     delta = tf.zeros_like(x)
     x_adv = x
-    for k in tf.range(cfg.steps):
+    k = tf.constant(0)
+    # A signal ends the loop early (scae_tf.interrupts).
+    while interrupts.keep_going(k < cfg.steps):
       with tf.GradientTape() as tape:
         tape.watch(x_adv)
         logits = self.logits.logits(x_adv)
@@ -232,6 +235,7 @@ class DDNAttack(VerifiedAttack):
       if levels is not None:
         x_adv = tf.round(x_adv * (levels - 1.)) / (levels - 1.)
       delta = x_adv - x
+      k += 1
     _, best = record(x_adv, self.logits.logits(x_adv), best)
     return best
 
@@ -239,6 +243,7 @@ class DDNAttack(VerifiedAttack):
     self._rng.reset_from_seed(seed)
     kept, kept_l2 = (t.numpy() for t in self._run(tf.constant(images),
                                                   tf.constant(labels)))
+    interrupts.check()  # a signal may have cut the run short
     if callback is not None:
       callback(0, 1)
     return np.where(np.isfinite(kept_l2)[:, None, None, None], kept, np.nan)

@@ -36,9 +36,10 @@ import tensorflow as tf
 from attacks import objectives
 from attacks import settings
 from attacks.classifiers import CapsuleClassifier, make_classifier
+from attacks.names import SUCCESS_RULES
 from attacks.optimizers import OPTIMIZERS, make_optimizer
+from scae_tf import interrupts
 
-SUCCESS_RULES = ('label', 'clean_prediction')
 ON_FAILURE = ('nan', 'clean')
 
 
@@ -266,7 +267,10 @@ class CapsuleAttack:
 
     hit = tf.zeros_like(target, tf.bool)
     state = opt.init(p)
-    for j in tf.range(cfg.inner_iterations):
+    j = tf.constant(0)
+    # A signal ends the loop early (scae_tf.interrupts); the results of a
+    # loop cut short are then never used.
+    while interrupts.keep_going(j < cfg.inner_iterations):
       with tf.GradientTape() as tape:
         tape.watch(p)
         x_adv, features, pred, p_loss = forward(p)
@@ -279,6 +283,7 @@ class CapsuleAttack:
       hit, best_l2, best_img = record(j > 0, x_adv, pred, p_loss, hit,
                                       best_l2, best_img)
       p, state = opt.apply(p, grad, state)
+      j += 1
     x_adv, _, pred, p_loss = forward(p)
     hit, best_l2, best_img = record(tf.constant(True), x_adv, pred, p_loss,
                                     hit, best_l2, best_img)
@@ -326,7 +331,8 @@ class CapsuleAttack:
       const, lower, upper = update_const(const, lower, upper, hit)
     success = tf.math.is_finite(best_l2)
     adversarial = tf.where(success[:, None, None, None], best_img, x)
-    return adversarial, success, best_l2
+    # A training step whose attack a signal cut short stops there.
+    return interrupts.guard(adversarial, success, best_l2)
 
   # --- public API -------------------------------------------------------------
 
@@ -351,6 +357,7 @@ class CapsuleAttack:
       p = rng.uniform(x.shape, dtype=tf.float32)  # fresh p' ~ U[0, 1)
       best_l2, best_img, hit = self._outer(x, w, mask, subset, target, const,
                                            best_l2, best_img, p)
+      interrupts.check()
       consts.append(const.numpy())
       hits.append(hit.numpy())
       const, lower, upper = update_const(const, lower, upper, hit)

@@ -8,14 +8,15 @@ TensorFlow, usable eagerly and inside `tf.function`.
 
 import tensorflow as tf
 
+from attacks.names import CAPSULE_LOSSES
+from attacks.names import CONST_COUPLINGS
+from attacks.names import SUBSET_RULES
+
 #: The fork maps x to atanh((x - 0.5) / 0.5 * 0.999999): the factor keeps
 #: atanh finite at x = 0 and x = 1 (paper footnote 1).
 TANH_SQUEEZE = 0.999999
 
 FEATURE_KINDS = ('prior', 'posterior')
-SUBSET_RULES = ('batch', 'example')
-CAPSULE_LOSSES = ('squared', 'sum')
-CONST_COUPLINGS = ('batch', 'example')
 
 
 def to_tanh_space(images):

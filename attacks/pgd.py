@@ -73,6 +73,7 @@ import tensorflow as tf
 from attacks import settings
 from attacks.evasion import ON_FAILURE, validate_inputs
 from attacks.margins import margin_target
+from scae_tf import interrupts
 
 
 SCHEDULES = ('fixed', 'apgd')
@@ -265,7 +266,9 @@ class PGDAttack:
     prev_margin, last_low = inf, inf
     falls = tf.zeros_like(eps)
     halved_last = tf.zeros_like(eps, tf.bool)
-    for k in tf.range(cfg.steps):
+    k = tf.constant(0)
+    # A signal ends the loop early (scae_tf.interrupts).
+    while interrupts.keep_going(k < cfg.steps):
       with tf.GradientTape() as tape:
         tape.watch(x_adv)
         margin, pred = self.target(x_adv, labels)
@@ -296,6 +299,7 @@ class PGDAttack:
         x_next = project(x_adv + a * (x_next - x_adv) +
                          (1. - a) * (x_adv - x_prev), x, eps)
       x_prev, x_adv = x_adv, x_next
+      k += 1
     margin, pred = self.target(x_adv, labels)
     return record(x_adv, margin, pred, best)
 
@@ -326,7 +330,8 @@ class PGDAttack:
     eps = tf.fill(tf.shape(clean_margin), float(self.config.eps))
     _, success, kept, l2 = self._budget(x, y, eps, best, rng, lambda: None,
                                         self._restart_in_graph)
-    return kept, success, tf.where(success, l2, np.inf)
+    # A training step whose attack a signal cut short stops there.
+    return interrupts.guard(kept, success, tf.where(success, l2, np.inf))
 
   def _budget(self, x, labels, eps, best, rng, tick, restart=None):
     """All restarts at budgets eps [B]; returns the updated best. `restart`:
@@ -352,6 +357,7 @@ class PGDAttack:
     done = [0]
 
     def tick():
+      interrupts.check()  # after a restart a signal may have cut short
       if callback is not None:
         callback(done[0], runs)
       done[0] += 1

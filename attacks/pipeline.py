@@ -147,18 +147,11 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
   from scae_tf.training import run_dir
   # pylint: enable=g-import-not-at-top
   log = log or (lambda msg: None)
-  cli.check_choice('dataset', dataset, DATASETS)
-  cli.check_choice('preprocess', preprocess, data.MODES)
-  cli.check_choice('split', split, (None,) + tuple(data.SPLITS))
-  cli.check_positive('num_samples', num_samples)
-  cli.check_positive('batch_size', batch_size)
-  name = classifiers.classifier_name(classifier)
-  names = attack_names(attack)
-  if gradient is not None:
-    cli.check_choice('gradient', gradient, GRADIENTS)
-  cli.check_choice('quantize', quantize, QUANTIZE)
-  if eps is not None:
-    settings_lib.check_positive_number('eps', eps)
+  name, names = check_arguments(
+      classifier, dataset=dataset, split=split, preprocess=preprocess,
+      num_samples=num_samples, batch_size=batch_size, preset=preset,
+      overrides=overrides, attack=attack, pgd_preset=pgd_preset, eps=eps,
+      gradient=gradient, quantize=quantize)
   split = split or protocol.DEFAULT_SPLITS[dataset]
   threshold, t_max = thresholds(dataset, threshold, plot_max)
   # Each attack's preset as is, and with the run's overrides: the labels
@@ -307,6 +300,54 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
                                       noise_correct, threshold)
       log(sanity_lib.markdown(result['sanity']).rstrip())
   return result
+
+
+def check_arguments(classifier: str, *, dataset: str = 'mnist',
+                    split: Optional[str] = None, preprocess: str = 'resize',
+                    num_samples: int = 5000, batch_size: int = 100,
+                    preset='paper_eval', overrides: Optional[dict] = None,
+                    attack: str = 'capsule', pgd_preset='pgd_l2_min',
+                    eps: Optional[float] = None,
+                    gradient: Optional[str] = None,
+                    quantize: str = 'none') -> Tuple[str, Tuple[str, ...]]:
+  """The checks of `attack_checkpoint`'s arguments that need neither a
+  model nor TensorFlow (`run/attack.py` runs them before TensorFlow loads):
+  ValueError (UsageError) on a bad one. Returns (the classifier's name,
+  the attacks' names). The numbers of an attack's settings are checked
+  where its config is built."""
+  # pylint: disable=g-import-not-at-top
+  from attacks import names as names_lib
+  from attacks import settings as settings_lib
+  from scae_tf import data
+  # pylint: enable=g-import-not-at-top
+  cli.check_choice('dataset', dataset, DATASETS)
+  cli.check_choice('preprocess', preprocess, data.MODES)
+  cli.check_choice('split', split, (None,) + tuple(data.SPLITS))
+  cli.check_positive('num_samples', num_samples)
+  cli.check_positive('batch_size', batch_size)
+  name = names_lib.classifier_name(classifier)
+  names = attack_names(attack)
+  if gradient is not None:
+    cli.check_choice('gradient', gradient, GRADIENTS)
+  cli.check_choice('quantize', quantize, QUANTIZE)
+  if eps is not None:
+    settings_lib.check_positive_number('eps', eps)
+  # The presets by name (a config object is checked when built), in the
+  # words of `settings_lib.preset_config`.
+  for runs, what, given, known in (
+      ('capsule', 'attack', preset, names_lib.PRESETS),
+      ('pgd_l2', 'PGD', pgd_preset, names_lib.PGD_PRESETS)):
+    if runs in names and isinstance(given, str) and given not in known:
+      raise cli.UsageError(f'Unknown {what} preset {given!r}; expected one '
+                           f'of {", ".join(known)}.')
+  for key, choices in (('optimizer', names_lib.OPTIMIZERS),
+                       ('subset', names_lib.SUBSET_RULES),
+                       ('capsule_loss', names_lib.CAPSULE_LOSSES),
+                       ('const_coupling', names_lib.CONST_COUPLINGS),
+                       ('success', names_lib.SUCCESS_RULES)):
+    if key in (overrides or {}):
+      cli.check_choice(key, overrides[key], choices)
+  return name, names
 
 
 #: The paper's attack first: the worst case counts the samples where each

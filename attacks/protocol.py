@@ -29,6 +29,7 @@ import numpy as np
 
 from attacks import settings as settings_lib
 from scae_tf import files
+from scae_tf import interrupts
 
 PAPER_THRESHOLDS = {'mnist': 4., 'fashion_mnist': 5.}
 DEFAULT_SPLITS = {'mnist': 'test', 'fashion_mnist': 'train'}
@@ -377,7 +378,12 @@ def run_protocol(attack, images, labels, out_dir: str, batch_size: int = 100,
 
       seed_b = int(np.random.SeedSequence([seed, b]).generate_state(1)[0])
       began = time.time()
-      result = attack(images[sl], labels[sl], seed=seed_b, callback=advance)
+      try:
+        result = attack(images[sl], labels[sl], seed=seed_b,
+                        callback=advance)
+      except KeyboardInterrupt:
+        bar.close()
+        raise _stopped(out_dir, n, batch_size) from None
       bar.update(m - shown[0])  # an attack may report fewer iterations
       if first_batch:
         first_batch = False
@@ -412,6 +418,19 @@ def run_protocol(attack, images, labels, out_dir: str, batch_size: int = 100,
                                 out['adversarial'], images).astype(np.float32)
   out['clean'] = images
   return out
+
+
+def _stopped(out_dir: str, n: int, batch_size: int):
+  """The KeyboardInterrupt of a run stopped in a batch (Ctrl-C, SIGTERM:
+  `scae_tf.interrupts`), saying what its folder keeps for the resumed
+  run."""
+  kept = [int(re.search(r'(\d+)\.npz$', path).group(1))
+          for path in _batch_files(out_dir)]
+  samples = sum(min(batch_size, n - b * batch_size) for b in kept)
+  return interrupts.Interrupted(
+      f'kept {len(kept)} of {-(-n // batch_size)} batches ({samples} of {n} '
+      f'samples) in {os.path.join(out_dir, "batches")}; the batch in '
+      'progress is lost')
 
 
 def write_outputs(out_dir: str, results: Dict[str, np.ndarray],

@@ -20,12 +20,9 @@ applies on every batch (x' = x on clean batches).
 import sonnet as snt
 import tensorflow as tf
 
+from defenses.methods import AD_TARGETS
 from scae_tf import replicas
 from scae_tf.training import step
-
-#: AD's reconstruction target: 'input' is the authors' code (the student
-#: reconstructs its own input x'); 'clean' is Eq. 8 as written (the clean x).
-AD_TARGETS = ('input', 'clean')
 
 
 def _attack_metrics(batch):

@@ -24,6 +24,9 @@ and every report then names it with them: "paper_eval, modified: outer 2,
 inner 10"), --batch_size at a time. Finished batches are saved under
 <out_dir>/batches/ and skipped on a restart with the same settings;
 --overwrite restarts, removing every output of the previous run first.
+Ctrl-C or SIGTERM stops the attack within seconds (the batch in progress
+is dropped) and prints what was kept and the command that resumes. Flags
+that need no model are checked before TensorFlow loads.
 
 --attack: capsule (the paper's attack, --preset), pgd_l2 (PGD-L2 on the
 classifier's margin, --pgd_preset: pgd_l2_min searches the smallest budget
@@ -55,6 +58,8 @@ accuracy_vs_l2.png (paper Figures 2-5). Errors exit with status 1.
 from absl import app
 from absl import flags
 
+# TensorFlow-free (the attacks import it when they run).
+from attacks import pipeline
 from scae_tf import cli
 
 flags.DEFINE_string('checkpoint', None, 'Training log directory, TF2 '
@@ -137,6 +142,8 @@ PGD_OVERRIDES = dict(pgd_steps='steps', pgd_restarts='restarts',
 
 
 def _check_flags():
+  """The checks that need no model, before TensorFlow loads: a bad flag is
+  refused in a second."""
   if FLAGS.compare and not FLAGS.plot_only:
     raise cli.UsageError('--compare needs --plot_only.')
   if FLAGS.compare and not FLAGS.out_dir:
@@ -145,16 +152,23 @@ def _check_flags():
     raise cli.UsageError('--plot_only needs --out_dir or --compare.')
   if not FLAGS.plot_only and not FLAGS.checkpoint:
     raise cli.UsageError('--checkpoint is required.')
-  if FLAGS.gradient is not None:
-    from scae_tf.configs import GRADIENTS  # pylint: disable=g-import-not-at-top
-    cli.check_choice('gradient', FLAGS.gradient, GRADIENTS)
-  from attacks.quantize import QUANTIZE  # pylint: disable=g-import-not-at-top
-  cli.check_choice('quantize', FLAGS.quantize, QUANTIZE)
+  if not FLAGS.plot_only:
+    pipeline.check_arguments(
+        FLAGS.classifier, dataset=FLAGS.dataset, split=FLAGS.split,
+        preprocess=FLAGS.preprocess, num_samples=FLAGS.num_samples,
+        batch_size=FLAGS.batch_size, preset=FLAGS.preset,
+        overrides=_overrides(), attack=FLAGS.attack,
+        pgd_preset=FLAGS.pgd_preset, eps=FLAGS.eps, gradient=FLAGS.gradient,
+        quantize=FLAGS.quantize)
+
+
+def _overrides():
+  return {k: getattr(FLAGS, k) for k in OVERRIDES
+          if getattr(FLAGS, k) is not None}
 
 
 def _run():
   _check_flags()
-  from attacks import pipeline  # pylint: disable=g-import-not-at-top
   reports = dict(threshold=FLAGS.threshold, plot_max=FLAGS.plot_max)
   if FLAGS.compare:
     print(pipeline.compare_runs(FLAGS.compare, FLAGS.out_dir, FLAGS.labels,
@@ -172,8 +186,7 @@ def _run():
         data_dir=FLAGS.data_dir, preprocess=FLAGS.preprocess,
         num_samples=FLAGS.num_samples, batch_size=FLAGS.batch_size,
         seed=FLAGS.seed, preset=FLAGS.preset,
-        overrides={k: getattr(FLAGS, k) for k in OVERRIDES
-                   if getattr(FLAGS, k) is not None},
+        overrides=_overrides(),
         attack=FLAGS.attack, pgd_preset=FLAGS.pgd_preset, eps=FLAGS.eps,
         pgd_overrides={field: getattr(FLAGS, flag)
                        for flag, field in PGD_OVERRIDES.items()
@@ -190,7 +203,7 @@ def _run():
 
 
 def main(argv):
-  return cli.run(argv, _run)
+  return cli.run(argv, _run, resumable=not FLAGS.plot_only)
 
 
 if __name__ == '__main__':

@@ -17,6 +17,7 @@ from absl import app
 from absl import flags
 
 from scae_tf import cli
+from scae_tf import configs
 
 flags.DEFINE_string('tf1', None, 'TF1 checkpoint prefix, .index file or dir.')
 flags.DEFINE_string('config', None, 'Named config of the checkpoint; default: '
@@ -34,7 +35,10 @@ FLAGS = flags.FLAGS
 
 
 def _convert():
-  # Imported here so that --help answers without loading TensorFlow.
+  if FLAGS.config is not None:  # refused before TensorFlow loads
+    configs.get_config(FLAGS.config)
+  # Imported here so that --help and a bad flag answer without loading
+  # TensorFlow.
   from scae_tf import loading  # pylint: disable=g-import-not-at-top
   report = loading.convert_tf1_checkpoint(
       FLAGS.tf1, FLAGS.out, FLAGS.config, scope=FLAGS.scope,

@@ -24,6 +24,8 @@ from absl import app
 from absl import flags
 
 from scae_tf import cli
+from scae_tf import configs
+from scae_tf import evaluation
 
 flags.DEFINE_string('checkpoint', None,
                     'Training log directory, TF2 checkpoint prefix or '
@@ -60,8 +62,14 @@ FLAGS = flags.FLAGS
 
 
 def _evaluate():
-  # Imported here so that --help answers without TensorFlow.
-  from scae_tf import evaluation  # pylint: disable=g-import-not-at-top
+  # The checks first, before TensorFlow loads: a bad flag is refused in a
+  # second. (`evaluation` imports TensorFlow only to evaluate.)
+  evaluation.check_arguments(
+      FLAGS.dataset, FLAGS.preprocess, FLAGS.kmeans, FLAGS.seeds,
+      batch_size=FLAGS.batch_size, n_iter=FLAGS.n_iter, n_init=FLAGS.n_init,
+      max_examples=FLAGS.max_examples, k=FLAGS.k)
+  if FLAGS.config is not None:
+    configs.get_config(FLAGS.config)
   report = evaluation.evaluate_checkpoint(
       FLAGS.checkpoint, FLAGS.dataset, config=FLAGS.config,
       preprocess=FLAGS.preprocess, data_dir=FLAGS.data_dir,

@@ -17,6 +17,7 @@ from absl import app
 from absl import flags
 
 from scae_tf import cli
+from scae_tf import evaluation
 
 flags.DEFINE_string('source', None, 'A run folder or a checkpoint.')
 flags.DEFINE_string('out', None, 'The folder to write, e.g. '
@@ -36,7 +37,10 @@ FLAGS = flags.FLAGS
 
 def _export():
   cli.check_positive('eval_examples', FLAGS.eval_examples, optional=True)
-  # Imported here so that --help answers without loading TensorFlow.
+  # Refused before TensorFlow loads (`evaluation` imports it to evaluate).
+  cli.check_choice('dataset', FLAGS.dataset, evaluation.DATASETS)
+  # Imported here so that --help and a bad flag answer without loading
+  # TensorFlow.
   from scae_tf import pretrained  # pylint: disable=g-import-not-at-top
   print(pretrained.export(
       FLAGS.source, FLAGS.out, FLAGS.dataset, command=FLAGS.command,

@@ -21,12 +21,14 @@ from scae_tf import cli
 flags.DEFINE_list('runs', None, 'Run directories (each with a log.jsonl).')
 flags.DEFINE_list('labels', None, 'Legend labels (default: directory names).')
 flags.DEFINE_string('out', 'training.png', 'Output PNG.')
-flags.DEFINE_integer('smooth', 20, 'Moving-average window (log records).')
+flags.DEFINE_integer('smooth', 20, 'Moving-average window (log records).',
+                     lower_bound=1)
 flags.DEFINE_string('title', None, 'Figure title (e.g. data set and recipe).')
 flags.DEFINE_bool('table', False, 'Also print per-epoch Markdown tables.')
 flags.DEFINE_integer('generator_blocks', None, 'Also print, per run, the '
                      'generator\'s success rate and mean L2 on a defence\'s '
-                     'adversarial batches, by blocks of this many steps.')
+                     'adversarial batches, by blocks of this many steps.',
+                     lower_bound=1)
 flags.mark_flag_as_required('runs')
 FLAGS = flags.FLAGS
 

@@ -14,7 +14,10 @@ probe), lr 3e-5 decayed in AD phases only (--lr_schedule=decay: paper Table 2
 everywhere), AD's student reconstructing its own input (--ad_target=clean:
 Eq. 8 as written). --preset=cpu (one epoch per phase) is a deviation for a
 CPU budget, written into every output. Re-running the same command resumes;
-a run stopped by --max_train_steps resumes without it. A smoke run:
+a run stopped by --max_train_steps resumes without it. Ctrl-C or SIGTERM
+stops within seconds, even inside an adversarial batch (that step is
+undone), saves the step before and prints the command that resumes; a bad
+flag is refused before TensorFlow loads. A smoke run:
 
   python run/train_defense.py --method=ntat --teacher=pretrained/teacher_mnist_cpu \\
       --max_train_steps=2 --kmeans_examples=1000 --logdir=/tmp/smoke
@@ -47,9 +50,10 @@ flags.DEFINE_string('lr_schedule', 'code', 'code (as the authors\' code ran) '
 flags.DEFINE_string('ad_target', 'input', 'AD reconstruction target: input '
                     '(code) or clean (Eq. 8).')
 flags.DEFINE_integer('k', 1, 'Clean batches between two adversarial ones '
-                     '(paper: 1, every second batch adversarial).')
+                     '(paper: 1, every second batch adversarial).',
+                     lower_bound=0)
 flags.DEFINE_float('lambda_', 0.5, 'lambda of Eq. 8, the distillation weight '
-                   '(AD, HAT).')
+                   '(AD, HAT).', lower_bound=0., upper_bound=1.)
 flags.DEFINE_string('generator', 'paper_train', 'The adversarial batches\' '
                     'attack: paper_train (the paper\'s, Algorithm 5) or '
                     'margin_pgd (margin AT: PGD-L2 on the posterior probe\'s '
@@ -60,7 +64,7 @@ flags.DEFINE_bool('xla_generator', False, 'XLA-compile the adversarial '
                   'it with benchmarks/step_costs.py --xla_generator.')
 flags.DEFINE_integer('max_train_steps', None, 'Stop at this step, evaluate '
                      'and plot (a smoke test or a time budget); the same '
-                     'command without it resumes.')
+                     'command without it resumes.', lower_bound=1)
 flags.DEFINE_bool('fit_kmeans', True, 'Fit the cosine k-means of PriK / '
                   'PosK on the final checkpoint (about 5 minutes on all '
                   'MNIST digits on 2 cores); --nofit_kmeans skips it.')
@@ -75,8 +79,27 @@ flags.adopt_module_key_flags(cli)
 FLAGS = flags.FLAGS
 
 
+def _check_flags():
+  """The checks that need no model, before TensorFlow loads: a bad flag is
+  refused in a second (the numbers by their flags' bounds)."""
+  # pylint: disable=g-import-not-at-top
+  from defenses import methods
+  from scae_tf import data
+  from scae_tf import named
+  # pylint: enable=g-import-not-at-top
+  method = methods.get_method(FLAGS.method).starting_from(FLAGS.init)
+  methods.plan(method, FLAGS.ad_epochs, FLAGS.at_epochs, FLAGS.lr_schedule,
+               epochs=FLAGS.epochs, preset=methods.get_preset(FLAGS.preset))
+  cli.check_choice('ad_target', FLAGS.ad_target, methods.AD_TARGETS)
+  named.lookup(dict.fromkeys(methods.GENERATORS), FLAGS.generator,
+               'generator')
+  data.get_dataset_spec(FLAGS.dataset)
+
+
 def _train():
-  # Imported here so that --help answers without loading TensorFlow.
+  _check_flags()
+  # Imported here so that --help and a bad flag answer without loading
+  # TensorFlow.
   from defenses import trainer  # pylint: disable=g-import-not-at-top
   trainer.train_defense(
       FLAGS.method, dataset=FLAGS.dataset, teacher=FLAGS.teacher,
@@ -94,7 +117,7 @@ def _train():
 
 
 def main(argv):
-  return cli.run(argv, _train)
+  return cli.run(argv, _train, resumable=True)
 
 
 if __name__ == '__main__':

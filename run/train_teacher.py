@@ -8,9 +8,10 @@
 The model config defaults to the dataset's, the recipe to the config's
 (`scae_tf/recipes.py`); any flag below that changes the recipe labels the run
 a deviation. Re-running the same command resumes from the latest checkpoint
-in --logdir (model, optimiser, step and data position); Ctrl-C saves the
-current step first. Errors, a NaN included, are one line and a non-zero
-status.
+in --logdir (model, optimiser, step and data position); Ctrl-C or SIGTERM
+saves the current step first and prints the command that resumes. Errors,
+a NaN included, are one line and a non-zero status; a bad flag is refused
+before TensorFlow loads.
 """
 
 from absl import app
@@ -47,8 +48,28 @@ flags.adopt_module_key_flags(cli)
 FLAGS = flags.FLAGS
 
 
+def _check_flags():
+  """The checks that need no model, before TensorFlow loads: a bad flag is
+  refused in a second."""
+  # pylint: disable=g-import-not-at-top
+  from scae_tf import configs
+  from scae_tf import data
+  from scae_tf import recipes
+  # pylint: enable=g-import-not-at-top
+  data.get_dataset_spec(FLAGS.dataset)
+  config = configs.get_config(FLAGS.config or FLAGS.dataset)
+  recipes.get_recipe(FLAGS.recipe or config.default_recipe)
+  for name in ('batch_size', 'epochs', 'max_train_steps'):
+    cli.check_positive(name, getattr(FLAGS, name), optional=True)
+  if FLAGS.preprocess is not None:
+    cli.check_choice('preprocess', FLAGS.preprocess, recipes.PREPROCESSING)
+  cli.check_choice('strategy', FLAGS.strategy, recipes.STRATEGIES)
+
+
 def _train():
-  # Imported here so that --help answers without loading TensorFlow.
+  _check_flags()
+  # Imported here so that --help and a bad flag answer without loading
+  # TensorFlow.
   from scae_tf import teacher  # pylint: disable=g-import-not-at-top
   overrides = teacher.RecipeOverrides(
       batch_size=FLAGS.batch_size, epochs=FLAGS.epochs,
@@ -64,7 +85,7 @@ def _train():
 
 
 def main(argv):
-  return cli.run(argv, _train)
+  return cli.run(argv, _train, resumable=True)
 
 
 if __name__ == '__main__':

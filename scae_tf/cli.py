@@ -7,11 +7,17 @@ errors answer before TensorFlow loads.
 
 import logging
 import os
+import re
+import shlex
+import shutil
+import signal
 import sys
 from typing import Callable, Sequence
 
 from absl import flags
 from absl import logging as absl_logging
+
+from scae_tf import interrupts
 
 
 class UsageError(ValueError):
@@ -28,7 +34,8 @@ class TrainingFailed(RuntimeError):
 # TensorFlow. OSError covers FileNotFoundError and unreadable data files.
 EXPECTED_ERRORS = (ValueError, OSError)
 
-# The exit status of a script stopped by Ctrl-C: 128 + SIGINT.
+# The exit status of a script stopped by Ctrl-C: 128 + SIGINT (by SIGTERM:
+# 143, `interrupts.exit_status`).
 INTERRUPTED = 130
 # The exit status of a training that failed (TrainingFailed).
 TRAINING_FAILED = 2
@@ -71,31 +78,51 @@ def extra_args_error(argv) -> bool:
   return False
 
 
-def run(argv: Sequence[str], call: Callable[[], object]) -> int:
+def run(argv: Sequence[str], call: Callable[[], object],
+        resumable: bool = False) -> int:
   """The body of a script's `main`: runs `call()` and maps its outcome to an
   exit status.
 
   Expected errors (a bad flag, a missing file, a checkpoint that does not fit)
   become one `error: ...` line on stderr and status 1, without a traceback;
   a failed training (TrainingFailed) one line and status 2;
-  Ctrl-C becomes one `interrupted` line (with what was saved, when the
-  interrupted work says) and status 130, as a shell reports SIGINT;
+  Ctrl-C or SIGTERM stops the work within seconds (`scae_tf.interrupts`),
+  then one `interrupted` line says what was saved (when the interrupted work
+  says), a `resume with:` line gives the command that resumes a
+  `resumable` script, and the status is 130 (SIGINT) or 143 (SIGTERM), as
+  a shell reports them;
   anything else is a bug and propagates. `call` returns None or an int status.
   """
   if extra_args_error(argv):
     return 1
   quiet_tensorflow()
-  try:
-    status = call()
-  except EXPECTED_ERRORS as e:
-    return error(e)
-  except TrainingFailed as e:
-    error(e)
-    return TRAINING_FAILED
-  except KeyboardInterrupt as e:
-    print(f'interrupted{f": {e}" if str(e) else ""}', file=sys.stderr)
-    return INTERRUPTED
+  with interrupts.handle_signals():
+    try:
+      status = call()
+    except EXPECTED_ERRORS as e:
+      return error(e)
+    except TrainingFailed as e:
+      error(e)
+      return TRAINING_FAILED
+    except KeyboardInterrupt as e:
+      by = ('' if interrupts.requested() in (None, signal.SIGINT)
+            else f' by {interrupts.signal_name()}')
+      print(f'interrupted{by}{f": {e}" if str(e) else ""}', file=sys.stderr)
+      if resumable:
+        print(f'resume with: {resume_command()}', file=sys.stderr)
+      return interrupts.exit_status()
   return 0 if status is None else int(status)
+
+
+def resume_command(argv: Sequence[str] = None) -> str:
+  """The command that resumes this script's run: the script and its flags as
+  given, without --overwrite (which would start the run over)."""
+  argv = sys.argv if argv is None else argv
+  kept = [a for a in argv[1:] if not re.fullmatch(r'--?overwrite(=.*)?', a)]
+  found = shutil.which('python')
+  python = ('python' if found and os.path.realpath(found)
+            == os.path.realpath(sys.executable) else sys.executable)
+  return shlex.join([python, argv[0], *kept])
 
 
 def check_choice(name: str, value, choices: Sequence):
@@ -127,7 +154,7 @@ def define_run_flags(default_logdir: str):
                        'the training randomness.')
   flags.DEFINE_string('data_dir', None, 'Folder with the IDX files.')
   flags.DEFINE_integer('save_every', 1000, 'Checkpoint every N steps (and '
-                       'at every epoch end).')
+                       'at every epoch end).', lower_bound=1)
   flags.DEFINE_bool('overwrite', False, 'Restart the run in --logdir: delete '
                     'what a run wrote there, whatever its settings.')
   flags.DEFINE_bool('progress', True, 'Show progress bars.')

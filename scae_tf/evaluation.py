@@ -42,15 +42,17 @@ import numpy as np
 from scae_tf import cli
 from scae_tf import files
 from scae_tf import data
-from scae_tf import kmeans as kmeans_lib
-from scae_tf import loading
+# `kmeans` and `loading` (TensorFlow) are imported where they serve, so that
+# `check_arguments` answers first (run/evaluate.py).
 
 DATASETS = ('mnist', 'fashion_mnist')
 KMEANS = {'cosine': ('cosine',), 'euclidean': ('euclidean',),
           'both': ('cosine', 'euclidean')}
 
 
-def _check_arguments(dataset, preprocess, kmeans, seeds, **positive):
+def check_arguments(dataset, preprocess, kmeans, seeds, **positive):
+  """The checks of `evaluate_checkpoint`'s arguments, without TensorFlow;
+  returns the seeds as integers."""
   cli.check_choice('dataset', dataset, DATASETS)
   cli.check_choice('preprocess', preprocess, data.MODES)
   cli.check_choice('kmeans', kmeans, tuple(KMEANS))
@@ -80,6 +82,7 @@ def split_features(model, split: str, data_dir: str,
                               canvas_size=model.config.canvas_size),
               labels[i:i + batch_size])
              for i in range(0, len(images), batch_size))
+  from scae_tf import kmeans as kmeans_lib  # pylint: disable=g-import-not-at-top
   feats = kmeans_lib.collect_features(model, batches, progress=progress,
                                       desc=f'{split} features',
                                       total=len(images))
@@ -122,9 +125,13 @@ def evaluate_checkpoint(checkpoint: str, dataset: str = 'mnist', *,
     work (NotWritableError).
   """
   log = log or (lambda msg: None)
-  seeds = _check_arguments(dataset, preprocess, kmeans, seeds,
-                           batch_size=batch_size, n_iter=n_iter, n_init=n_init,
-                           max_examples=max_examples, k=k)
+  seeds = check_arguments(dataset, preprocess, kmeans, seeds,
+                          batch_size=batch_size, n_iter=n_iter, n_init=n_init,
+                          max_examples=max_examples, k=k)
+  # pylint: disable=g-import-not-at-top
+  from scae_tf import kmeans as kmeans_lib
+  from scae_tf import loading
+  # pylint: enable=g-import-not-at-top
   start = time.time()
   # The outputs come after minutes of work: find out now if they cannot.
   beside = out is None
@@ -197,6 +204,7 @@ def evaluate_checkpoint(checkpoint: str, dataset: str = 'mnist', *,
 
 def format_report(report: dict) -> str:
   """The accuracy table, the seed spread in words, then the report's JSON."""
+  from scae_tf import kmeans as kmeans_lib  # pylint: disable=g-import-not-at-top
   lines = [kmeans_lib.format_results(report['results'])]
   for metric, per_kind in (report['seed_spread'] or {}).items():
     for kind, r in per_kind.items():

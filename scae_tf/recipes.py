@@ -22,6 +22,9 @@ from typing import Optional
 from scae_tf import named
 
 PREPROCESSING = ('resize', 'pad_shift', 'pad_center')
+#: The `tf.distribute` strategies a run may train under
+#: (`scae_tf.training.distribute`), here without TensorFlow.
+STRATEGIES = ('default', 'mirrored', 'multiworker')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,8 +28,10 @@ from attacks import classifiers, evasion, objectives, optimizers, pipeline
 from attacks import protocol
 from attacks.classifiers import CapsuleClassifier
 from conftest import data_path
+from helpers.attack_files import assert_same_outputs
+from helpers.attack_files import outputs
+from helpers.attack_files import tiny_posk_checkpoint
 from scae_tf import checkpoints, configs, data, kmeans, loading
-from scae_tf.training import run_dir
 from scae_tf.kmeans import KMeansClassifier
 from scae_tf.model import SCAE
 
@@ -700,14 +702,7 @@ def killable_attack(tmp_path):
   checkpoint) as `run(out_dir, kill_at=-1)` -> (exit status, its stdout
   lines: the events of a finished run, `killed at <event>` of a killed
   one)."""
-  tf.random.set_seed(0)
-  prefix = checkpoints.save_tf2_checkpoint(
-      SCAE(configs.tiny_config(canvas_size=40)), str(tmp_path / 'tiny'))
-  KMeansClassifier(
-      centers=np.eye(3, dtype=np.float32), metric='cosine',
-      feature='posterior', cluster_to_label=[3, 1, 7],
-      metadata=kmeans.fitted_on(prefix, 'mnist', 'resize', 'tiny')).save(
-          loading.kmeans_path(prefix, 'posterior'))
+  prefix = tiny_posk_checkpoint(tmp_path)
   script = os.path.join(REPO, 'tests', 'helpers', 'attack_run.py')
   data_dir = str(data_path('mnist'))
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', PYTHONPATH=os.pathsep.join(
@@ -724,43 +719,11 @@ def killable_attack(tmp_path):
   return run
 
 
-def _outputs(out_dir):
-  """{path in out_dir: its bytes, or {name: array} for an .npz}; the folder
-  locks (which hold the pid of the last run) are no output."""
-  found = {}
-  for folder, _, names in os.walk(out_dir):
-    for name in names:
-      if name == run_dir.LOCK_FILE:
-        continue
-      path = os.path.join(folder, name)
-      if name.endswith('.npz'):
-        with np.load(path) as z:
-          content = {k: z[k] for k in z.files}
-      else:
-        with open(path, 'rb') as f:
-          content = f.read()
-      found[os.path.relpath(path, out_dir)] = content
-  return found
-
-
-def _assert_same_outputs(out_dir, expected):
-  got = _outputs(out_dir)
-  assert sorted(got) == sorted(expected)  # no unfinished write left either
-  for path, content in expected.items():
-    if isinstance(content, dict):
-      assert sorted(got[path]) == sorted(content), path
-      for name, array in content.items():
-        np.testing.assert_array_equal(got[path][name], array, strict=True,
-                                      err_msg=f'{path}: {name}')
-    else:
-      assert got[path] == content, path
-
-
 def test_attack_killed_in_a_save_and_between_saves_ends_bit_identical(
     tmp_path, killable_attack):
   status, events = killable_attack(tmp_path / 'full')
   assert status == 0 and events.count('outer') == 9  # 3 batches x 3
-  full = _outputs(tmp_path / 'full')
+  full = outputs(tmp_path / 'full')
   out = tmp_path / 'killed'
   # In the save of batch 1: written, not yet renamed.
   assert killable_attack(out, 'batches/batch_00001.npz written') == (
@@ -773,7 +736,7 @@ def test_attack_killed_in_a_save_and_between_saves_ends_bit_identical(
   assert status == 0
   # The last run attacked batches 1 and 2 only, and ends as the full run.
   assert resumed.count('outer') == 6
-  _assert_same_outputs(out, full)
+  assert_same_outputs(out, full)
 
 
 @pytest.mark.slow
@@ -784,19 +747,19 @@ def test_attack_killed_at_20_random_points_ends_bit_identical(
   the files of an uninterrupted run."""
   status, events = killable_attack(tmp_path / 'full')
   assert status == 0
-  full = _outputs(tmp_path / 'full')
+  full = outputs(tmp_path / 'full')
   rng = np.random.default_rng(20)
   out, killed_at, finished = tmp_path / 'killed', [], 0
   while len(killed_at) < 20:
     status, lines = killable_attack(out, int(rng.integers(len(events))))
     if status == 0:  # a resumed run has fewer events left than drawn
-      _assert_same_outputs(out, full)
+      assert_same_outputs(out, full)
       shutil.rmtree(out)
       finished += 1
     else:
       killed_at.append(lines[-1].split(' ')[-1])
   assert killable_attack(out)[0] == 0
-  _assert_same_outputs(out, full)
+  assert_same_outputs(out, full)
   assert finished >= 1
   # Kills fell in each stage of a save, and between saves.
   assert set(killed_at) == {'open', 'written', 'renamed', 'outer'}

@@ -86,3 +86,12 @@ def test_scripts_quiet_the_python_log_of_tensorflow_unless_asked(
   cli.run(['script'], lambda: None)
   assert absl_logging.get_verbosity() == absl_logging.INFO
   absl_logging.set_verbosity(absl_logging.WARNING)
+
+
+def test_the_resume_command_is_the_command_without_overwrite():
+  python = cli.resume_command(['x'])[:-len(' x')]
+  assert cli.resume_command(
+      ['run/attack.py', '--checkpoint=a b', '--overwrite', '--seed=1',
+       '--overwrite=true', '-overwrite', '--nooverwrite']) == (
+           f"{python} run/attack.py '--checkpoint=a b' --seed=1 "
+           '--nooverwrite')

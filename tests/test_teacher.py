@@ -14,6 +14,7 @@ from conftest import DATA_DIR
 from conftest import data_path
 from conftest import REPO
 from conftest import unprivileged
+from scae_tf import cli
 from scae_tf import teacher
 
 SCRIPT = str(REPO / 'run' / 'train_teacher.py')
@@ -92,8 +93,12 @@ def test_ctrl_c_saves_the_step_and_says_so_in_one_line(tmp_path):
   step = int(latest.rsplit('-', 1)[1])
   assert 5 <= step < 1000
   assert _errors(stderr) == [
-      f'interrupted: at step {step}, saved in {latest}. Run the same command '
-      'again to resume.']
+      f'interrupted: at step {step}, saved in {latest}.']
+  # The command that resumes, as given but for --overwrite.
+  assert stderr.splitlines()[-1] == 'resume with: ' + ' '.join(
+      [cli.resume_command(['x'])[:-len(' x')], SCRIPT] + _teacher(
+          logdir, '--batch_size=8', '--max_train_steps=1000',
+          '--save_every=5')[2:])
   assert 'starting at step 0' in stdout.splitlines()
 
 

@@ -15,7 +15,7 @@ import os
 
 import tensorflow as tf
 
-STRATEGIES = ('default', 'mirrored', 'multiworker')
+from scae_tf.recipes import STRATEGIES
 
 
 def make_strategy(name='default'):

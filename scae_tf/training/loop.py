@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from scae_tf import checkpoints
 from scae_tf import cli
+from scae_tf import interrupts
 from scae_tf.training.run_dir import CHECKPOINT_DIR
 from scae_tf.training.run_dir import CHECKPOINT_NAME
 from scae_tf.training.run_dir import checkpoint_files
@@ -32,8 +33,50 @@ class NonFiniteLossError(cli.TrainingFailed):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-  """Ctrl-C stopped the run once its step was saved; the message says
-  where."""
+  """Ctrl-C (or SIGTERM, under `scae_tf.interrupts.handle_signals`) stopped
+  the run once its step was saved; the message says where."""
+
+
+def _step_state(optimizer, state):
+  """What a training step may change before its update: the optimiser's
+  step counter and the variables of `state` (counters, generator states)."""
+  found = {optimizer.step.ref(): optimizer.step}
+  for obj in (state or {}).values():
+    for node in tf.train.TrackableView(obj).descendants():
+      if isinstance(node, tf.Variable):
+        found.setdefault(node.ref(), node)
+  return list(found.values())
+
+
+def _run_step(step_fn, images, labels, undo, traced):
+  """One training step; None when a signal stopped it part-way.
+
+  Under `scae_tf.interrupts.handle_signals`, a signal during the step is
+  only recorded (`interrupts.deferred`): the step either finishes (and the
+  loop stops after it), or a defence's adversarial batch stops early and
+  the step fails before its update (`interrupts.guard`); then what it
+  changed before (`undo`: the step counter, the attack's generator and
+  counter) is rolled back, so the run resumes as if it never started. The
+  first call is traced first, outside: tracing may take a minute and
+  stops at once. `traced`: a list, [] until then.
+  """
+  images, labels = tf.constant(images), tf.constant(labels)
+  if not interrupts.installed():
+    return step_fn(images, labels)
+  if not traced:
+    if hasattr(step_fn, 'get_concrete_function'):
+      step_fn.get_concrete_function(images, labels)
+    traced.append(True)
+  before = [v.numpy() for v in undo]
+  with interrupts.deferred():
+    try:
+      return step_fn(images, labels)
+    except tf.errors.InvalidArgumentError as e:
+      if interrupts.requested() is None or interrupts.STOPPED not in str(e):
+        raise
+  for variable, value in zip(undo, before):
+    variable.assign(value)
+  return None
 
 
 def _float_variables(objects):
@@ -199,7 +242,10 @@ def train_loop(model, optimizer, stream, logdir, total_steps, *, noise=True,
   loss, gradient norm or checkpointed variable (model, optimiser slots,
   `state`) is never saved (NonFiniteLossError, naming the last finite
   checkpoint). Ctrl-C saves the current step, then raises
-  TrainingInterrupted (a KeyboardInterrupt).
+  TrainingInterrupted (a KeyboardInterrupt); under
+  `scae_tf.interrupts.handle_signals` (the scripts), Ctrl-C and SIGTERM
+  stop a step with an adversarial batch within seconds, and save the step
+  before it (`_run_step`).
   """
   if save_every < 1 or total_steps < 1:
     raise ValueError(f'save_every ({save_every}) and total_steps '
@@ -233,12 +279,15 @@ def train_loop(model, optimizer, stream, logdir, total_steps, *, noise=True,
              unit='step', dynamic_ncols=True, desc=description)
   t0 = time.time() - elapsed
   adversarial = 0.
+  undo, traced = _step_state(optimizer, state), []
   try:
     for images, labels in stream.batches(start):
       step = int(optimizer.step.numpy())
       if step >= total_steps:
         break
-      out = step_fn(tf.constant(images), tf.constant(labels))
+      out = _run_step(step_fn, images, labels, undo, traced)
+      if out is None:  # stopped part-way, and undone
+        raise interrupts.Interrupted()
       metrics = {k: float(v) for k, v in out.items()}
       bad = [k for k in ('loss', 'grad_global_norm')
              if k in metrics and not math.isfinite(metrics[k])]
@@ -285,15 +334,14 @@ def train_loop(model, optimizer, stream, logdir, total_steps, *, noise=True,
       if step % save_every == 0 or epoch_end or step == total_steps:
         run_ckpt.save()
         saved_at = step
+      interrupts.check()  # a signal during the step: stop after it
   except KeyboardInterrupt:
     step = int(optimizer.step.numpy())
     if step != saved_at:
       run_ckpt.save()
     saved = (f'saved in {run_ckpt.last_good}'
              if run_ckpt.last_good is not None else 'no step to save')
-    raise TrainingInterrupted(
-        f'at step {step}, {saved}. Run the same command again to '
-        'resume.') from None
+    raise TrainingInterrupted(f'at step {step}, {saved}.') from None
   finally:
     bar.close()
     writer.flush()
