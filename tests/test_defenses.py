@@ -621,6 +621,9 @@ def test_a_phase_length_can_change_until_the_run_has_passed_its_end():
   assert methods.length_change_error(at(100), at(2), 500, 10) is None
 
 
+# 61 s on 2 idle cores (three HAT runs); the rule itself is checked by hand
+# above in the default suite, and the teacher's extension in test_teacher.py.
+@pytest.mark.slow
 def test_a_defence_is_extended_bit_identically_and_other_changes_refused(
     tmp_path, small_teacher):
   """HAT 1 + 1 epochs (2 steps each) run to its end, then asked for 1 + 2:

@@ -134,6 +134,9 @@ def test_sigterm_stops_an_attack_inside_its_compiled_loop(tmp_path,
   assert not (out / 'l2.npz').exists()
 
 
+# 54 s on 2 idle cores (two attack processes); the SIGTERM test of an attack
+# above checks the stop and the kept batches in the default suite.
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_finished_batches_and_the_resumed_attack_ends_as_an_uninterrupted_one(  # pylint: disable=line-too-long
     tmp_path, tiny_checkpoint):
   out = tmp_path / 'out'
