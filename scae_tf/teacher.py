@@ -107,10 +107,14 @@ def train_teacher(dataset='mnist', config=None, recipe=None, overrides=None,
                                    replicas=replicas)
   # Checks that write nothing first: the lock would leave its file in a
   # folder that is refused. Only a run that starts needs initial weights.
-  if not training.check_logdir(logdir, settings, overwrite) and init_from:
+  resuming = training.check_logdir(logdir, settings, overwrite)
+  if not resuming and init_from:
     checkpoints.check_readable(checkpoints.resolve_checkpoint(init_from))
   with training.lock_folder(logdir):
+    change = training.length_change(logdir, settings) if resuming else None
     resumed = training.prepare_logdir(logdir, settings, overwrite)
+    if change:
+      log(change)
     return _train(dataset, config, recipe, stream, logdir, total_steps,
                   strategy, resumed=resumed, seed=seed, init_from=init_from,
                   data_dir=data_dir, save_every=save_every,

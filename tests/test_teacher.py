@@ -127,14 +127,18 @@ def test_a_run_is_extended_or_shortened_and_stays_bit_identical(tmp_path):
   from scae_tf import training  # pylint: disable=g-import-not-at-top
   data_path('mnist')
 
+  logs = []
+
   def run(logdir, **overrides):
     return teacher.train_teacher(
         'mnist', logdir=str(logdir), data_dir=str(DATA_DIR), save_every=1,
         overrides=teacher.RecipeOverrides(batch_size=8, **overrides),
-        progress=False, log=lambda msg: None)
+        progress=False, log=logs.append)
 
   run(tmp_path / 'grown', train_steps=2)
   run(tmp_path / 'grown', train_steps=4)
+  assert ("the run's length changes: train_steps 2 -> 4; run.json keeps "
+          'every length asked for (`lengths`)') in logs
   run(tmp_path / 'whole', train_steps=4)
   grown = tf.train.latest_checkpoint(str(tmp_path / 'grown' / 'ckpt'))
   whole = tf.train.latest_checkpoint(str(tmp_path / 'whole' / 'ckpt'))

@@ -24,6 +24,7 @@ from scae_tf.training.run_dir import CHECKPOINT_DIR
 from scae_tf.training.run_dir import check_logdir
 from scae_tf.training.run_dir import FolderInUseError
 from scae_tf.training.run_dir import JsonlLog
+from scae_tf.training.run_dir import length_change
 from scae_tf.training.run_dir import lock_folder
 from scae_tf.training.run_dir import LOG_FILE
 from scae_tf.training.run_dir import newest_checkpoint_step

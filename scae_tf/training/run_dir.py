@@ -141,6 +141,21 @@ def _length(settings):
   return length
 
 
+def length_change(logdir, settings):
+  """What resuming the run in `logdir` with `settings` does to its length,
+  in words ('the run's length changes: train_steps 2 -> 4; ...'), or None
+  when there is no run or its length is the same."""
+  previous = previous_settings(logdir)
+  if previous is None or _length(previous) == _length(settings):
+    return None
+  old, new = _length(previous), _length(settings)
+  changed = ', '.join(f'{k} {old.get(k)} -> {new.get(k)}'
+                      for k in sorted(set(old) | set(new))
+                      if old.get(k) != new.get(k))
+  return (f"the run's length changes: {changed}; run.json keeps every "
+          f'length asked for (`{LENGTHS_KEY}`)')
+
+
 def previous_settings(logdir):
   """The settings in `logdir`'s run.json, or None."""
   path = os.path.join(logdir, RUN_FILE)
