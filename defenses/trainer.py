@@ -172,9 +172,6 @@ def train_defense(method, dataset='mnist', teacher=None, logdir=None, seed=0,
       generator.config(**(attack_overrides or {})),
       jit_compile=bool(xla_generator))
   data.get_dataset_spec(dataset)
-  stream = stream or data.BatchStream(
-      dataset, 'train', recipe.batch_size, preprocess=recipe.preprocess,
-      seed=seed, data_dir=data_dir)
   teacher_model = None
   if teacher is not None:
     loaded = loading.load_model(teacher, config=config, dataset=dataset,
@@ -186,6 +183,11 @@ def train_defense(method, dataset='mnist', teacher=None, logdir=None, seed=0,
     teacher_model, config = loaded.model, loaded.config.without_noise()
   else:
     config = (config or configs.get_config(dataset)).without_noise()
+  # After the teacher: a missing or mismatched teacher is refused before
+  # the data set is read.
+  stream = stream or data.BatchStream(
+      dataset, 'train', recipe.batch_size, preprocess=recipe.preprocess,
+      seed=seed, data_dir=data_dir)
   deviations = _deviations(method, phases, preset, recipe, clean_batches,
                            ad_weight, generator, attack_overrides)
   logdir = logdir or os.path.join('runs', f'{method.name}_{dataset}')
