@@ -217,7 +217,7 @@ class DDNAttack(VerifiedAttack):
     x_adv = x
     k = tf.constant(0)
     # A signal ends the loop early (scae_tf.interrupts).
-    while interrupts.keep_going(k < cfg.steps):
+    while interrupts.keep_going(k < cfg.steps, after=best[1]):
       with tf.GradientTape() as tape:
         tape.watch(x_adv)
         logits = self.logits.logits(x_adv)

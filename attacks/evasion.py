@@ -270,7 +270,7 @@ class CapsuleAttack:
     j = tf.constant(0)
     # A signal ends the loop early (scae_tf.interrupts); the results of a
     # loop cut short are then never used.
-    while interrupts.keep_going(j < cfg.inner_iterations):
+    while interrupts.keep_going(j < cfg.inner_iterations, after=best_l2):
       with tf.GradientTape() as tape:
         tape.watch(p)
         x_adv, features, pred, p_loss = forward(p)

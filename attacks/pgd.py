@@ -268,7 +268,7 @@ class PGDAttack:
     halved_last = tf.zeros_like(eps, tf.bool)
     k = tf.constant(0)
     # A signal ends the loop early (scae_tf.interrupts).
-    while interrupts.keep_going(k < cfg.steps):
+    while interrupts.keep_going(k < cfg.steps, after=best[0]):
       with tf.GradientTape() as tape:
         tape.watch(x_adv)
         margin, pred = self.target(x_adv, labels)

@@ -8,8 +8,8 @@ scheduler's SIGTERM, and what it says when it does.
 The command after `--` starts as a terminal's foreground job would (SIGINT
 not ignored). Once a line it prints (stdout or stderr) contains --wait_for
 (default: any line), the signal is sent --after seconds later; printed: the
-seconds from the signal to the exit, the exit status and the script's last
-lines.
+seconds from the signal to the exit (and to the script's `interrupted`
+line), the exit status and the script's last lines.
 """
 
 import argparse
@@ -35,13 +35,15 @@ def main():
   proc = subprocess.Popen(
       command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-  lines, seen = [], threading.Event()
+  lines, seen, said = [], threading.Event(), []
 
   def read(stream):
     for line in stream:
       lines.append(line.rstrip('\n'))
       if args.wait_for in line:
         seen.set()
+      if line.startswith('interrupted') and not said:
+        said.append(time.time())
 
   readers = [threading.Thread(target=read, args=(stream,), daemon=True)
              for stream in (proc.stdout, proc.stderr)]
@@ -60,7 +62,9 @@ def main():
   took = time.time() - sent
   for reader in readers:
     reader.join(5)
-  print(f'SIG{args.signal} -> exit in {took:.1f} s, status {status}')
+  print(f'SIG{args.signal} -> exit in {took:.1f} s, status {status}'
+        + (f' (said "interrupted" after {said[0] - sent:.1f} s)' if said
+           else ''))
   print('\n'.join(lines[-args.tail:]))
 
 

@@ -63,11 +63,21 @@ def stop_flag():
   return _flag
 
 
-def keep_going(condition):
+def keep_going(condition, after):
   """`condition` and no stop asked for: the condition of a compiled loop
-  that a signal may end early (a bool tensor, read at every iteration)."""
+  that a signal may end early (a bool tensor, the flag read at every
+  iteration).
+
+  `after`: a loop variable that the previous iteration's work computes, or
+  the loop before it (e.g. the best result so far): the flag is read once
+  it is there. A condition that depends on a counter alone would run ahead
+  of the work (TensorFlow evaluates the conditions of up to 10 iterations,
+  and of the loops after it, in advance) and read the flag too early.
+  """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  return tf.logical_and(condition, tf.logical_not(stop_flag()))
+  with tf.control_dependencies([after]):
+    stopped = stop_flag().read_value()
+  return tf.logical_and(condition, tf.logical_not(stopped))
 
 
 def guard(*tensors):

@@ -233,7 +233,7 @@ def test_a_signal_ends_a_compiled_loop_and_raises_after_it():
   @tf.function
   def count(n):
     i = tf.constant(0)
-    while interrupts.keep_going(i < n):
+    while interrupts.keep_going(i < n, after=i):
       i += 1
     reached.assign(i)
 
