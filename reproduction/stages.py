@@ -111,29 +111,30 @@ def plan(dataset: str, scale, workdir: str,
   stages = []
 
   def model_stage(model, kind, settings, estimate):
+    """The stage that trains `model`, or adopts it; `estimate()` is its
+    cost, asked only for a stage that trains."""
+    name = f'train/{model}' if kind == 'defence' else model
     if model in adopt:
-      stages.append(Stage(f'train/{model}' if kind == 'defence' else model,
-                          kind, (), dict(adopted=os.path.abspath(
-                              adopt[model])), adopt[model], adopted=True,
-                          model=model, estimate_s=0.))
+      stage = Stage(name, kind, (), dict(adopted=os.path.abspath(
+          adopt[model])), adopt[model], adopted=True, model=model,
+                    estimate_s=0.)
     else:
-      stages.append(Stage(f'train/{model}' if kind == 'defence' else model,
-                          kind, tuple(settings.pop('needs', ())),
-                          settings, os.path.join(workdir, 'models', model),
-                          model=model, estimate_s=estimate))
-    return stages[-1]
+      stage = Stage(name, kind, tuple(settings.pop('needs', ())), settings,
+                    os.path.join(workdir, 'models', model), model=model,
+                    estimate_s=estimate())
+    stages.append(stage)
+    return stage
 
   teacher = model_stage('teacher', 'teacher', dict(
       common, recipe=scale.teacher_recipe,
       overrides=dict(scale.teacher_overrides)),
-                        None if 'teacher' in adopt
-                        else _teacher_estimate(dataset, scale))
+                        lambda: _teacher_estimate(dataset, scale))
   models = {'teacher': teacher}
   for model, kwargs in scale.defences:
     models[model] = model_stage(model, 'defence', dict(
         common, teacher=teacher.output, needs=(teacher.name,),
-        **dict(kwargs)), None if model in adopt
-                                else _defence_estimate(dataset, kwargs))
+        **dict(kwargs)), lambda kwargs=kwargs: _defence_estimate(dataset,
+                                                                 kwargs))
   for model, trained in models.items():
     stages.append(Stage(
         f'kmeans/{model}', 'kmeans', (trained.name,), dict(
