@@ -101,6 +101,16 @@ class ScaeOutput(NamedTuple):
   top_down_rec: Optional[RenderingSummary] = None
   top_down_per_caps_rec: Optional[RenderingSummary] = None
 
+  # Upstream's names for two values that live in `part` here, so that code
+  # written against upstream's result dictionary reads the same.
+  @property
+  def primary_presence(self):
+    return self.part.presence
+
+  @property
+  def template_pres(self):
+    return self.part.presence
+
   @property
   def posterior_presence(self):
     return posterior_presence(self.posterior_mixing_probs)

@@ -56,8 +56,9 @@ PORT_ONLY = ('vote_presence_prob',
              'top_down_per_caps_rec/mixing_logits')
 
 
-# Upstream's names of outputs that the port keeps under another name.
-RENAMED = {'res/primary_presence': 'part/presence',
+# Upstream's names that the port keeps as aliases of a field stored under
+# another name; the fixtures' values are read through the aliases.
+ALIASES = {'res/primary_presence': 'part/presence',
            'res/template_pres': 'part/presence'}
 
 
@@ -65,7 +66,6 @@ def port_value(out, loss, key):
   """The port's counterpart of a fixture key (`part/...`, `res/...`)."""
   if key == 'loss':
     return loss
-  key = RENAMED.get(key, key)
   group, _, name = key.partition('/')
   if group == 'part':
     return getattr(out.part, name)
@@ -139,7 +139,7 @@ def test_fixture_keys_cover_the_port_outputs(run):
   covered = set()
   for key in _outputs(port):
     if key != 'loss':
-      name = RENAMED.get(key, key)
+      name = ALIASES.get(key, key)
       covered.add(name if name.startswith('part/') else name[len('res/'):])
   fields = _port_fields(run['out'])
   assert len(fields) == 55
