@@ -1,7 +1,7 @@
 """Loss terms, capsule subset and perturbation mask of the SCAE evasion attack.
 
 Paper section 4 (Algorithm 1) as the fork's `attack_opt.py` computes it; see
-`SPEC_NOTES.md`, "Evasion attack". Shapes: B examples, K object capsules,
+`docs/code_vs_paper.md`, "The attack". Shapes: B examples, K object capsules,
 P part capsules, images [B, H, W, C] in [0, 1]. All functions are pure
 TensorFlow, usable eagerly and inside `tf.function`.
 """

@@ -46,8 +46,8 @@ Step size (`schedule`):
   step was not halved at the last checkpoint and its lowest margin has not
   improved since. Why for the search: the fixed step, 0.25 at its ceiling of
   10, stalled on the piecewise k-means margin of the shipped teacher, where
-  PGD failed at 10 on samples other attacks broke within it (RESULTS.md
-  section 7); long first steps and halving only on stalls cross such
+  PGD failed at 10 on samples other attacks broke within it (RESULTS.md,
+  4.3); long first steps and halving only on stalls cross such
   plateaus at the same cost, one pass with the input gradient per step.
 
 Minimal norm (`search_steps` > 0, preset `pgd_l2_min`): a binary search on

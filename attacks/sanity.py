@@ -73,7 +73,7 @@ def unbounded_config(image_shape, seed: int = 0, steps: Optional[int] = None):
   """The PGD settings of check 1: eps = the box's diameter, one restart,
   APGD's step schedule. Why APGD: with the fixed step (1.0 at eps 40) the
   check left 4 of 169 samples of the NTAT model unbroken that the APGD
-  search had broken below L2 4 (RESULTS.md section 8), a false alarm
+  search had broken below L2 4 (RESULTS.md, 7.3), a false alarm
   about the model that was a weakness of the check's own attack."""
   from attacks import pgd  # pylint: disable=g-import-not-at-top
   return pgd.get_config('pgd_l2', eps=box_diameter(image_shape),

@@ -7,5 +7,5 @@
                           the compiled step against the model being trained
 
 Where the authors' code differs from the paper's text, the code is the
-default and the paper's form an option (../shared/SPEC_NOTES.md, Defences).
+default and the paper's form an option (docs/code_vs_paper.md, defences).
 """

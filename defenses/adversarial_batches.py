@@ -59,7 +59,7 @@ GENERATORS = {
         "probe, through the training graph's gradient, as the authors' code"),
     # 10 steps of Madry et al.'s step rule at an L2 budget of 2: where the
     # shipped teacher's and NTAT's accuracy under PGD on the k-means margin
-    # has fallen to 0.5-5.5 % (RESULTS.md, section 8), half the paper's
+    # has fallen to 0.5-5.5 % (RESULTS.md, 4.2 and 7.3), half the paper's
     # threshold of 4, at a fifteenth of the paper generator's 150
     # iterations.
     'margin_pgd': Generator(

@@ -8,7 +8,7 @@
   python run/train_defense.py --method=hat --teacher=... --preset=cpu --init=teacher
   python run/train_defense.py --method=ntat --teacher=... --generator=margin_pgd
 
-Defaults are the authors' code (../shared/SPEC_NOTES.md, Defences): every
+Defaults are the authors' code (docs/code_vs_paper.md, defences): every
 second batch adversarial (Algorithm 5 against the trained model's posterior
 probe), lr 3e-5 decayed in AD phases only (--lr_schedule=decay: paper Table 2
 everywhere), AD's student reconstructing its own input (--ad_target=clean:
