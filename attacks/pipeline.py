@@ -16,6 +16,11 @@ accuracy_vs_l2.png (paper Figures 2-5). Finished batches are kept under
 `<out_dir>/batches/`, and a rerun with the same settings skips them; a run
 with other settings is refused unless `overwrite`.
 
+A run can be split by sample over processes or machines: shard (i, n) of
+it, `attack_checkpoint(..., shard=(i, n))`, attacks only the batches b with
+b % n == i into its own folder, which records the shard; `merge_shards`
+then gives, from the n folders, the files of the unsharded run.
+
 PriK / PosK use a k-means classifier: by default the one `run/evaluate.py`
 saved beside the checkpoint on cosine distance. One fitted on another
 checkpoint, dataset or preprocessing than the attack's is refused, unless
@@ -26,6 +31,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import time
 from typing import Callable, Mapping, Optional, Sequence, Tuple
 
@@ -73,7 +79,8 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
                       threshold: Optional[float] = None,
                       plot_max: Optional[float] = None,
                       progress: bool = True, sanity: bool = True,
-                      log: Optional[Callable[[str], None]] = None) -> dict:
+                      log: Optional[Callable[[str], None]] = None,
+                      shard: Optional[Tuple[int, int]] = None) -> dict:
   """Attacks a checkpoint's classifier and writes the protocol's outputs.
 
   Args:
@@ -123,18 +130,26 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
       `<out_dir>/noise_control.npz`) and write sanity.json and sanity.md to
       `out_dir`.
     log: callable(str) for progress messages.
+    shard: (i, n): attack only the batches b with b % n == i
+      (`protocol.shard_batches`), into `out_dir` (default: the default
+      out_dir with `_shard<i>of<n>`), whose settings record the shard and
+      whose SHARD_FILE holds this call's arguments; no reports, worst case
+      or sanity report: `merge_shards` writes them from the n shards.
 
   Returns:
     dict(summary=the protocol summary, settings=the run's settings,
     out_dir=the output folder, sanity=the `attacks.sanity.check` report or
     None); for several attacks, summary is the worst case's
     (`attacks.worst_case.summarize`), and runs maps each attack to its
-    own dict.
+    own dict. A shard's: dict(shard, out_dir, runs, batches: the batch
+    numbers it attacked), summary and sanity None.
 
   Bad settings (an unknown attack, eps <= 0, a PGD setting out of range)
   raise before the model is loaded; a k-means target without its k-means
   file before any attack.
   """
+  # First: the arguments as called, which a shard records for the merge.
+  call = dict(locals())
   # Imported here: the reports alone need neither TensorFlow nor a model.
   # pylint: disable=g-import-not-at-top
   from attacks import classifiers, ddn, evasion, foolbox_attacks, margin_cw
@@ -151,7 +166,7 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
       classifier, dataset=dataset, split=split, preprocess=preprocess,
       num_samples=num_samples, batch_size=batch_size, preset=preset,
       overrides=overrides, attack=attack, pgd_preset=pgd_preset, eps=eps,
-      gradient=gradient, quantize=quantize)
+      gradient=gradient, quantize=quantize, shard=shard)
   split = split or protocol.DEFAULT_SPLITS[dataset]
   threshold, t_max = thresholds(dataset, threshold, plot_max)
   # Each attack's preset as is, and with the run's overrides: the labels
@@ -177,7 +192,8 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
                  ddn='ddn', fmn='fmn')
   out_dir = out_dir or default_out_dir(
       dataset, name, presets[names[0]] if len(names) == 1 else
-      'all' if attack == 'all' else '+'.join(names))
+      'all' if attack == 'all' else '+'.join(names)) + (
+          '' if shard is None else f'_shard{shard[0]}of{shard[1]}')
 
   # Attacks run without noise: with it, every forward pass would draw anew.
   loaded = loading.load_model(checkpoint, config, dataset=dataset)
@@ -251,6 +267,8 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
       settings['attack_name'] = n
     if quantize != 'none' and n != UNBOUNDED:
       settings['quantize'] = quantize
+    if shard is not None:
+      settings['shard'] = dict(index=shard[0], count=shard[1])
     # out_dir itself is locked for the whole call below.
     with (contextlib.nullcontext() if folder == out_dir
           else run_dir.lock_folder(folder)):
@@ -262,10 +280,11 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
       start = time.time()
       results = protocol.run_protocol(
           attacks[n], images, labels[indices], folder, batch_size, seed,
-          indices=indices, threshold=threshold, progress=progress)
-      summary = protocol.write_outputs(folder, results, settings, threshold,
-                                       t_max)
-    if 'quantized_successes_before' in summary:
+          indices=indices, threshold=threshold, progress=progress,
+          shard=shard)
+      summary = None if shard else protocol.write_outputs(
+          folder, results, settings, threshold, t_max)
+    if summary and 'quantized_successes_before' in summary:
       log(f'{n}: {summary["quantized_successes_after"]} of '
           f'{summary["quantized_successes_before"]} successes survive the '
           f'{quantize} rounding')
@@ -275,17 +294,27 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
   with run_dir.lock_folder(out_dir):
     if overwrite:
       remove_previous_run(out_dir)
+    if shard is not None:
+      record = shard_record(call)
+      protocol.check_resumable(out_dir, record, SHARD_FILE)
+      files.write_json(os.path.join(out_dir, SHARD_FILE), record,
+                       sort_keys=True)
+    folders = run_folders(out_dir, names, sanity)
+    runs = {n: run(n, folders[n]) for n in names}
+    if shard is not None:
+      if sanity:
+        run(UNBOUNDED, folders[UNBOUNDED])
+      return dict(shard=shard, out_dir=out_dir, runs=runs, summary=None,
+                  sanity=None, batches=protocol.shard_batches(
+                      num_samples, batch_size, shard))
     if len(names) == 1:
-      result = run(names[0], out_dir)
-      folders = {names[0]: out_dir}
+      result = runs[names[0]]
     else:
-      runs = {n: run(n, os.path.join(out_dir, n)) for n in names}
-      folders = {n: runs[n]['out_dir'] for n in names}
       result = dict(runs=runs, out_dir=out_dir, summary=write_worst_case(
-          out_dir, list(folders.values()), threshold, t_max))
+          out_dir, [folders[n] for n in names], threshold, t_max))
     result['sanity'] = None
     if sanity:
-      checked = run(UNBOUNDED, os.path.join(out_dir, UNBOUNDED))
+      checked = run(UNBOUNDED, folders[UNBOUNDED])
       # Forward passes only (seconds): recomputed, not resumed.
       noise_correct = noise.noise_control(
           targets[gradients[UNBOUNDED]], images, labels[indices], threshold,
@@ -296,8 +325,9 @@ def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
       log(f'noise control: {noise.accuracy(noise_correct):.2%} correct under '
           f'{noise_correct.shape[1]} draws of Gaussian noise at L2 = '
           f'{threshold:g}')
-      result['sanity'] = write_sanity(out_dir, folders, checked['out_dir'],
-                                      noise_correct, threshold)
+      result['sanity'] = write_sanity(
+          out_dir, {n: folders[n] for n in names}, checked['out_dir'],
+          noise_correct, threshold)
       log(sanity_lib.markdown(result['sanity']).rstrip())
   return result
 
@@ -309,7 +339,9 @@ def check_arguments(classifier: str, *, dataset: str = 'mnist',
                     attack: str = 'capsule', pgd_preset='pgd_l2_min',
                     eps: Optional[float] = None,
                     gradient: Optional[str] = None,
-                    quantize: str = 'none') -> Tuple[str, Tuple[str, ...]]:
+                    quantize: str = 'none',
+                    shard: Optional[Tuple[int, int]] = None
+                    ) -> Tuple[str, Tuple[str, ...]]:
   """The checks of `attack_checkpoint`'s arguments that need neither a
   model nor TensorFlow (`run/attack.py` runs them before TensorFlow loads):
   ValueError (UsageError) on a bad one. Returns (the classifier's name,
@@ -347,7 +379,25 @@ def check_arguments(classifier: str, *, dataset: str = 'mnist',
                        ('success', names_lib.SUCCESS_RULES)):
     if key in (overrides or {}):
       cli.check_choice(key, overrides[key], choices)
+  if shard is not None:
+    check_shard(shard, num_samples, batch_size)
   return name, names
+
+
+def check_shard(shard: Tuple[int, int], num_samples: int, batch_size: int):
+  """UsageError unless shard (i, n) has 0 <= i < n and every one of the n
+  shards of the run gets a batch."""
+  index, count = shard
+  cli.check_positive('shards', count)
+  if not 0 <= index < count:
+    raise cli.UsageError(f'shard must be 0 to {count - 1} (one of '
+                         f'shards={count}), got {index}.')
+  batches = len(protocol.shard_batches(num_samples, batch_size))
+  if count > batches:
+    raise cli.UsageError(
+        f'shards={count} exceeds the {batches} batches of the run '
+        f'({num_samples} samples, {batch_size} a batch): a shard would '
+        'attack none.')
 
 
 #: The paper's attack first: the worst case counts the samples where each
@@ -434,10 +484,13 @@ def write_worst_case(out_dir: str, folders: Sequence[str], threshold: float,
   return summary
 
 
+#: A shard's record of the call that made it (`shard_record`).
+SHARD_FILE = 'shard.json'
 #: What a run of `attack_checkpoint` writes into its out_dir beside the
-#: protocol's outputs: the worst case, the sanity report, the noise control.
+#: protocol's outputs: the worst case, the sanity report, the noise control,
+#: a shard's record.
 REPORT_FILES = ('worst_case.npz', 'worst_case.json', 'worst_case.md',
-                'sanity.json', 'sanity.md', NOISE_FILE)
+                'sanity.json', 'sanity.md', NOISE_FILE, SHARD_FILE)
 
 
 def remove_previous_run(out_dir: str):
@@ -465,6 +518,142 @@ def remove_previous_run(out_dir: str):
     with contextlib.suppress(OSError):
       os.remove(os.path.join(folder, run_dir.LOCK_FILE))
       os.rmdir(folder)
+
+
+def run_folders(out_dir: str, names: Sequence[str],
+                sanity: bool) -> dict:
+  """{attack: its folder} of a run of the attacks `names` into `out_dir`:
+  one attack in out_dir itself, several each in its subfolder; the sanity
+  checks' unbounded PGD in its subfolder."""
+  folders = {n: out_dir if len(names) == 1 else os.path.join(out_dir, n)
+             for n in names}
+  if sanity:
+    folders[UNBOUNDED] = os.path.join(out_dir, UNBOUNDED)
+  return folders
+
+
+#: The arguments of `attack_checkpoint` that say where a run writes and what
+#: it shows, not what it computes: a shard's record leaves them out, and
+#: the merge gives its own.
+PLACE_ARGUMENTS = ('out_dir', 'overwrite', 'progress', 'log', 'shard')
+#: The arguments that are paths: recorded absolute, so that the merge reads
+#: the same files from another working folder.
+PATH_ARGUMENTS = ('checkpoint', 'kmeans', 'data_dir')
+
+
+def shard_record(call: Mapping) -> dict:
+  """What SHARD_FILE holds: the shard (index, count) and the arguments of
+  the `attack_checkpoint` call `call` (its locals), JSON-able, from which
+  `merge_shards` makes the unsharded run."""
+  arguments = {k: v for k, v in call.items() if k not in PLACE_ARGUMENTS}
+  for key in PATH_ARGUMENTS:
+    if arguments[key] is not None:
+      arguments[key] = os.path.abspath(arguments[key])
+  if dataclasses.is_dataclass(arguments['config']):
+    arguments['config'] = dataclasses.asdict(arguments['config'])
+  index, count = call['shard']
+  return json.loads(json.dumps(dict(index=index, count=count,
+                                    arguments=arguments)))
+
+
+class ShardMismatchError(protocol.SettingsMismatchError):
+  """Folders that are not the complete shards of one run."""
+
+
+def check_shards(shard_dirs: Sequence[str], out_dir: str,
+                 overwrite: bool = False) -> Tuple[dict, list]:
+  """The checks of `merge_shards`, before it writes anything: that
+  `shard_dirs` are the n shards of one run (the same arguments; every
+  shard once), each complete (its batches, of each of its attacks, and no
+  other), and that `out_dir` holds nothing of another run (unless
+  `overwrite`). Raises ShardMismatchError naming what differs or lacks;
+  returns (the run's arguments, [(a shard's batch file, its path in
+  out_dir)])."""
+  records = []
+  for folder in shard_dirs:
+    path = os.path.join(folder, SHARD_FILE)
+    if not os.path.exists(path):
+      raise ShardMismatchError(
+          f'{folder} holds no shard of an attack ({SHARD_FILE} not found; a '
+          'shard is a run with --shards and --shard).')
+    with open(path) as f:
+      records.append(json.load(f))
+  whole = lambda record: {k: v for k, v in record.items() if k != 'index'}
+  for folder, record in zip(shard_dirs[1:], records[1:]):
+    if whole(record) != whole(records[0]):
+      from scae_tf.training import run_dir  # pylint: disable=g-import-not-at-top
+      raise ShardMismatchError(
+          f'{folder} and {shard_dirs[0]} are shards of different runs ('
+          f'{run_dir.differences(whole(records[0]), whole(record))}).')
+  count, arguments = records[0]['count'], records[0]['arguments']
+  by_index = {}
+  for folder, record in zip(shard_dirs, records):
+    if record['index'] in by_index:
+      raise ShardMismatchError(
+          f'shard {record["index"]} of {count} given twice: '
+          f'{by_index[record["index"]]} and {folder}.')
+    by_index[record['index']] = folder
+  missing = sorted(set(range(count)) - set(by_index))
+  if missing:
+    raise ShardMismatchError(
+        f'shard {", ".join(map(str, missing))} of {count} missing: the merge '
+        f'needs all {count} shards.')
+  if os.path.abspath(out_dir) in map(os.path.abspath, shard_dirs):
+    raise ShardMismatchError(f'the merge writes into {out_dir}, a shard: '
+                             'give it another folder.')
+  names = attack_names(arguments['attack'])
+  targets = run_folders(out_dir, names, arguments['sanity'])
+  copies = []
+  for index, folder in sorted(by_index.items()):
+    wanted = protocol.shard_batches(arguments['num_samples'],
+                                    arguments['batch_size'], (index, count))
+    for name, part in run_folders(folder, names,
+                                  arguments['sanity']).items():
+      found = protocol.batch_numbers(part)
+      if found != wanted:
+        lacking = sorted(set(wanted) - set(found))
+        raise ShardMismatchError(
+            f'{part}: shard {index} of {count} lacks batches {lacking}; run '
+            'the shard to its end before merging.' if lacking else
+            f'{part} holds batches {sorted(set(found) - set(wanted))} of '
+            f'another shard than its own ({index} of {count}).')
+      if index == 0 and not overwrite:
+        with open(os.path.join(part, 'settings.json')) as f:
+          settings = json.load(f)
+        settings.pop('shard', None)
+        protocol.check_resumable(targets[name], settings)
+      copies += [(protocol.batch_path(part, b),
+                  protocol.batch_path(targets[name], b)) for b in found]
+  return arguments, copies
+
+
+def merge_shards(shard_dirs: Sequence[str], out_dir: str,
+                 overwrite: bool = False, progress: bool = True,
+                 log: Optional[Callable[[str], None]] = None) -> dict:
+  """The files of the unsharded run from its n shards (folders of
+  `attack_checkpoint(..., shard=(i, n))`), in `out_dir`: after
+  `check_shards`, the shards' batch files are copied into it, and the
+  unsharded run, with the arguments the shards recorded, finds every batch
+  done and writes the reports, the worst case and the sanity report as
+  one run would. `overwrite` first removes a previous run in `out_dir`.
+  Returns what that `attack_checkpoint` returns."""
+  log = log or (lambda msg: None)
+  arguments, copies = check_shards(shard_dirs, out_dir, overwrite)
+  # After the checks: a refused merge answers before TensorFlow loads.
+  from scae_tf.training import run_dir  # pylint: disable=g-import-not-at-top
+  with run_dir.lock_folder(out_dir):
+    if overwrite:
+      remove_previous_run(out_dir)
+    for source, target in copies:
+      with open(source, 'rb') as f, files.atomic_open(target, 'wb') as g:
+        shutil.copyfileobj(f, g)
+  log(f'merged {len(shard_dirs)} shards: {len(copies)} batch files copied '
+      f'into {out_dir}')
+  if isinstance(arguments['config'], dict):
+    from scae_tf import configs  # pylint: disable=g-import-not-at-top
+    arguments['config'] = configs.ScaeConfig(**arguments['config'])
+  return attack_checkpoint(**arguments, out_dir=out_dir, progress=progress,
+                           log=log)
 
 
 def write_sanity(out_dir: str, folders: Mapping[str, str],

@@ -242,24 +242,55 @@ def check_settings(out_dir: str, settings: dict, overwrite: bool = False):
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, 'settings.json')
   normal = json.loads(json.dumps(settings, sort_keys=True))
-  resumed = os.path.exists(path) and not overwrite
   old = None
-  if resumed:
-    with open(path) as f:
-      old = json.load(f)
-    identity = lambda s: {k: v for k, v in s.items()
-                          if k not in DERIVED_SETTINGS}
-    if identity(old) != identity(normal):
-      from scae_tf.training import run_dir  # pylint: disable=g-import-not-at-top
-      raise SettingsMismatchError(
-          f'{out_dir} holds a run with other settings ('
-          f'{run_dir.differences(identity(old), identity(normal))}); use '
-          'another --out_dir or --overwrite.')
+  if not overwrite:
+    old = check_resumable(out_dir, settings)
   _remove(_temporaries(out_dir))
   if overwrite:
     remove_outputs(out_dir)
   if old != normal:
     files.write_json(path, normal, sort_keys=True)
+
+
+def check_resumable(out_dir: str, settings: dict,
+                    name: str = 'settings.json') -> Optional[dict]:
+  """Raises SettingsMismatchError, naming the keys that differ, if
+  `<out_dir>/<name>` holds other settings than `settings` (but the derived
+  ones); writes nothing. Returns the saved settings, None if none."""
+  path = os.path.join(out_dir, name)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    old = json.load(f)
+  identity = lambda s: {k: v for k, v in json.loads(json.dumps(s)).items()
+                        if k not in DERIVED_SETTINGS}
+  if identity(old) != identity(settings):
+    from scae_tf.training import run_dir  # pylint: disable=g-import-not-at-top
+    raise SettingsMismatchError(
+        f'{out_dir} holds a run with other settings ('
+        f'{run_dir.differences(identity(old), identity(settings))}); use '
+        'another --out_dir or --overwrite.')
+  return old
+
+
+def shard_batches(num_samples: int, batch_size: int,
+                  shard: Optional[Tuple[int, int]] = None) -> list:
+  """The batch numbers that shard (i, n) of a run attacks: every b with
+  b % n == i (all of them without a shard). Interleaved rather than in
+  contiguous ranges: a batch's shard follows from b and n alone, with no
+  range boundaries to round, and the shards' sizes differ by one batch at
+  most."""
+  batches = range(-(-num_samples // batch_size))
+  if shard is None:
+    return list(batches)
+  index, count = shard
+  return [b for b in batches if b % count == index]
+
+
+def batch_numbers(out_dir: str) -> list:
+  """The numbers of the finished batches saved in `out_dir`."""
+  return [int(re.search(r'(\d+)\.npz$', path).group(1))
+          for path in _batch_files(out_dir)]
 
 
 def batch_path(out_dir: str, index: int) -> str:
@@ -333,15 +364,19 @@ def eta_line(batch: int, seconds: float, left: int,
 
 def run_protocol(attack, images, labels, out_dir: str, batch_size: int = 100,
                  seed: int = 0, indices=None, threshold: float = 4.,
-                 progress: bool = True) -> Dict[str, np.ndarray]:
+                 progress: bool = True,
+                 shard: Optional[Tuple[int, int]] = None
+                 ) -> Dict[str, np.ndarray]:
   """Attacks (images [N, H, W, C], labels [N]) batch by batch.
 
   Finished batches are saved to `<out_dir>/batches/batch_XXXXX.npz` and
   loaded instead of recomputed on a restart. Batch b is attacked with seed
-  (seed, b), so a resumed run gives the results of an uninterrupted one.
+  (seed, b), so a resumed run gives the results of an uninterrupted one,
+  and the batches of shards (i, n), each attacking only `shard_batches`,
+  are those of one run.
   `indices` [N] (positions in the data split) are stored with the results.
   Returns the concatenated arrays (BATCH_KEYS + 'clean_correct',
-  'perturbation', 'clean').
+  'perturbation', 'clean') of the batches attacked.
   """
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   images = np.asarray(images, np.float32)
@@ -349,11 +384,15 @@ def run_protocol(attack, images, labels, out_dir: str, batch_size: int = 100,
   n = len(images)
   indices = np.arange(n) if indices is None else np.asarray(indices)
   os.makedirs(os.path.join(out_dir, 'batches'), exist_ok=True)
+  mine = shard_batches(n, batch_size, shard)
+  taken = np.concatenate([np.arange(n)[b * batch_size:(b + 1) * batch_size]
+                          for b in mine] or [np.zeros(0, int)])
   parts = []
-  bar = tqdm(total=n, unit='img', disable=not progress, desc='attack',
-             dynamic_ncols=True)
+  bar = tqdm(total=len(taken), unit='img', disable=not progress,
+             desc='attack', dynamic_ncols=True)
   first_batch = True  # the first one attacked here, not loaded
-  for b, start in enumerate(range(0, n, batch_size)):
+  for b in mine:
+    start = b * batch_size
     sl = slice(start, start + batch_size)
     path = batch_path(out_dir, b)
     if os.path.exists(path):
@@ -383,11 +422,12 @@ def run_protocol(attack, images, labels, out_dir: str, batch_size: int = 100,
                         callback=advance)
       except KeyboardInterrupt:
         bar.close()
-        raise _stopped(out_dir, n, batch_size) from None
+        raise _stopped(out_dir, n, batch_size, mine) from None
       bar.update(m - shown[0])  # an attack may report fewer iterations
       if first_batch:
         first_batch = False
-        estimate = eta_line(m, time.time() - began, n - start - m,
+        left = np.count_nonzero(taken >= start + m)
+        estimate = eta_line(m, time.time() - began, left,
                             steady_seconds(ticks))
         if estimate:
           bar.write(estimate, file=sys.stderr)
@@ -414,23 +454,23 @@ def run_protocol(attack, images, labels, out_dir: str, batch_size: int = 100,
                                     out['attack_l2'])
   # Clean errors keep their clean image (the defence code stores it as the
   # "perturbed" one, with amount 0).
+  out['clean'] = images[taken]
   out['adversarial'] = np.where(out['clean_correct'][:, None, None, None],
-                                out['adversarial'], images).astype(np.float32)
-  out['clean'] = images
+                                out['adversarial'], out['clean']
+                                ).astype(np.float32)
   return out
 
 
-def _stopped(out_dir: str, n: int, batch_size: int):
+def _stopped(out_dir: str, n: int, batch_size: int, mine: Sequence[int]):
   """The KeyboardInterrupt of a run stopped in a batch (Ctrl-C, SIGTERM:
   `scae_tf.interrupts`), saying what its folder keeps for the resumed
-  run."""
-  kept = [int(re.search(r'(\d+)\.npz$', path).group(1))
-          for path in _batch_files(out_dir)]
-  samples = sum(min(batch_size, n - b * batch_size) for b in kept)
+  run (of the batches `mine` it attacks)."""
+  size = lambda b: min(batch_size, n - b * batch_size)
+  kept = sorted(set(batch_numbers(out_dir)) & set(mine))
   return interrupts.Interrupted(
-      f'kept {len(kept)} of {-(-n // batch_size)} batches ({samples} of {n} '
-      f'samples) in {os.path.join(out_dir, "batches")}; the batch in '
-      'progress is lost')
+      f'kept {len(kept)} of {len(mine)} batches ({sum(map(size, kept))} of '
+      f'{sum(map(size, mine))} samples) in '
+      f'{os.path.join(out_dir, "batches")}; the batch in progress is lost')
 
 
 def write_outputs(out_dir: str, results: Dict[str, np.ndarray],

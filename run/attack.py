@@ -9,6 +9,9 @@
       --attack=all --num_samples=200
   python run/attack.py --plot_only --compare=dirA,dirB --labels=SCAE,HAT \\
       --out_dir=results/compare
+  python run/attack.py --checkpoint=runs/mnist_teacher --shards=2 --shard=0 \\
+      --out_dir=results/s0            # and --shard=1 into results/s1
+  python run/attack.py --merge=results/s0,results/s1 --out_dir=results/all
 
 --checkpoint: a training log directory, a TF2 checkpoint prefix of the port,
 or an original / fork TF1 checkpoint. --classifier: PriK / PosK (k-means on
@@ -49,11 +52,23 @@ classified sample unbroken, where a robust accuracy rises with the budget,
 and where it differs from the clean accuracy at L2 = 0. Written to
 sanity.json / sanity.md in --out_dir and printed after the summary.
 
+--shards=N --shard=i: this process attacks only batch b with b % N == i
+(the batches are seeded by their number, so the shards' batches are those
+of one run) into --out_dir (default: the usual one with _shard<i>of<N>),
+whose settings record the shard; no reports. --merge=<the N shard
+folders> --out_dir=<another folder> checks that they are the complete
+shards of one run (else one line says what differs or lacks, and nothing
+is written), copies their batches into --out_dir and writes the files of
+the unsharded run, with the settings the shards recorded (so --merge takes
+no attack flags).
+
 Writes to --out_dir: l2.npz (per-sample perturbation amount: 0 for clean
 errors, inf for failed attacks), adversarial.npz, summary.json, summary.md,
 robust_accuracy.json (accuracy at every threshold 0..--plot_max) and
 accuracy_vs_l2.png (paper Figures 2-5). Errors exit with status 1.
 """
+
+import sys
 
 from absl import app
 from absl import flags
@@ -132,6 +147,15 @@ flags.DEFINE_list('labels', None, 'Curve labels for --compare.')
 flags.DEFINE_boolean('progress', True, 'Show a progress bar.')
 flags.DEFINE_boolean('sanity', True, 'Run the sanity checks (attacks.sanity) '
                      'after the attacks.')
+flags.DEFINE_integer('shards', 1, 'Split the run by sample into this many '
+                     'shards (with --shard), each a process of its own, '
+                     'joined by --merge.')
+flags.DEFINE_integer('shard', None, 'The shard this process attacks, 0 to '
+                     '--shards - 1: the batches b with b % shards == shard, '
+                     'into its own --out_dir.')
+flags.DEFINE_list('merge', None, 'The folders of all --shards shards of one '
+                  'run: checks them, and writes the unsharded run\'s files '
+                  'into --out_dir (attack flags come from the shards).')
 FLAGS = flags.FLAGS
 
 OVERRIDES = ('outer_iterations', 'inner_iterations', 'learning_rate',
@@ -141,9 +165,27 @@ PGD_OVERRIDES = dict(pgd_steps='steps', pgd_restarts='restarts',
                      search_steps='search_steps')
 
 
+#: The flags a --merge takes: the others come from the shards.
+MERGE_FLAGS = ('merge', 'out_dir', 'overwrite', 'progress')
+
+
 def _check_flags():
   """The checks that need no model, before TensorFlow loads: a bad flag is
   refused in a second."""
+  if FLAGS.merge:
+    given = [f'--{f.name}' for f in FLAGS.get_flags_for_module(sys.argv[0])
+             if f.present and f.name not in MERGE_FLAGS]
+    if given:
+      raise cli.UsageError('--merge takes the run\'s settings from the '
+                           f'shards: drop {", ".join(given)}.')
+    if not FLAGS.out_dir:
+      raise cli.UsageError('--merge needs --out_dir, the merged run\'s '
+                           'folder.')
+    return
+  if FLAGS.shard is None and FLAGS.shards != 1:
+    cli.check_positive('shards', FLAGS.shards)
+    raise cli.UsageError(f'--shards={FLAGS.shards} needs --shard, the shard '
+                         f'this process attacks (0 to {FLAGS.shards - 1}).')
   if FLAGS.compare and not FLAGS.plot_only:
     raise cli.UsageError('--compare needs --plot_only.')
   if FLAGS.compare and not FLAGS.out_dir:
@@ -159,7 +201,11 @@ def _check_flags():
         batch_size=FLAGS.batch_size, preset=FLAGS.preset,
         overrides=_overrides(), attack=FLAGS.attack,
         pgd_preset=FLAGS.pgd_preset, eps=FLAGS.eps, gradient=FLAGS.gradient,
-        quantize=FLAGS.quantize)
+        quantize=FLAGS.quantize, shard=_shard())
+
+
+def _shard():
+  return None if FLAGS.shard is None else (FLAGS.shard, FLAGS.shards)
 
 
 def _overrides():
@@ -177,6 +223,11 @@ def _run():
   checks = None
   if FLAGS.plot_only:
     summary = pipeline.redraw_reports(FLAGS.out_dir, FLAGS.dataset, **reports)
+  elif FLAGS.merge:
+    result = pipeline.merge_shards(FLAGS.merge, FLAGS.out_dir,
+                                   overwrite=FLAGS.overwrite,
+                                   progress=FLAGS.progress, log=cli.log)
+    summary, checks = result['summary'], result['sanity']
   else:
     result = pipeline.attack_checkpoint(
         FLAGS.checkpoint, FLAGS.classifier, config=FLAGS.config,
@@ -193,7 +244,14 @@ def _run():
                        if getattr(FLAGS, flag) is not None},
         gradient=FLAGS.gradient, quantize=FLAGS.quantize,
         out_dir=FLAGS.out_dir, overwrite=FLAGS.overwrite,
-        progress=FLAGS.progress, sanity=FLAGS.sanity, log=cli.log, **reports)
+        progress=FLAGS.progress, sanity=FLAGS.sanity, log=cli.log,
+        shard=_shard(), **reports)
+    if result['summary'] is None:
+      print(f'shard {FLAGS.shard} of {FLAGS.shards}: batches '
+            f'{", ".join(map(str, result["batches"]))} in {result["out_dir"]}; '
+            'when every shard is done: python run/attack.py --merge=<the '
+            f'{FLAGS.shards} shard folders> --out_dir=<the merged run>')
+      return
     summary, checks = result['summary'], result['sanity']
   # pylint: disable=g-import-not-at-top
   from attacks import protocol, sanity

@@ -313,8 +313,6 @@ def read_config(prefix: str):
     return None
   for key in _LEGACY_TRAINING_FIELDS:
     fields.pop(key, None)
-  for key in ('part_cnn_channels', 'part_cnn_strides'):
-    fields[key] = tuple(fields[key])
   return ScaeConfig(**fields)
 
 

@@ -96,6 +96,9 @@ class ScaeConfig:
   default_recipe: str = 'paper'
 
   def __post_init__(self):
+    # A config read back from JSON (lists) equals the one written (tuples).
+    for key in ('part_cnn_channels', 'part_cnn_strides'):
+      object.__setattr__(self, key, tuple(getattr(self, key)))
     _check_choice('template_nonlin', self.template_nonlin, NONLINEARITIES)
     _check_choice('color_nonlin', self.color_nonlin, NONLINEARITIES)
     _check_choice('obj_decoder_noise_type', self.obj_decoder_noise_type,
