@@ -2,8 +2,8 @@
 Ray tasks ('ray'), one stage per task, each started when the stages it
 needs are finished, on whatever devices the cluster has (`ray start`, or a
 SLURM launch of one). The protocol's win on several devices is running its
-independent stages at once (four defences, sixteen attacks), not splitting
-one batch of 100.
+independent stages at once (four defences, sixteen attacks, the shards of
+an attack split by sample), not splitting one batch of 100.
 """
 
 import dataclasses
@@ -34,7 +34,7 @@ def run(stages, workdir, executor='local', redo=(), progress=True,
     raise ValueError(f'Unknown executor {executor!r}; expected one of '
                      f'{EXECUTORS}.')
   # What reads a stage that is redone is redone after it.
-  redo = stages_lib.with_dependents(stages, redo)
+  redo = stages_lib.redone(stages, redo)
   stages_lib.check_settings(stages, workdir, redo)
   if executor == 'local':
     return {s.name: stages_lib.run_stage(s, workdir, s.name in redo,
@@ -77,6 +77,7 @@ def _run_ray(stages, workdir, redo, log, address, cpus, gpus):
 def describe(stages, workdir):
   """The plan as text: each stage's status and estimated cost."""
   lines, remaining, unknown = [], 0., []
+  width = max([28] + [len(s.name) for s in stages])
   for stage in stages:
     state = records.status(stage, workdir)
     if stage.estimate_s is None:
@@ -88,7 +89,8 @@ def describe(stages, workdir):
         unknown.append(stage.name)
       else:
         remaining += stage.estimate_s
-    lines.append(f'{stage.name:<28} {state:<8} {cost:>11}  {stage.output}')
+    lines.append(f'{stage.name:<{width}} {state:<8} {cost:>11}  '
+                 f'{stage.output}')
   lines.append(f'remaining: {remaining / 3600:.1f} h on one 2-core CPU, '
                'stage after stage, from the measured costs (COSTS in '
                'reproduction/scales.py)' + (

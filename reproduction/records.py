@@ -15,7 +15,7 @@ class Stage:
   JSON-able, its identity; output: its folder (a checkpoint folder for an
   adopted model); adopted: made outside this workdir; model, classifier:
   what it is about; estimate_s: its measured-cost estimate, None if
-  unmeasured."""
+  unmeasured; part_of: a shard's attack stage, which merges the shards."""
   name: str
   kind: str
   needs: Tuple[str, ...]
@@ -25,6 +25,14 @@ class Stage:
   model: Optional[str] = None
   classifier: Optional[str] = None
   estimate_s: Optional[float] = None
+  part_of: Optional[str] = None
+
+
+#: The settings of a shard stage that its attack stage's have not.
+SHARD_KEYS = ('shard', 'shards')
+#: The kinds of stage whose folder holds an attack's files: one run, or
+#: the merge of its shards.
+ATTACK_KINDS = ('attack', 'attack_merge')
 
 
 def record_path(workdir: str, name: str) -> str:
@@ -44,10 +52,16 @@ def to_json(value):
 
 
 def status(stage: Stage, workdir: str) -> str:
-  """'adopted', 'done' (finished with these settings), 'changed' (finished
-  with others) or 'todo'."""
+  """'adopted', 'done' (finished with these settings), 'merged' (a shard
+  whose attack stage is done with its settings: nothing left to do),
+  'changed' (finished with others) or 'todo'."""
   if stage.adopted:
     return 'adopted'
+  if stage.part_of is not None:
+    whole = read_record(workdir, stage.part_of)
+    if whole is not None and whole['settings'] == to_json(
+        {k: v for k, v in stage.settings.items() if k not in SHARD_KEYS}):
+      return 'merged'
   record = read_record(workdir, stage.name)
   if record is None:
     return 'todo'

@@ -147,7 +147,8 @@ def figures(dataset, stages, records, out_dir, threshold, max_threshold,
   for classifier in scales_lib.CLASSIFIERS:
     curves = []
     for stage in stages:
-      if stage.kind != 'attack' or stage.classifier != classifier or \
+      if stage.kind not in records_lib.ATTACK_KINDS or \
+          stage.classifier != classifier or \
           stage.name not in records:
         continue
       _, _, paper_curve, worst_curve = attack_results(stage.output)

@@ -16,11 +16,21 @@ Stages, per model (the teacher, then each defence of the scale):
   kmeans/<model>            `scae_tf.evaluation.evaluate_checkpoint`: the
                             fork's cosine k-means (Tables 3, 5, 7)
   attack/<model>/<PriK|PosK> `attacks.pipeline.attack_checkpoint` (Tables
-                            6, 8 and the adaptive worst case)
+                            6, 8 and the adaptive worst case); with shards,
+                            `attacks.pipeline.merge_shards` of:
+  attack/<model>/<PriK|PosK>/shard<i>of<n>
+                            `attack_checkpoint(..., shard=(i, n))`: the
+                            batches b with b % n == i, each shard a stage
+                            that an executor may run beside the others
   report                    `reproduction.report.write`: tables and figures
 
 A model can be adopted (an existing run or a shipped model): its training
 stage is not run, and its k-means is the one beside it if it has one.
+
+An attack stage merged from shards has the settings of the unsharded one,
+so that either plan takes the other's finished attack as done; its shards
+then have nothing to do ('merged'), and a redone attack attacks again, its
+shards included.
 """
 
 import dataclasses
@@ -29,14 +39,17 @@ import time
 from typing import Mapping, Optional, Sequence, Tuple
 
 from reproduction import scales as scales_lib
+from reproduction.records import ATTACK_KINDS
 from reproduction.records import read_record
 from reproduction.records import record_path
+from reproduction.records import SHARD_KEYS
 from reproduction.records import Stage
 from reproduction.records import status
 from reproduction.records import STAGES_DIR
 from reproduction.records import to_json
 
-KINDS = ('teacher', 'defence', 'kmeans', 'attack', 'report')
+KINDS = ('teacher', 'defence', 'kmeans', 'attack', 'attack_shard',
+         'attack_merge', 'report')
 
 
 class StageMismatchError(ValueError):
@@ -89,12 +102,43 @@ def _has_report(checkpoint):
   return os.path.exists(loading.resolve_checkpoint(checkpoint) + '.eval.json')
 
 
+def sharded(stage: Stage, shards: int) -> Tuple[Stage, ...]:
+  """Attack stage `stage` as `shards` shard stages, each attacking the
+  batches b with b % shards == i into a folder of its own, and the stage
+  of its name that merges them into its folder."""
+  from attacks import protocol  # pylint: disable=g-import-not-at-top
+  samples, batch_size = (stage.settings['num_samples'],
+                         stage.settings.get('batch_size', 100))
+  parts = []
+  for i in range(shards):
+    share = sum(len(range(samples)[b * batch_size:(b + 1) * batch_size])
+                for b in protocol.shard_batches(samples, batch_size,
+                                                (i, shards)))
+    parts.append(dataclasses.replace(
+        stage, name=f'{stage.name}/shard{i}of{shards}', kind='attack_shard',
+        settings=dict(stage.settings, shard=i, shards=shards),
+        output=os.path.join(os.path.dirname(stage.output), 'shards',
+                            os.path.basename(stage.output), f'{i}of{shards}'),
+        estimate_s=(None if stage.estimate_s is None
+                    else stage.estimate_s * share / samples),
+        part_of=stage.name))
+  return tuple(parts) + (dataclasses.replace(
+      stage, kind='attack_merge', needs=tuple(p.name for p in parts),
+      estimate_s=0.),)
+
+
 def plan(dataset: str, scale, workdir: str,
-         adopt: Optional[Mapping[str, str]] = None) -> Tuple[Stage, ...]:
+         adopt: Optional[Mapping[str, str]] = None,
+         shards: int = 1) -> Tuple[Stage, ...]:
   """The stages of `scale` (a `scales.Scale` or its name) on `dataset`, in
   an order that runs every stage after those it needs. `adopt` maps model
-  names ('teacher', 'hat', ...) to existing checkpoints used as they are."""
+  names ('teacher', 'hat', ...) to existing checkpoints used as they are.
+  `shards` > 1 splits every attack stage by sample (`sharded`)."""
   scale = scales_lib.get_scale(scale) if isinstance(scale, str) else scale
+  if shards != 1:
+    from attacks import pipeline  # pylint: disable=g-import-not-at-top
+    pipeline.check_shard((0, shards), scale.num_samples,
+                         scale.attack_overrides.get('batch_size', 100))
   adopt = dict(adopt or {})
   unknown = sorted(set(adopt) - set(scale.models()))
   if unknown:
@@ -144,16 +188,17 @@ def plan(dataset: str, scale, workdir: str,
         estimate_s=(0. if trained.adopted and _has_report(trained.output)
                     else scales_lib.COSTS['kmeans'].seconds)))
     for classifier in scale.classifiers:
-      stages.append(Stage(
+      attack = Stage(
           f'attack/{model}/{classifier}', 'attack', (f'kmeans/{model}',),
           dict(common, checkpoint=trained.output, classifier=classifier,
                num_samples=scale.num_samples, attack=scale.attack,
                **dict(scale.attack_overrides)),
           os.path.join(workdir, 'attacks', f'{model}_{classifier}'),
           model=model, classifier=classifier,
-          estimate_s=_attack_estimate(scale)))
+          estimate_s=_attack_estimate(scale))
+      stages.extend(sharded(attack, shards) if shards != 1 else (attack,))
   stages.append(Stage('report', 'report', tuple(
-      s.name for s in stages if s.kind in ('kmeans', 'attack')),
+      s.name for s in stages if s.kind in ('kmeans',) + ATTACK_KINDS),
                       dict(common, deviation=scale.deviation),
                       os.path.join(workdir, 'report'), estimate_s=0.))
   return tuple(stages)
@@ -192,6 +237,14 @@ def with_dependents(stages: Sequence[Stage], names: Sequence[str]):
   return found
 
 
+def redone(stages: Sequence[Stage], names: Sequence[str]):
+  """What --redo=names runs again: the stages named, the shards of a named
+  attack (redoing it means attacking again, not merging the old shards),
+  and every stage that reads one of them."""
+  return with_dependents(stages, set(names) | {
+      s.name for s in stages if s.part_of in names})
+
+
 def check_settings(stages: Sequence[Stage], workdir: str,
                    redo: Sequence[str] = ()):
   """Raises StageMismatchError, naming the keys that differ, for every
@@ -214,8 +267,8 @@ def run_stage(stage: Stage, workdir: str, redo: bool = False,
               progress: bool = True, log=print) -> dict:
   """Runs `stage` unless done with the same settings; returns its record."""
   state = status(stage, workdir)
-  if state == 'adopted':
-    return dict(name=stage.name, status='adopted', output=stage.output)
+  if state == 'adopted' or state == 'merged' and not redo:
+    return dict(name=stage.name, status=state, output=stage.output)
   if state == 'done' and not redo:
     return read_record(workdir, stage.name)
   if state == 'changed' and not redo:
@@ -288,10 +341,12 @@ def _kmeans(stage, workdir, redo, progress, log):
   return prefix
 
 
-_ATTACK_KEYS = ('dataset', 'scale', 'config', 'checkpoint', 'classifier')
+_ATTACK_KEYS = ('dataset', 'scale', 'config', 'checkpoint',
+                'classifier') + SHARD_KEYS
 
 
 def _attack(stage, workdir, redo, progress, log):
+  """An attack stage, or one shard of it."""
   from attacks import classifiers  # pylint: disable=g-import-not-at-top
   from attacks import pipeline  # pylint: disable=g-import-not-at-top
   from scae_tf import loading  # pylint: disable=g-import-not-at-top
@@ -303,7 +358,16 @@ def _attack(stage, workdir, redo, progress, log):
       config=_config(stage), kmeans=loading.kmeans_path(kmeans, kind,
                                                         'cosine'),
       out_dir=stage.output, overwrite=redo, progress=progress, log=log,
+      shard=(s['shard'], s['shards']) if 'shard' in s else None,
       **{k: v for k, v in s.items() if k not in _ATTACK_KEYS})
+  return stage.output
+
+
+def _merge(stage, workdir, redo, progress, log):
+  from attacks import pipeline  # pylint: disable=g-import-not-at-top
+  pipeline.merge_shards(
+      [read_record(workdir, name)['output'] for name in stage.needs],
+      stage.output, overwrite=redo, progress=progress, log=log)
   return stage.output
 
 
@@ -313,4 +377,5 @@ def _report(stage, workdir, redo, progress, log):
 
 
 _RUNNERS = dict(teacher=_teacher, defence=_defence, kmeans=_kmeans,
-                attack=_attack, report=_report)
+                attack=_attack, attack_shard=_attack, attack_merge=_merge,
+                report=_report)

@@ -8,6 +8,7 @@ the worst case), then the tables and figures.
       --adopt=hat=pretrained/hat_mnist_cpu,ntat=pretrained/ntat_mnist_cpu
   python run/reproduce.py --scale=paper --dataset=fashion_mnist
   python run/reproduce.py --scale=cpu --executor=ray --ray_address=auto
+  python run/reproduce.py --scale=cpu --executor=ray --shards=4
 
 --scale=paper is section 6.2 with Tables 1, 2 and 4 (hundreds of CPU
 hours: see --dry_run); --scale=cpu the CPU campaign (RESULTS.md), a
@@ -16,7 +17,9 @@ under --workdir and is skipped when finished with the same settings; a
 stage finished with other settings is refused, naming the keys that
 differ, unless --redo names it. Re-running the command after an
 interruption finishes the remaining stages. --adopt (and --teacher) use
-existing models as they are instead of training them.
+existing models as they are instead of training them. --shards=N splits
+each attack by sample into N stages that run at once under Ray, and a
+stage that merges them into the files of one unsharded run.
 
 Writes <workdir>/report/: tables.md and tables.csv (paper, ours, ours -
 paper), accuracy_vs_l2_<PriK|PosK>.png with figures.md (captions), and
@@ -57,6 +60,11 @@ flags.DEFINE_string('ray_address', None, 'A Ray cluster (auto: the one '
                     '`ray start` made); default: a local one.')
 flags.DEFINE_float('cpus_per_stage', 1, 'Ray resources of a stage.')
 flags.DEFINE_float('gpus_per_stage', 0, 'Ray resources of a stage.')
+flags.DEFINE_integer('shards', 1, 'Split every attack stage by sample into '
+                     'this many shard stages (attack/<model>/<classifier>/'
+                     'shard<i>of<N>), which Ray runs at once, and a stage '
+                     'that merges them into the files of one run.',
+                     lower_bound=1)
 flags.DEFINE_bool('progress', True, 'Show progress bars (local executor).')
 FLAGS = flags.FLAGS
 
@@ -80,7 +88,7 @@ def _run():
   adopt = _adopted()
   workdir = FLAGS.workdir or f'runs/reproduce_{FLAGS.dataset}_{FLAGS.scale}'
   scale = scales.get_scale(FLAGS.scale)
-  plan = stages.plan(FLAGS.dataset, scale, workdir, adopt)
+  plan = stages.plan(FLAGS.dataset, scale, workdir, adopt, FLAGS.shards)
   chosen = stages.select(plan, FLAGS.stages)
   unknown = sorted(set(FLAGS.redo) - {s.name for s in chosen})
   if unknown:
