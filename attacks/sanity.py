@@ -124,48 +124,82 @@ def check(amounts: Mapping[str, np.ndarray], clean_correct,
     ceiling, and the indices of the survivors), non_increasing, eps0,
     noise (check 4) and medians (check 5).
   """
-  correct = np.asarray(clean_correct, bool)
-  n_correct = int(correct.sum())
-  clean_accuracy = float(correct.mean()) if correct.size else float('nan')
-  flags = []
+  s = _Samples(amounts, clean_correct, unbounded)
+  flags1, rates, survivors = _unbounded_budget(s, diameter, indices)
+  flags2, rising, unbounded_accuracy, missed = _non_increasing(
+      s, diameter, curves, ceilings)
+  flags3, at_zero, disagree = _budget_zero(s, unbounded_clean_correct)
+  flags4, noise = _noise_control(s, noise_correct, threshold)
+  flags5, medians, beaten = _minimal_norm_strength(s)
+  flags = flags1 + flags2 + flags3 + flags4 + flags5
+  return dict(
+      ok=not flags, flags=flags,
+      noise=noise, medians=dict(values=medians, beaten=beaten),
+      unbounded=dict(diameter=diameter, success_rates=rates,
+                     survivors=[int(i) for i in survivors]),
+      non_increasing=dict(ok=not rising, failing=rising,
+                          unbounded_accuracy=unbounded_accuracy,
+                          missed_within_budget=missed),
+      eps0=dict(ok=not flags3, clean_accuracy=s.clean_accuracy,
+                accuracy_at_0=at_zero, clean_disagreements=disagree))
 
-  def success_rate(values):
-    broken = np.isfinite(_amounts(values)[correct])
-    return float(broken.mean()) if n_correct else None
 
-  # 1. Unbounded budget.
-  rates = {}
-  for name in amounts:
+class _Samples:
+  """The attacks' amounts on one set of samples, and the clean facts every
+  check reads."""
+
+  def __init__(self, amounts, clean_correct, unbounded):
+    self.amounts = amounts
+    self.unbounded = unbounded
+    self.correct = np.asarray(clean_correct, bool)
+    self.n_correct = int(self.correct.sum())
+    self.clean_accuracy = (float(self.correct.mean()) if self.correct.size
+                           else float('nan'))
+
+  def success_rate(self, values):
+    """Broken share of the correctly classified samples (None if none)."""
+    broken = np.isfinite(_amounts(values)[self.correct])
+    return float(broken.mean()) if self.n_correct else None
+
+
+def _unbounded_budget(s, diameter, indices):
+  """Check 1: (flags, success rates, indices of the unbounded survivors)."""
+  flags, rates = [], {}
+  for name in s.amounts:
     if name in UNBOUNDED_BY_DESIGN:
-      rates[name] = success_rate(amounts[name])
+      rates[name] = s.success_rate(s.amounts[name])
       if rates[name] is not None and rates[name] < 1.:
         flags.append(
             f'{name}: its success rate without a budget is '
             f'{rates[name]:.2%} < 100% of the correctly classified samples: '
             'possible gradient masking, or the attack is too weak here.')
   survivors = []
-  if unbounded is not None:
-    rates['pgd_unbounded'] = success_rate(unbounded)
-    survivors = np.flatnonzero(correct & np.isinf(_amounts(unbounded)))
+  if s.unbounded is not None:
+    rates['pgd_unbounded'] = s.success_rate(s.unbounded)
+    survivors = np.flatnonzero(s.correct & np.isinf(_amounts(s.unbounded)))
     if indices is not None:
       survivors = np.asarray(indices)[survivors]
     if survivors.size:
       flags.append(
           f'PGD-L2 at eps = {diameter:g} (any image within reach) left '
-          f'{survivors.size} of {n_correct} correctly classified samples '
+          f'{survivors.size} of {s.n_correct} correctly classified samples '
           'unbroken: possible gradient masking.')
+  return flags, rates, survivors
 
-  # 2. Non-increasing robust accuracy.
+
+def _non_increasing(s, diameter, curves, ceilings):
+  """Check 2: (flags, the failing names, the unbounded run's accuracy, the
+  samples each budgeted attack missed within its budget)."""
   rising = sorted(name for name, c in (curves or {}).items()
                   if not non_increasing(c))
-  for name in rising:
-    flags.append(f'{name}: robust accuracy rises with the budget.')
+  flags = [f'{name}: robust accuracy rises with the budget.'
+           for name in rising]
   unbounded_accuracy = None
-  if unbounded is not None:
-    unbounded_accuracy = float(np.mean(np.isinf(_amounts(unbounded))))
+  if s.unbounded is not None:
+    unbounded_accuracy = float(np.mean(np.isinf(_amounts(s.unbounded))))
     # Each attack's accuracy at its largest budget: its failures.
     lowest = {name: float(np.mean(np.isinf(_amounts(values))))
-              for name, values in amounts.items()}
+              for name, values in s.amounts.items()}
     above = sorted(name for name, low in lowest.items()
                    if unbounded_accuracy > low)
     for name in above:
@@ -175,14 +209,13 @@ def check(amounts: Mapping[str, np.ndarray], clean_correct,
     rising += above
   # An attack that failed within its budget where another attack found a
   # point inside that budget: its own accuracy there is too high.
-  found = [_amounts(v) for v in amounts.values()]
-  if unbounded is not None:
-    found.append(_amounts(unbounded))
+  found = [_amounts(v) for v in s.amounts.values()]
+  if s.unbounded is not None:
+    found.append(_amounts(s.unbounded))
   best = np.min(found, axis=0) if found else None
   missed = {}
   for name, ceiling in (ceilings or {}).items():
-    mine = _amounts(amounts[name])
-    where = np.isinf(mine) & (best <= ceiling)
+    where = np.isinf(_amounts(s.amounts[name])) & (best <= ceiling)
     if where.any():
       missed[name] = int(where.sum())
       flags.append(
@@ -191,44 +224,53 @@ def check(amounts: Mapping[str, np.ndarray], clean_correct,
           f'{best[where].min():.2f} to {best[where].max():.2f}): its '
           'optimisation is weak there, its accuracy at the budget too high.')
       rising.append(name)
+  return flags, rising, unbounded_accuracy, missed
 
-  # 3. Budget 0.
-  at_zero = {name: accuracy_at(values, 0.) for name, values in amounts.items()}
-  if unbounded is not None:
-    at_zero['pgd_unbounded'] = accuracy_at(unbounded, 0.)
-  wrong = sorted(name for name, a in at_zero.items() if a != clean_accuracy)
-  for name in wrong:
-    flags.append(f'{name}: robust accuracy at L2 = 0 is {at_zero[name]:.4f}, '
-                 f'not the clean accuracy {clean_accuracy:.4f}.')
+
+def _budget_zero(s, unbounded_clean_correct):
+  """Check 3: (flags, accuracy at L2 = 0 per attack, clean disagreements
+  with the unbounded run)."""
+  at_zero = {name: accuracy_at(values, 0.)
+             for name, values in s.amounts.items()}
+  if s.unbounded is not None:
+    at_zero['pgd_unbounded'] = accuracy_at(s.unbounded, 0.)
+  flags = [f'{name}: robust accuracy at L2 = 0 is {a:.4f}, not the clean '
+           f'accuracy {s.clean_accuracy:.4f}.'
+           for name, a in sorted(at_zero.items()) if a != s.clean_accuracy]
   disagree = 0
   if unbounded_clean_correct is not None:
     disagree = int(np.sum(np.asarray(unbounded_clean_correct, bool)
-                          != correct))
+                          != s.correct))
     if disagree:
       flags.append(f'the unbounded PGD run and the attacks disagree on '
                    f'{disagree} clean prediction(s).')
+  return flags, at_zero, disagree
 
-  # 4. Random noise at the threshold.
-  noise = None
-  if noise_correct is not None:
-    from attacks import noise as noise_lib  # pylint: disable=g-import-not-at-top
-    noise_accuracy = noise_lib.accuracy(noise_correct)
-    above_noise = {name: accuracy_at(values, threshold)
-                   for name, values in amounts.items()
-                   if accuracy_at(values, threshold) > noise_accuracy}
-    for name, acc in sorted(above_noise.items()):
-      flags.append(
-          f'{name} leaves {acc:.2%} accuracy at L2 <= {threshold:g}, more '
-          f'than random noise of that norm ({noise_accuracy:.2%}): weaker '
-          'than noise on these samples.')
-    noise = dict(threshold=threshold, accuracy=noise_accuracy,
-                 draws=int(np.shape(noise_correct)[1]),
-                 weaker_than_noise=sorted(above_noise))
 
-  # 5. Minimal-norm strength: medians over the correctly classified.
-  medians = {name: float(np.median(_amounts(values)[correct]))
-             for name, values in amounts.items()} if n_correct else {}
-  beaten = {}
+def _noise_control(s, noise_correct, threshold):
+  """Check 4: (flags, the noise's numbers or None when not run)."""
+  if noise_correct is None:
+    return [], None
+  from attacks import noise as noise_lib  # pylint: disable=g-import-not-at-top
+  noise_accuracy = noise_lib.accuracy(noise_correct)
+  above_noise = {name: accuracy_at(values, threshold)
+                 for name, values in s.amounts.items()
+                 if accuracy_at(values, threshold) > noise_accuracy}
+  flags = [f'{name} leaves {acc:.2%} accuracy at L2 <= {threshold:g}, more '
+           f'than random noise of that norm ({noise_accuracy:.2%}): weaker '
+           'than noise on these samples.'
+           for name, acc in sorted(above_noise.items())]
+  return flags, dict(threshold=threshold, accuracy=noise_accuracy,
+                     draws=int(np.shape(noise_correct)[1]),
+                     weaker_than_noise=sorted(above_noise))
+
+
+def _minimal_norm_strength(s):
+  """Check 5, over the correctly classified samples: (flags, medians,
+  {beaten attack: the one below it})."""
+  medians = ({name: float(np.median(_amounts(values)[s.correct]))
+              for name, values in s.amounts.items()} if s.n_correct else {})
+  flags, beaten = [], {}
   for name in MINIMAL_NORM:
     if name not in medians:
       continue
@@ -240,17 +282,7 @@ def check(amounts: Mapping[str, np.ndarray], clean_correct,
           f'{name}: median L2 {medians[name]:.3f} is above {best_name}\'s '
           f'{others[best_name]:.3f} on the same samples: not the strongest '
           'minimal-norm attack here.')
-
-  return dict(
-      ok=not flags, flags=flags,
-      noise=noise, medians=dict(values=medians, beaten=beaten),
-      unbounded=dict(diameter=diameter, success_rates=rates,
-                     survivors=[int(i) for i in survivors]),
-      non_increasing=dict(ok=not rising, failing=rising,
-                          unbounded_accuracy=unbounded_accuracy,
-                          missed_within_budget=missed),
-      eps0=dict(ok=not wrong and not disagree, clean_accuracy=clean_accuracy,
-                accuracy_at_0=at_zero, clean_disagreements=disagree))
+  return flags, medians, beaten
 
 
 def markdown(report: dict) -> str:
