@@ -57,12 +57,21 @@ Inputs are random images; the weights are a fresh init of the config.
 import json
 import os
 import platform
+import sys
 import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
+
+# The benchmarks' shared helpers (also when a test loads this file by path).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import alternating_medians  # pylint: disable=g-import-not-at-top,wrong-import-position
+from timing import capsule_outer_call  # pylint: disable=g-import-not-at-top,wrong-import-position
+from timing import cpu_model  # pylint: disable=g-import-not-at-top,wrong-import-position
+from timing import random_batch  # pylint: disable=g-import-not-at-top,wrong-import-position
+from timing import tf_numpy  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 flags.DEFINE_string('config', 'mnist', 'Named config.')
 flags.DEFINE_integer('batch_size', 100, 'Batch size.')
@@ -217,24 +226,15 @@ def adaptive_calls(model, kmeans, images, labels, steps,
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from attacks import classifiers  # pylint: disable=g-import-not-at-top
-  from attacks import evasion  # pylint: disable=g-import-not-at-top
   from attacks import pgd  # pylint: disable=g-import-not-at-top
 
   x = tf.convert_to_tensor(images, tf.float32)
   y = tf.cast(labels, tf.int64)
   batch = int(x.shape[0])
-  inf = tf.fill([batch], np.float32(np.inf))
   calls = {}
   for name in targets:
     target = classifiers.make_classifier(model, name, kmeans)
-    capsule = evasion.CapsuleAttack(target, 'paper_train', outer_iterations=1,
-                                    inner_iterations=steps)
-    w, mask, subset, _ = capsule._prepare(x)
-    const = tf.fill([batch], np.float32(capsule.config.const_init))
-    # The first p' draw of the attack's own call.
-    p = tf.random.Generator.from_seed(capsule.config.seed).uniform(x.shape)
-    calls[f'attack_{name}'] = (capsule._outer, (
-        x, w, mask, subset, y, const, inf, tf.zeros_like(x), p))
+    calls[f'attack_{name}'] = capsule_outer_call(target, x, y, steps)
     for kind, schedule in PGD_SCHEDULES.items():
       margin_attack = pgd.PGDAttack(target, 'pgd_l2', steps=steps,
                                     restarts=1, schedule=schedule)
@@ -268,29 +268,6 @@ def time_adaptive(config, images, labels):
                          images, labels, FLAGS.attack_inner)
   return adaptive_ratios(alternating_medians(calls, FLAGS.defence_repeats),
                          FLAGS.attack_inner)
-
-
-def alternating_medians(calls, rounds):
-  """{name: median seconds} of calls {name: (fn, args)}, called in turn
-  `rounds` times after one warm-up each: a background load shifts all of
-  them alike, so their ratios hold. Every other round runs in reverse order,
-  so that no call always follows the same one (and inherits its leftovers:
-  caches, memory to free)."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  times = {name: [] for name in calls}
-  names = list(calls)
-  for i in range(rounds + 1):
-    for name in names[::-1] if i % 2 else names:
-      fn, args = calls[name]
-      start = time.perf_counter()
-      tf_numpy(fn(*args))
-      times[name].append(time.perf_counter() - start)
-  return {name: float(np.median(t[1:])) for name, t in times.items()}
-
-
-def tf_numpy(outputs):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  return tf.nest.map_structure(lambda t: t.numpy(), outputs)
 
 
 def time_defences(config, recipe, images, labels, cnn_fwd_bwd):
@@ -366,14 +343,11 @@ def main(argv):
   config = configs.get_config(FLAGS.config)
   recipe = recipes.get_recipe(config.default_recipe).replace(
       batch_size=FLAGS.batch_size)
-  tf.random.set_seed(0)
-  images = tf.random.uniform([FLAGS.batch_size, config.canvas_size,
-                              config.canvas_size, config.n_channels])
-  labels = tf.random.uniform([FLAGS.batch_size], 0, config.num_classes,
-                             tf.int64)
+  images, labels = random_batch(config, FLAGS.batch_size)
   result = dict(config=config.name, batch_size=FLAGS.batch_size,
                 repeats=FLAGS.repeats, tensorflow=tf.__version__,
                 machine=platform.processor() or platform.machine(),
+                cpu=cpu_model(),
                 cpu_count=os.cpu_count(),
                 devices=[d.device_type for d in tf.config.list_physical_devices()],
                 native_resampler=kernels.native_status(),
