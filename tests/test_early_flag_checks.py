@@ -2,10 +2,13 @@
 TensorFlow loads (a second instead of twenty): one line, status 1, no
 traceback, no output folder, and `tensorflow` never imported.
 
-Each case runs the script under a probe that says at exit whether
-`tensorflow` is in `sys.modules`.
+Each case runs the script in a process of its own, forked from one Python
+process for all the cases (tests/helpers/forked_scripts.py: one interpreter
+start-up instead of 42), which says whether `tensorflow` is in
+`sys.modules` at the script's exit.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -14,15 +17,15 @@ import pytest
 
 from conftest import REPO
 
-PROBE = ('import atexit, runpy, sys\n'
-         'atexit.register(lambda: print("tensorflow imported:", '
-         '"tensorflow" in sys.modules, file=sys.stderr))\n'
-         'sys.argv = sys.argv[1:]\n'
-         'runpy.run_path(sys.argv[0], run_name="__main__")\n')
+# Runs the cases in children forked from one process; see the helper.
+PROBE = (REPO / 'tests' / 'helpers' / 'forked_scripts.py').read_text()
+# Imported once before the forks, as the scripts import them first (the
+# probe's process checks that they bring no tensorflow).
+PREIMPORTED = ('absl.app', 'absl.flags', 'numpy', 'scae_tf.data')
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
     filter(None, (str(REPO), os.environ.get('PYTHONPATH')))))
 
-# (script, its flags, what the one line says); {tmp} is the test's folder,
+# (script, its flags, what the one line says); {tmp} is the case's folder,
 # where no script may write: --out_dir, --logdir and --out point into
 # {tmp}/out.
 CASES = [
@@ -95,22 +98,41 @@ def test_every_script_is_covered():
   assert scripts <= set(REQUIRED) == {script for script, _, _ in CASES}
 
 
+@pytest.fixture(scope='module')
+def refusals(tmp_path_factory):
+  """{case: (its folder, exit status, stdout, stderr, whether tensorflow
+  was imported)}: every case, run in one go (PROBE)."""
+  runs, folders = [], {}
+  for script, flags, message in CASES:
+    if not (REPO / 'run' / f'{script}.py').exists():
+      continue
+    tmp = tmp_path_factory.mktemp(script)
+    argv = (REQUIRED[script] + ' ' + flags).format(tmp=tmp).split()
+    runs.append([str(REPO / 'run' / f'{script}.py'), argv, str(tmp)])
+    folders[script, flags, message] = tmp
+  proc = subprocess.run([sys.executable, '-c', PROBE, *PREIMPORTED],
+                        input=json.dumps(runs), env=ENV,
+                        cwd=tmp_path_factory.getbasetemp(),
+                        capture_output=True, text=True,
+                        timeout=120 + 10 * len(runs))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  return {case: (folder, *result) for (case, folder), result in zip(
+      folders.items(), json.loads(proc.stdout))}
+
+
 @pytest.mark.parametrize('script,flags,message', CASES)
-def test_a_bad_flag_is_refused_before_tensorflow_loads(tmp_path, script,
+def test_a_bad_flag_is_refused_before_tensorflow_loads(refusals, script,
                                                        flags, message):
   if not (REPO / 'run' / f'{script}.py').exists():
     pytest.skip(f'no run/{script}.py')
-  argv = (REQUIRED[script] + ' ' + flags).format(tmp=tmp_path).split()
-  proc = subprocess.run(
-      [sys.executable, '-c', PROBE, str(REPO / 'run' / f'{script}.py'),
-       *argv], env=ENV, cwd=tmp_path, capture_output=True, text=True,
-      timeout=120)
-  said = [line for line in proc.stderr.splitlines()
+  tmp_path, returncode, _, stderr, tf_imported = refusals[
+      script, flags, message]
+  said = [line for line in stderr.splitlines()
           if line.startswith(('error:', 'FATAL Flags parsing error'))]
-  assert proc.returncode == 1, proc.stderr[-2000:]
-  assert len(said) == 1 and message in said[0], proc.stderr[-2000:]
-  assert 'Traceback' not in proc.stderr
-  assert 'tensorflow imported: False' in proc.stderr.splitlines()
+  assert returncode == 1, stderr[-2000:]
+  assert len(said) == 1 and message in said[0], stderr[-2000:]
+  assert 'Traceback' not in stderr
+  assert tf_imported is False  # (None: the script ended before the probe)
   assert not (tmp_path / 'out').exists()
 
 
