@@ -19,8 +19,8 @@ from conftest import REPO
 
 # Runs the cases in children forked from one process; see the helper.
 PROBE = (REPO / 'tests' / 'helpers' / 'forked_scripts.py').read_text()
-# Imported once before the forks, as the scripts import them first (the
-# probe's process checks that they bring no tensorflow).
+# Imported once before the forks, as the scripts import them first (none
+# imports tensorflow: each case would say it was).
 PREIMPORTED = ('absl.app', 'absl.flags', 'numpy', 'scae_tf.data')
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
     filter(None, (str(REPO), os.environ.get('PYTHONPATH')))))
@@ -111,13 +111,15 @@ def refusals(tmp_path_factory):
     runs.append([str(REPO / 'run' / f'{script}.py'), argv, str(tmp)])
     folders[script, flags, message] = tmp
   proc = subprocess.run([sys.executable, '-c', PROBE, *PREIMPORTED],
-                        input=json.dumps(runs), env=ENV,
-                        cwd=tmp_path_factory.getbasetemp(),
+                        input=''.join(json.dumps(run) + '\n' for run in runs),
+                        env=ENV, cwd=tmp_path_factory.getbasetemp(),
                         capture_output=True, text=True,
                         timeout=120 + 10 * len(runs))
   assert proc.returncode == 0, proc.stderr[-2000:]
-  return {case: (folder, *result) for (case, folder), result in zip(
-      folders.items(), json.loads(proc.stdout))}
+  ready, *results = map(json.loads, proc.stdout.splitlines())
+  assert ready == 'ready' and len(results) == len(runs), proc.stdout[:2000]
+  return {case: (folder, *result)
+          for (case, folder), result in zip(folders.items(), results)}
 
 
 @pytest.mark.parametrize('script,flags,message', CASES)

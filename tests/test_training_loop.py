@@ -409,7 +409,39 @@ def test_xla_train_step_takes_the_images_as_a_runtime_argument():
   assert len(params) >= 1 + len(model.trainable_variables)
 
 
-def test_plot_training_prints_the_epoch_table(tmp_path):
+@pytest.fixture(scope='module')
+def plot_training(tmp_path_factory):
+  """Runs run/plot_training.py with the given flags -> (status, stdout,
+  stderr) as a CompletedProcess. Each call is a child forked from one
+  process which imported the script's modules once (TensorFlow comes with
+  scae_tf.training: seconds per call otherwise);
+  tests/helpers/forked_scripts.py."""
+  script = str(REPO / 'run' / 'plot_training.py')
+  log = tmp_path_factory.mktemp('plot_training') / 'runner.err'
+  with open(log, 'w') as err:
+    runner = subprocess.Popen(
+        [sys.executable, '-c',
+         (REPO / 'tests' / 'helpers' / 'forked_scripts.py').read_text(),
+         'absl.app', 'absl.flags', 'scae_tf.cli', 'scae_tf.training.curves'],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True)
+  assert json.loads(runner.stdout.readline() or 'null') == 'ready', (
+      log.read_text()[-2000:])
+
+  def run(*flags):
+    runner.stdin.write(json.dumps([script, flags, os.getcwd()]) + '\n')
+    runner.stdin.flush()
+    said = runner.stdout.readline()
+    assert said, log.read_text()[-2000:]
+    status, stdout, stderr, _ = json.loads(said)
+    return subprocess.CompletedProcess([script, *flags], status, stdout,
+                                       stderr)
+
+  yield run
+  runner.stdin.close()
+  runner.wait(timeout=60)
+
+
+def test_plot_training_prints_the_epoch_table(tmp_path, plot_training):
   run_dir = tmp_path / 'run'
   run_dir.mkdir()
   records = [
@@ -424,10 +456,10 @@ def test_plot_training_prints_the_epoch_table(tmp_path):
   ]
   (run_dir / 'log.jsonl').write_text(
       ''.join(json.dumps(r) + '\n' for r in records))
-  out = subprocess.run(
-      [sys.executable, str(REPO / 'run' / 'plot_training.py'),
-       f'--runs={run_dir}', '--table', f'--out={tmp_path / "curves.png"}'],
-      capture_output=True, text=True, check=True).stdout
+  done = plot_training(f'--runs={run_dir}', '--table',
+                       f'--out={tmp_path / "curves.png"}')
+  assert done.returncode == 0, done.stderr
+  out = done.stdout
   rows = [line for line in out.splitlines() if line.startswith('| ')]
   assert rows[1:] == [
       '| 1 | 20 | 1.00 | 40.00 % | 45.00 % | 50.00 % | 62.50 % |',
@@ -435,7 +467,7 @@ def test_plot_training_prints_the_epoch_table(tmp_path):
   assert (tmp_path / 'curves.png').stat().st_size > 0
 
 
-def test_plot_training_prints_the_generator_table(tmp_path):
+def test_plot_training_prints_the_generator_table(tmp_path, plot_training):
   """Blocks of 4 steps; only adversarial records count; the mean L2 is over
   all successes: (.5 * 2 + 1. * 4) / 1.5 = 10 / 3 in steps 1-4."""
   run_dir = tmp_path / 'run'
@@ -456,11 +488,10 @@ def test_plot_training_prints_the_generator_table(tmp_path):
   ]
   (run_dir / 'log.jsonl').write_text(
       ''.join(json.dumps(r) + '\n' for r in records))
-  out = subprocess.run(
-      [sys.executable, str(REPO / 'run' / 'plot_training.py'),
-       f'--runs={run_dir}', '--generator_blocks=4',
-       f'--out={tmp_path / "curves.png"}'],
-      capture_output=True, text=True, check=True).stdout
+  done = plot_training(f'--runs={run_dir}', '--generator_blocks=4',
+                       f'--out={tmp_path / "curves.png"}')
+  assert done.returncode == 0, done.stderr
+  out = done.stdout
   rows = [line for line in out.splitlines() if line.startswith('| ')]
   assert rows[1:] == ['| 1-4 | 2 | 75.0 % | 3.33 |', '| 5-6 | 1 | 0.0 % | - |']
 
@@ -526,13 +557,8 @@ def test_teacher_under_a_strategy_and_its_errors(tmp_path):
   assert not (tmp_path / 'x').exists()
 
 
-def _plot_training(*flags):
-  return subprocess.run(
-      [sys.executable, str(REPO / 'run' / 'plot_training.py'), *flags],
-      capture_output=True, text=True, check=False)
-
-
-def test_plot_training_answers_a_bad_path_in_one_line(tmp_path):
+def test_plot_training_answers_a_bad_path_in_one_line(tmp_path,
+                                                      plot_training):
   """A missing run, a folder that is no run, an --out in a missing folder:
   one `error:` line naming it and status 1, no traceback, nothing written;
   an --out without an extension is written as <out>.png, and said so."""
@@ -551,12 +577,12 @@ def test_plot_training_answers_a_bad_path_in_one_line(tmp_path):
           f'--runs={run_dir}', f'--out={tmp_path / "nowhere" / "a.png"}'),
   }
   for expected, flags in cases.items():
-    done = _plot_training(*flags)
+    done = plot_training(*flags)
     assert (done.returncode, done.stdout) == (1, ''), done.stderr
     assert done.stderr.splitlines()[-1] == f'error: {expected}', done.stderr
     assert 'Traceback' not in done.stderr
   assert not (tmp_path / 'a.png').exists()
-  done = _plot_training(f'--runs={run_dir}', f'--out={tmp_path / "curves"}')
+  done = plot_training(f'--runs={run_dir}', f'--out={tmp_path / "curves"}')
   assert done.returncode == 0, done.stderr
   assert done.stdout == f'wrote {tmp_path / "curves.png"}\n'
   assert (tmp_path / 'curves.png').stat().st_size > 0

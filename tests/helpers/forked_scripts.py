@@ -1,20 +1,22 @@
-"""Runs many script invocations from one Python process, each in a child
-forked from it: the cost of one interpreter start-up instead of one per
-invocation. Run as `python -c <this file's text> [MODULE ...]`, as
-`python -c` runs a script's probe (sys.path[0] is the current folder):
+"""Runs script invocations from one Python process, each in a child forked
+from it: the cost of one interpreter start-up (and of the modules imported
+before the forks) instead of one per invocation. Run as
+`python -c <this file's text> [MODULE ...]`, as `python -c` runs a script's
+probe (sys.path[0] is the current folder):
 
-  stdin:  a JSON list of [script, argv, cwd]
-  stdout: a JSON list of [exit status, stdout, stderr, whether
-          `tensorflow` was in sys.modules at exit (null if the child
-          ended before it could say)], one per invocation
+  stdin:  one JSON [script, argv, cwd] a line
+  stdout: "ready" (JSON) once the MODULEs are imported, then one JSON
+          [exit status, stdout, stderr, whether `tensorflow` was in
+          sys.modules at exit (null if the child ended before it could
+          say)] a line, one per invocation, as each ends
 
-The MODULEs are imported once, before the first fork (never tensorflow:
-this process checks it has not). Each child chdirs to its cwd, gets
+The MODULEs are imported once, before the first fork (anything they print
+on stdout spoils the "ready" line). Each child chdirs to its cwd, gets
 sys.argv = [script] + argv, writes its stdout and stderr to files of its
 own, runs the script as __main__ (runpy) and exits as the interpreter
 would: atexit handlers run, SystemExit's code is the status (None 0, a
 message printed and 1), any other exception prints its traceback and
-gives 1.
+gives 1. Its stdin is /dev/null.
 """
 
 import atexit
@@ -39,6 +41,7 @@ def _exit_status(stop):
 def _child(script, argv, cwd, out, err, probe):
   """The invocation, in the forked child; returns its exit status."""
   os.chdir(cwd)
+  os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
   os.dup2(out, 1)
   os.dup2(err, 2)
   sys.argv = [script] + list(argv)
@@ -82,9 +85,9 @@ def _run(script, argv, cwd):
 def main(modules):
   for module in modules:
     importlib.import_module(module)
-  assert 'tensorflow' not in sys.modules, 'a MODULE imported tensorflow'
-  invocations = json.load(sys.stdin)
-  print(json.dumps([_run(*invocation) for invocation in invocations]))
+  print(json.dumps('ready'), flush=True)
+  for line in sys.stdin:
+    print(json.dumps(_run(*json.loads(line))), flush=True)
 
 
 main(sys.argv[1:])
