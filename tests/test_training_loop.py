@@ -346,6 +346,15 @@ def _kill_after_first_checkpoint(command, logdir, env):
   return interrupted_at
 
 
+# 111 s on the shared 2-core Xeon (three processes, each loading TensorFlow
+# and tracing the MNIST step). In the default suite,
+# test_random_step_survives_sigkill checks the same kill -9 after a
+# checkpoint and resume of train_loop across processes, bit-identical to an
+# uninterrupted run (data stream, step counter and checkpointed state), and
+# test_teacher.py::test_a_run_is_extended_or_shortened_and_stays_bit_identical
+# that scae_tf.teacher resumed from its checkpoint ends bit for bit as its
+# uninterrupted run (every tensor of the checkpoint).
+@pytest.mark.slow
 def test_teacher_survives_sigkill(tmp_path):
   """Kill -9 mid-run, resume, finish: same steps, data and weights as an
   uninterrupted run of the same seed (noise is a function of seed and step).
