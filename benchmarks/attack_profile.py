@@ -11,27 +11,30 @@ MNIST-config weights without noise and random images. Per XLA mode
 tables:
 
 1. Wall time, by difference of compiled pieces timed alternately in
-   --rounds rounds (`step_costs.alternating_times`; median and min):
-   the part CNN's forward, the CNN's forward + the image's gradient (no
-   filter gradients), the target's forward (`capsule_features` + probe),
-   the target's forward + the image's gradient of the capsule loss (the
-   model pass of an iteration), and the iteration. Rows are their
-   differences: CNN forward, CNN input-gradient pass, capsule layers
-   forward and backward (part heads, templates, Set Transformer, object
-   capsules, capsule likelihood, probe), and the attack's own work (tanh
-   map, losses, success bookkeeping, signed step, loop). `step_costs`'
+   --rounds rounds (`timing.alternating_times`; median and min): the part
+   CNN's forward, the CNN's forward + the image's gradient (no filter
+   gradients), the target's forward (`capsule_features` + probe), the
+   target's forward + the image's gradient of the capsule loss (the model
+   pass of an iteration), that pass --inner times in a `tf.while_loop`,
+   and the iteration. Rows are their differences: CNN forward, CNN
+   input-gradient pass, capsule layers forward and backward (part heads,
+   templates, Set Transformer, object capsules, capsule likelihood,
+   probe), what the loop adds to the pass, and the attack's own work (tanh
+   map, losses, success bookkeeping, signed step). `step_costs.py`'s
    yardstick cnn_fwd_bwd (forward + filter gradients) gives the ratio of
-   the issue's target.
+   the issue's target. A difference of medians is only as good as the
+   machine is quiet: on a busy one, read the mins too.
 2. Op time, from --profile_calls calls under `tf.profiler.experimental`
-   (per op the median over the calls): every op a call ran, attributed by its TensorFlow name scope (under XLA: by the TF
-   op an HLO instruction comes from; a fusion counts for its root op) to
-   those parts, forward and backward apart, plus what the objective does not
-   need: filter gradients (Conv2DBackpropFilter, BiasAddGrad), the template
-   decoder's rendering, the sparsity losses and the other probe. Op times
-   on the two threads add up, so their sum may exceed the wall time; the
-   call's time outside its compiled function (Python, dispatch) is shown
-   apart. The final test pass is included (one forward per --inner
-   iterations), as in `step_costs.py`'s iterations.
+   (per op the median over the calls): every op a call ran, attributed by
+   its TensorFlow name scope (under XLA: by the TF op an HLO instruction
+   comes from; a fusion counts for its root op) to those parts, forward
+   and backward apart, plus what the objective does not need: filter
+   gradients (Conv2DBackpropFilter, BiasAddGrad), the template decoder's
+   rendering, the sparsity losses and the other probe. Op times on the two
+   threads add up, so their sum may exceed the wall time; the call's time
+   outside its compiled function (Python, dispatch) is shown apart. The
+   final test pass is included (one forward per --inner iterations), as in
+   `step_costs.py`'s iterations.
 """
 
 import collections
@@ -235,6 +238,13 @@ def pieces(model, target, images, labels, inner, jit):
           features, subset, target.feature_kind, target.n_part_caps))
     return pred, tape.gradient(loss, images)
 
+  def model_pass_gradient_loop(images, subset):
+    # The same `inner` times in a tf.while_loop, each pass depending on the
+    # last (0 * gradient: the same values as the single pass).
+    def body(i, images):
+      return i + 1, images + 0. * model_pass_gradient(images, subset)[1]
+    return tf.while_loop(lambda i, _: i < inner, body, (0, images))[1]
+
   def cnn_fwd_bwd(images):  # step_costs' yardstick: filter gradients
     with tf.GradientTape() as tape:
       out = tf.reduce_sum(cnn(images))
@@ -245,6 +255,8 @@ def pieces(model, target, images, labels, inner, jit):
       cnn_input_gradient=(compiled(cnn_input_gradient), (x,)),
       model_pass=(compiled(model_pass), (x,)),
       model_pass_gradient=(compiled(model_pass_gradient), (x, subset)),
+      model_pass_gradient_loop=(compiled(model_pass_gradient_loop),
+                                (x, subset)),
       attack_iteration=(attack, attack_args),
       cnn_fwd_bwd=(compiled(cnn_fwd_bwd), (x,)),
   )
@@ -254,7 +266,8 @@ def wall_rows(times, inner):
   """[(row, median s, min s)] of the alternated pieces' seconds."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   t = dict(times)
-  t['attack_iteration'] = [s / inner for s in t['attack_iteration']]
+  for name in ('attack_iteration', 'model_pass_gradient_loop'):
+    t[name] = [s / inner for s in t[name]]
   stat = {name: (float(np.median(s)), float(np.min(s)))
           for name, s in t.items()}
   diff = lambda a, b: tuple(x - y for x, y in zip(stat[a], stat[b]))
@@ -266,10 +279,13 @@ def wall_rows(times, inner):
        tuple(a - b for a, b in zip(diff('model_pass_gradient', 'model_pass'),
                                    diff('cnn_input_gradient',
                                         'cnn_forward')))),
-      ('attack (tanh map, losses, record, step, loop)',
-       diff('attack_iteration', 'model_pass_gradient')),
+      ('the model pass in a tf.while_loop, over a single pass',
+       diff('model_pass_gradient_loop', 'model_pass_gradient')),
+      ('attack (tanh map, losses, record, step)',
+       diff('attack_iteration', 'model_pass_gradient_loop')),
       ('**attack iteration**', stat['attack_iteration']),
       ('model pass with the input gradient', stat['model_pass_gradient']),
+      ('the same, in a tf.while_loop', stat['model_pass_gradient_loop']),
       ('yardstick: CNN forward + filter gradients', stat['cnn_fwd_bwd']),
   ]
   return rows, stat['attack_iteration'][0] / stat['cnn_fwd_bwd'][0]
@@ -313,7 +329,7 @@ def main(argv):
     calls = pieces(model, target, images, labels, FLAGS.inner, jit)
     times = alternating_times(calls, FLAGS.rounds)
     rows, over_cnn = wall_rows(times, FLAGS.inner)
-    total = rows[5][1][0]
+    total = rows[6][1][0]
     print(f'\n### XLA {mode}: wall time per iteration (median of '
           f'{FLAGS.rounds} alternated rounds, and min)\n')
     print(markdown_table(

@@ -1,10 +1,7 @@
 """`benchmarks/torch_reference.py`, the PyTorch port (bdsaglam/torch-scae)
 as a standing reference: without torch or a checkout it says in one line
 what is missing; with both (TORCH_SCAE_DIR=<checkout>), its torch side
-computes our attack's objective and the port's training step runs.
-
-`benchmarks/attack_profile.py`'s attribution of ops to the parts of an
-attack iteration, on names as TensorFlow and XLA write them."""
+computes our attack's objective and the port's training step runs."""
 
 import importlib.util
 import os
@@ -23,6 +20,8 @@ BENCHMARKS = os.path.join(REPO, 'benchmarks')
 
 
 def load(name):
+  """The benchmark script benchmarks/<name>.py as a module (its flags are
+  defined only when it runs)."""
   spec = importlib.util.spec_from_file_location(
       name, os.path.join(BENCHMARKS, f'{name}.py'))
   module = importlib.util.module_from_spec(spec)
@@ -110,50 +109,3 @@ def test_the_ports_side_computes_our_attack_objective(port):
   trained = factory.make_scae(reference.port_params(config))
   step = reference.port_train_step(trained, 1e-4, 3)
   assert np.isfinite(step(x, labels).item())
-
-
-def test_attack_profile_attributes_ops_to_the_iterations_parts():
-  profile = load('attack_profile')
-  part_of = profile.part_of
-  for name, kind, want in [
-      ('while/body/_1/scae/part_encoder/conv_net_2d/Relu_1',
-       '_MklNativeFusedConv2D', ('CNN', 'forward')),
-      ('while/body/_1/gradient_tape/scae/part_encoder/conv_net_2d/'
-       'Conv2DBackpropInput_2', 'Conv2DBackpropInput', ('CNN', 'backward')),
-      ('gradient_tape/scae/part_encoder/conv_net_2d/Conv2DBackpropFilter',
-       'Conv2DBackpropFilter', ('filter gradients', 'backward')),
-      ('while/body/_1/gradient_tape/scae/part_encoder/mul/Mul', 'Mul',
-       ('part capsule heads', 'backward')),
-      ('scae/set_transformer/self_attention/linear/Tensordot/MatMul',
-       'MatMul', ('Set Transformer', 'forward')),
-      ('while/body/_1/scae/object_capsules/capsule_likelihood/Softmax',
-       'Softmax', ('capsule likelihood', 'forward')),
-      ('scae/object_capsules/batch_mlp/batch_linear/MatMul', 'BatchMatMulV2',
-       ('object capsules', 'forward')),
-      ('scae/template_decoder/resampler/Resampler', 'Resampler',
-       ('not read by the objective', 'forward')),
-      ('scae/classification_probe_1/linear/Tensordot/MatMul', 'MatMul',
-       ('not read by the objective', 'forward')),
-      ('scae/classification_probe/ArgMax', 'ArgMax', ('probe', 'forward')),
-      ('while/body/_1/while/SelectV2_1', 'SelectV2', (profile.PARTS[8],
-                                                      'forward')),
-  ]:
-    assert part_of(name, kind) == want, name
-  hlo = profile.hlo_ops('\n'.join([
-      '%parallel_convolution.38 (p.19: f32[100,9,9,128]) -> f32[1] {',
-      '  ROOT %convolution.38.clone = f32[100,19,19,128]{3,2,1,0} '
-      'convolution(f32[100,9,9,128]{3,2,1,0} %p.19), window={size=3x3}, '
-      'metadata={op_type="Conv2DBackpropInput" op_name="gradient_tape/scae/'
-      'part_encoder/conv_net_2d/Conv2DBackpropInput_2" source_line=1}',
-      '  %call.13 = f32[100,19,19,128]{3,2,1,0} call(f32[1] %a), '
-      'to_apply=%parallel_convolution.38, metadata={op_type="Conv2D" '
-      'op_name="x"}',
-      '  %dot.289 = f32[24,100,256]{2,1,0} dot(f32[24,100,128]{2,1,0} %c), '
-      'metadata={op_type="BatchMatMulV2" op_name="scae/object_capsules/'
-      'batch_mlp/batch_linear/MatMul"}']))
-  assert hlo == {
-      'convolution.38.clone': (
-          'gradient_tape/scae/part_encoder/conv_net_2d/Conv2DBackpropInput_2',
-          'Conv2DBackpropInput'),
-      'dot.289': ('scae/object_capsules/batch_mlp/batch_linear/MatMul',
-                  'BatchMatMulV2')}
