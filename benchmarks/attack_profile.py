@@ -15,8 +15,9 @@ tables:
    CNN's forward, the CNN's forward + the image's gradient (no filter
    gradients), the target's forward (`capsule_features` + probe), the
    target's forward + the image's gradient of the capsule loss (the model
-   pass of an iteration), that pass --inner times in a `tf.while_loop`,
-   and the iteration. Rows are their differences: CNN forward, CNN
+   pass of an iteration), that pass --inner times in a `tf.while_loop`
+   (under XLA also: the pass compiled alone, called --inner times by an
+   uncompiled loop), and the iteration. Rows are their differences: CNN forward, CNN
    input-gradient pass, capsule layers forward and backward (part heads,
    templates, Set Transformer, object capsules, capsule likelihood,
    probe), what the loop adds to the pass, and the attack's own work (tanh
@@ -238,36 +239,46 @@ def pieces(model, target, images, labels, inner, jit):
           features, subset, target.feature_kind, target.n_part_caps))
     return pred, tape.gradient(loss, images)
 
-  def model_pass_gradient_loop(images, subset):
-    # The same `inner` times in a tf.while_loop, each pass depending on the
-    # last (0 * gradient: the same values as the single pass).
-    def body(i, images):
-      return i + 1, images + 0. * model_pass_gradient(images, subset)[1]
-    return tf.while_loop(lambda i, _: i < inner, body, (0, images))[1]
+  def loop_of(pass_fn):
+    # `inner` passes in a tf.while_loop, each depending on the last
+    # (0 * gradient: the same values as the single pass).
+    def loop(images, subset):
+      def body(i, images):
+        return i + 1, images + 0. * pass_fn(images, subset)[1]
+      return tf.while_loop(lambda i, _: i < inner, body, (0, images))[1]
+    return loop
 
   def cnn_fwd_bwd(images):  # step_costs' yardstick: filter gradients
     with tf.GradientTape() as tape:
       out = tf.reduce_sum(cnn(images))
     return tape.gradient(out, cnn.trainable_variables)
 
-  return dict(
+  calls = dict(
       cnn_forward=(compiled(cnn_forward), (x,)),
       cnn_input_gradient=(compiled(cnn_input_gradient), (x,)),
       model_pass=(compiled(model_pass), (x,)),
       model_pass_gradient=(compiled(model_pass_gradient), (x, subset)),
-      model_pass_gradient_loop=(compiled(model_pass_gradient_loop),
+      model_pass_gradient_loop=(compiled(loop_of(model_pass_gradient)),
                                 (x, subset)),
       attack_iteration=(attack, attack_args),
       cnn_fwd_bwd=(compiled(cnn_fwd_bwd), (x,)),
   )
+  if jit:
+    # The pass compiled alone, called by an uncompiled loop: one XLA
+    # computation per iteration instead of one around the loop.
+    calls['compiled_pass_loop'] = (tf.function(loop_of(
+        calls['model_pass_gradient'][0])), (x, subset))
+  return calls
 
 
 def wall_rows(times, inner):
   """[(row, median s, min s)] of the alternated pieces' seconds."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   t = dict(times)
-  for name in ('attack_iteration', 'model_pass_gradient_loop'):
-    t[name] = [s / inner for s in t[name]]
+  for name in ('attack_iteration', 'model_pass_gradient_loop',
+               'compiled_pass_loop'):
+    if name in t:
+      t[name] = [s / inner for s in t[name]]
   stat = {name: (float(np.median(s)), float(np.min(s)))
           for name, s in t.items()}
   diff = lambda a, b: tuple(x - y for x, y in zip(stat[a], stat[b]))
@@ -288,6 +299,9 @@ def wall_rows(times, inner):
       ('the same, in a tf.while_loop', stat['model_pass_gradient_loop']),
       ('yardstick: CNN forward + filter gradients', stat['cnn_fwd_bwd']),
   ]
+  if 'compiled_pass_loop' in stat:
+    rows.append(('the pass compiled alone, in an uncompiled tf.while_loop',
+                 stat['compiled_pass_loop']))
   return rows, stat['attack_iteration'][0] / stat['cnn_fwd_bwd'][0]
 
 
