@@ -30,6 +30,7 @@ import tensorflow as tf
 from attacks import classifiers
 from attacks import evasion
 from attacks import pgd
+from scae_tf import training
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,3 +153,25 @@ class AdversarialBatches(tf.Module):
     fed, rate, mean_l2 = tf.cond(adversarial, attack, clean)
     return DefenceBatch(tf.stop_gradient(fed), labels, images, adversarial,
                         rate, mean_l2)
+
+
+class AdversarialFields(training.StepFields):
+  """A defence's part of the training loop's outputs: the share of
+  adversarial batches in this phase so far and how the last attack did, on
+  the progress bar; every adversarial batch in the log, with its attack's
+  success rate and L2."""
+
+  def __init__(self):
+    self.steps = 0
+    self.adversarial = 0.
+
+  def postfix(self, metrics):
+    self.steps += 1
+    self.adversarial += metrics['adversarial']
+    fields = dict(adv=f'{self.adversarial / self.steps:.2f}')
+    if metrics['adversarial']:
+      fields['hit'] = f'{metrics["attack_success_rate"]:.2f}'
+    return fields
+
+  def always_log(self, metrics):
+    return bool(metrics['adversarial'])

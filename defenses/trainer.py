@@ -1,6 +1,9 @@
 """One trainer for AT, AD, HAT and NTAT on the training engine.
 
-`train_defense` is what `run/train_defense.py` runs. A method (methods.py)
+`train_defense(run)` is what `run/train_defense.py` runs, for the
+`DefenceRun` (run_spec.py) its flags build: resolve (teacher, config,
+phases, generator, identity), build (student, state, losses), train the
+phases, finish (k-means, plot). A method (methods.py)
 is a list of phases; each phase is one `scae_tf.training.train_loop` with
 its loss (objectives.py), the adversarial batches (adversarial_batches.py)
 as the step's `prepare`, and its own TF1 RMSProp. The run's checkpoint holds
@@ -26,7 +29,10 @@ import tensorflow as tf
 from defenses import methods
 from defenses import objectives
 from defenses.adversarial_batches import AdversarialBatches
+from defenses.adversarial_batches import AdversarialFields
+from defenses.adversarial_batches import Generator
 from defenses.adversarial_batches import get_generator
+from defenses.run_spec import DefenceRun
 from scae_tf import checkpoints
 from scae_tf import configs
 from scae_tf import data
@@ -38,7 +44,6 @@ from scae_tf.kmeans import report as kmeans_report
 from scae_tf.model import SCAE
 from scae_tf.optim import TF1RMSProp
 from scae_tf.training import curves
-from scae_tf.training.loop import RunCheckpoint
 from scae_tf.training.run_dir import CHECKPOINT_DIR
 
 EVAL_BATCH = 500
@@ -81,216 +86,210 @@ def _deviations(method, phases, preset, recipe, clean_batches, ad_weight,
   return found
 
 
-def train_defense(method, dataset='mnist', teacher=None, logdir=None, seed=0,
-                  preset='paper', init=None, epochs=None, ad_epochs=None,
-                  at_epochs=None, lr_schedule='code', ad_target='input',
-                  ad_weight=0.5,
-                  clean_batches=1, batch_size=None, learning_rate=None,
-                  generator='paper_train', xla_generator=False,
-                  attack_overrides=None,
-                  max_train_steps=None, data_dir=None,
-                  save_every=1000, fit_kmeans=True, kmeans_examples=None,
-                  overwrite=False, progress=True, log=print, config=None,
-                  stream=None, eval_data=None):
-  """Trains (or resumes) a defended SCAE; returns the last step's metrics.
+@dataclasses.dataclass
+class _Plan:
+  """A `DefenceRun` resolved: what the run trains, on what, as whom."""
+  run: DefenceRun
+  method: methods.Method
+  phases: tuple
+  recipe: recipes.TrainingRecipe
+  generator: Generator
+  attack_config: object
+  config: object
+  teacher_model: object
+  stream: object
+  logdir: str
+  deviations: list
+  settings: dict
 
-  Args:
-    method: 'at', 'ad', 'hat' or 'ntat'.
-    teacher: the teacher for AD / HAT / NTAT: a run directory of
-      run/train_teacher.py or any checkpoint `load_model` reads (original TF1
-      ones included). Its config is the student's, with noise off.
-    preset: 'paper' (section 6.2's epochs) or 'cpu' (a labelled deviation).
-    init: where the student starts, 'scratch' or 'teacher'; None: the
-      method's own (AT, AD, HAT from scratch, NTAT from the teacher).
-      Another start is a deviation (a CPU budget too short to train a
-      student from scratch).
-    epochs: the length of a one-phase method (AT, AD, NTAT).
-    ad_epochs, at_epochs: the length of the method's AD / AT phase.
-    lr_schedule: 'code' (what the authors' code ran) or 'decay' (Table 2).
-    ad_target: 'input' (code) or 'clean' (Eq. 8 as written).
-    ad_weight: lambda of Eq. 8. clean_batches: k, the clean batches
-      between two adversarial ones.
-    generator: G of Algorithm 5, a name of `adversarial_batches.GENERATORS`:
-      'paper_train' (the paper's) or 'margin_pgd' (margin AT, beyond the
-      paper, a deviation).
-    xla_generator: XLA-compile the generator's inner loop inside the
-      (uncompiled) training step. The same method, other float rounding:
-      part of the run's identity (`attack.jit_compile`), not a deviation.
-      Whether it is faster depends on the CPU (RESULTS.md, Speed).
-    batch_size, learning_rate, attack_overrides: deviations from the paper
-      (tests, budgets); attack_overrides apply to the generator's attack.
-    max_train_steps: stop at this step (a smoke test, or a budget); the same
-      command without it resumes the run to its end. A stopped run is
-      evaluated as a finished one, and its report says where it stopped.
-    fit_kmeans: fit the final cosine k-means (False: skip it, and say so).
-    kmeans_examples: fit and score the final k-means on the first N
-      examples of each split (`evaluation.evaluate_checkpoint`'s
-      max_examples) instead of all: a smoke run's budget, labelled as a
-      reduction in the log, log.jsonl, the .eval.json and the plot.
-    config: the model config of a method without teacher (default: the
-      dataset's); with a teacher, the config the teacher must have.
-    stream: a batch stream to train on instead of the dataset's train split
-      (small tests).
-    eval_data: a function returning the (images, labels) batches of the
-      per-epoch probe accuracy, instead of the dataset's test split (small
-      tests).
 
-  Everything but the length (the phases' epochs, the preset that names
-  them, max_train_steps), save_every and the display is the run's identity
-  (`run.json`): a run folder refuses other settings, and any departure from
-  the paper is written there under 'deviations' and printed at the start.
-  A run asked for other phase lengths resumes from its newest checkpoint,
-  unless it has already trained past a changed phase end (HAT's switch).
+def train_defense(run: DefenceRun, *, progress=True, log=print, stream=None,
+                  eval_data=None):
+  """Trains (or resumes) the defended SCAE of `run`; returns the last
+  step's metrics.
+
+  Everything of `run` but the length (the phases' epochs, the preset that
+  names them, max_train_steps), save_every, overwrite and the display is
+  the run's identity (`run.json`): a run folder refuses other settings, and
+  any departure from the paper is written there under 'deviations' and
+  printed at the start. A run asked for other phase lengths resumes from
+  its newest checkpoint, unless it has already trained past a changed phase
+  end (HAT's switch).
+
+  stream: a batch stream to train on instead of the dataset's train split;
+  eval_data: a function returning the (images, labels) batches of the
+  per-epoch probe accuracy instead of the dataset's test split (small
+  tests).
   """
-  method = methods.get_method(method).starting_from(init)
-  preset = methods.get_preset(preset)
-  phases = methods.plan(method, ad_epochs, at_epochs, lr_schedule,
-                        epochs=epochs, preset=preset)
-  if ad_target not in objectives.AD_TARGETS:
-    raise ValueError(f'Unknown ad_target {ad_target!r}; expected one of '
-                     f'{objectives.AD_TARGETS}.')
-  if method.needs_teacher and teacher is None:
-    raise ValueError(f'--method={method.name}'
-                     + (' --init=teacher' if method.init == 'teacher' else '')
-                     + ' needs --teacher.')
-  if not method.needs_teacher and teacher is not None:
-    raise ValueError(f'--method={method.name} trains from scratch and takes '
-                     'no --teacher.')
-  if not 0. <= ad_weight <= 1.:
-    raise ValueError(f'--lambda_ must be in [0, 1], got {ad_weight}.')
-  if clean_batches < 0:
-    raise ValueError(f'--k must be >= 0, got {clean_batches}.')
-  if save_every < 1:
-    raise ValueError(f'save_every must be positive, got {save_every}.')
-  if max_train_steps is not None and max_train_steps < 1:
-    raise ValueError(f'--max_train_steps must be positive, got '
-                     f'{max_train_steps}.')
-  _check_kmeans_flags(fit_kmeans, kmeans_examples)
-  recipe = _recipe(batch_size, learning_rate)
-  generator = get_generator(generator)
-  attack_config = dataclasses.replace(
-      generator.config(**(attack_overrides or {})),
-      jit_compile=bool(xla_generator))
-  data.get_dataset_spec(dataset)
-  teacher_model = None
-  if teacher is not None:
-    loaded = loading.load_model(teacher, config=config, dataset=dataset,
-                                kmeans=False)
-    if loaded.config.dataset != dataset:
-      raise checkpoints.CheckpointMismatchError(
-          f'The teacher {teacher!r} is a {loaded.config.dataset} model '
-          f'(config {loaded.config.name!r}); this run is on {dataset}.')
-    teacher_model, config = loaded.model, loaded.config.without_noise()
-  else:
-    config = (config or configs.get_config(dataset)).without_noise()
-  # After the teacher: a missing or mismatched teacher is refused before
-  # the data set is read.
-  stream = stream or data.BatchStream(
-      dataset, 'train', recipe.batch_size, preprocess=recipe.preprocess,
-      seed=seed, data_dir=data_dir)
-  deviations = _deviations(method, phases, preset, recipe, clean_batches,
-                           ad_weight, generator, attack_overrides)
-  logdir = logdir or os.path.join('runs', f'{method.name}_{dataset}')
-  settings = training.run_settings(
-      config, recipe, method=method.name, init=method.init, dataset=dataset,
-      teacher=teacher, seed=seed, preset=preset.name,
-      phases=[dataclasses.asdict(p) for p in phases],
-      lr_schedule=lr_schedule, ad_target=ad_target, ad_weight=ad_weight,
-      clean_batches=clean_batches, attack=dataclasses.asdict(attack_config),
-      deviations=deviations,
-      # Runs of the paper's generator made before the option resume.
-      **({} if generator.name == 'paper_train'
-         else dict(generator=generator.name)))
+  plan = _resolve(run, stream)
   # Checks that write nothing first; then the folder is ours alone.
   length_change = (
-      _check_length_change(logdir, phases, stream.steps_per_epoch)
-      if training.check_logdir(logdir, settings, overwrite) else None)
-  with training.lock_folder(logdir):
-    resumed = training.prepare_logdir(logdir, settings, overwrite)
-    for text in deviations:
+      _check_length_change(plan.logdir, plan.phases,
+                           plan.stream.steps_per_epoch)
+      if training.check_logdir(plan.logdir, plan.settings, run.overwrite)
+      else None)
+  with training.lock_folder(plan.logdir):
+    resumed = training.prepare_logdir(plan.logdir, plan.settings,
+                                      run.overwrite)
+    for text in plan.deviations:
       log(f'DEVIATION from the paper: {text}')
     if length_change:
       log(length_change)
-
-    tf.random.set_seed(seed)
-    np.random.seed(seed)
-    student = SCAE(config)
-    if method.init == 'teacher':
-      for mine, theirs in zip(student.variables, teacher_model.variables):
-        mine.assign(theirs)
-    model = (objectives.StudentTeacher(student, teacher_model)
-             if teacher_model is not None else student)
-    batches = AdversarialBatches(model, attacked=lambda _: student,
-                                 clean_batches=clean_batches, seed=seed,
-                                 generator=generator.name,
-                                 preset=attack_config)
-    phase_var = tf.Variable(0, dtype=tf.int64, trainable=False, name='phase')
-    state = dict(adversarial=batches, phase=phase_var)
-    losses = dict(
-        ad=objectives.distillation_objective(ad_weight, ad_target),
-        at=lambda m, b, c: objectives.adversarial_training_objective(
-            student, b, c))
-    evaluators = [training.ProbeAccuracy(student, eval_data or (
-        lambda: data.eval_batches(dataset, 'test', EVAL_BATCH,
-                                  preprocess=recipe.preprocess,
-                                  data_dir=data_dir)))]
-
-    def checkpoint_of(phase):
-      optimizer = TF1RMSProp.for_recipe(
-          student.trainable_variables,
-          recipe.replace(lr_decay=phase.lr_decay, deviation=recipe.deviation))
-      return RunCheckpoint(logdir, student, optimizer, state, config, log=log)
-
-    # Where the run stands: the newest checkpoint that reads back whole and
-    # finite (as the loop's own restore), or the start.
-    where = checkpoint_of(phases[0])
-    restored = where.restore()
-    step = int(where.optimizer.step.numpy()) if restored else 0
-    saved_phase = int(phase_var.numpy()) if restored else 0
-    spe = stream.steps_per_epoch
-    ends = np.cumsum([p.epochs * spe for p in phases]).tolist()
-    stop = min(ends[-1], max_train_steps or ends[-1])
-    log(f'{"resuming at step " + str(step) if resumed and restored else "starting"}'
-        f' {logdir}: {method.name} ({method.description}), phases '
-        + ', '.join(f'{p.kind} {p.epochs} epochs' for p in phases)
-        + f', lr {lr_schedule}, {spe} steps per epoch'
-        + (f', stopping at step {stop} of {ends[-1]}' if stop < ends[-1]
-           else ''))
-    metrics = {}
-    for index, (phase, end) in enumerate(zip(phases, ends)):
-      if step >= end and saved_phase >= index:
-        continue
-      if step >= stop:
-        break
-      run_ckpt = checkpoint_of(phase)
-      if saved_phase < index:
-        _switch_phase(run_ckpt, index, step, phase_var, log)
-      metrics = training.train_loop(
-          model, run_ckpt.optimizer, stream, logdir, min(end, stop),
-          noise=False, seed=seed, loss_fn=losses[phase.kind], prepare=batches,
-          state=state, evaluators=evaluators, save_every=save_every,
-          progress=progress, config=config, checkpoint_model=student,
-          log=log, description=f'{method.name} phase {index + 1}/'
-                               f'{len(phases)} ({phase.kind})')
-      step, saved_phase = min(end, stop), index
-    final = tf.train.latest_checkpoint(os.path.join(logdir, CHECKPOINT_DIR))
-    if stop < ends[-1]:
-      log(f'stopped at step {stop} of {ends[-1]} (--max_train_steps); the '
-          'same command without it resumes the run')
-    _log_final_probes(evaluators[0], logdir, stop, spe, log)
-    if fit_kmeans:
-      note = _fit_kmeans(final, dataset, data_dir, logdir, stop, spe,
-                         kmeans_examples, progress, log)
-    else:
-      note = 'no final k-means (--nofit_kmeans)'
-      log(f'{note}: PriK / PosK attacks need one; `python run/evaluate.py '
-          f'--checkpoint={final} --dataset={dataset}` fits it')
-    curves.plot_runs([logdir], os.path.join(logdir, 'accuracy.png'),
-                     title=f'{method.name.upper()} on {dataset}'
-                     + (f', step {stop} of {ends[-1]}' if stop < ends[-1]
-                        else '') + (f'; {note}' if note else ''))
-    log(f'done: {final}')
+    student, parts = _build(plan, eval_data, log)
+    metrics, stop, end = _train_phases(plan, student, parts, resumed,
+                                       progress, log)
+    _finish(plan, parts['evaluators'][0], stop, end, progress, log)
     return metrics
+
+
+def _resolve(run, stream):
+  """The run's method, phases, recipe, generator, teacher, config, data and
+  identity; a missing or mismatched teacher is refused before the data set
+  is read."""
+  method = run.resolved_method()
+  phases = run.phases()
+  recipe = _recipe(run.batch_size, run.learning_rate)
+  generator = get_generator(run.generator)
+  attack_config = dataclasses.replace(
+      generator.config(**(run.attack_overrides or {})),
+      jit_compile=bool(run.xla_generator))
+  teacher_model = None
+  if run.teacher is not None:
+    loaded = loading.load_model(run.teacher, config=run.config,
+                                dataset=run.dataset, kmeans=False)
+    if loaded.config.dataset != run.dataset:
+      raise checkpoints.CheckpointMismatchError(
+          f'The teacher {run.teacher!r} is a {loaded.config.dataset} model '
+          f'(config {loaded.config.name!r}); this run is on {run.dataset}.')
+    teacher_model, config = loaded.model, loaded.config.without_noise()
+  else:
+    config = (run.config or configs.get_config(run.dataset)).without_noise()
+  stream = stream or data.BatchStream(
+      run.dataset, 'train', recipe.batch_size, preprocess=recipe.preprocess,
+      seed=run.seed, data_dir=run.data_dir)
+  deviations = _deviations(method, phases, methods.get_preset(run.preset),
+                           recipe, run.clean_batches, run.ad_weight,
+                           generator, run.attack_overrides)
+  settings = training.run_settings(
+      config, recipe, method=method.name, init=method.init,
+      dataset=run.dataset, teacher=run.teacher, seed=run.seed,
+      preset=run.preset, phases=[dataclasses.asdict(p) for p in phases],
+      lr_schedule=run.lr_schedule, ad_target=run.ad_target,
+      ad_weight=run.ad_weight, clean_batches=run.clean_batches,
+      attack=dataclasses.asdict(attack_config), deviations=deviations,
+      # Runs of the paper's generator made before the option resume.
+      **({} if generator.name == 'paper_train'
+         else dict(generator=generator.name)))
+  return _Plan(run, method, phases, recipe, generator, attack_config, config,
+               teacher_model, stream, run.run_folder(), deviations, settings)
+
+
+def _build(plan, eval_data, log):
+  """The student (from the teacher's weights if the method says so), what
+  the losses see, the adversarial batches, the checkpointed state, the
+  losses by phase kind and the per-epoch evaluator."""
+  run = plan.run
+  tf.random.set_seed(run.seed)
+  np.random.seed(run.seed)
+  student = SCAE(plan.config)
+  if plan.method.init == 'teacher':
+    for mine, theirs in zip(student.variables, plan.teacher_model.variables):
+      mine.assign(theirs)
+  model = (objectives.StudentTeacher(student, plan.teacher_model)
+           if plan.teacher_model is not None else student)
+  batches = AdversarialBatches(model, attacked=lambda _: student,
+                               clean_batches=run.clean_batches, seed=run.seed,
+                               generator=plan.generator.name,
+                               preset=plan.attack_config)
+  phase = tf.Variable(0, dtype=tf.int64, trainable=False, name='phase')
+  losses = dict(
+      ad=objectives.distillation_objective(run.ad_weight, run.ad_target),
+      at=lambda m, b, c: objectives.adversarial_training_objective(
+          student, b, c))
+  evaluators = [training.ProbeAccuracy(student, eval_data or (
+      lambda: data.eval_batches(run.dataset, 'test', EVAL_BATCH,
+                                preprocess=plan.recipe.preprocess,
+                                data_dir=run.data_dir)))]
+
+  def checkpoint_of(phase_spec):
+    optimizer = TF1RMSProp.for_recipe(
+        student.trainable_variables,
+        plan.recipe.replace(lr_decay=phase_spec.lr_decay,
+                            deviation=plan.recipe.deviation))
+    return training.RunCheckpoint(plan.logdir, student, optimizer,
+                                  dict(adversarial=batches, phase=phase),
+                                  plan.config, log=log)
+
+  return student, dict(model=model, batches=batches, phase=phase,
+                       losses=losses, evaluators=evaluators,
+                       checkpoint_of=checkpoint_of)
+
+
+def _train_phases(plan, student, parts, resumed, progress, log):
+  """Runs the phases from where the run stands (the newest checkpoint that
+  reads back whole and finite, as the loop's own restore, or the start);
+  returns the last step's metrics, the step it stopped at and the run's
+  planned end."""
+  run, phases, logdir = plan.run, plan.phases, plan.logdir
+  checkpoint_of, phase_var = parts['checkpoint_of'], parts['phase']
+  where = checkpoint_of(phases[0])
+  restored = where.restore()
+  step = int(where.optimizer.step.numpy()) if restored else 0
+  saved_phase = int(phase_var.numpy()) if restored else 0
+  spe = plan.stream.steps_per_epoch
+  ends = methods.phase_ends(phases, spe)
+  stop = min(ends[-1], run.max_train_steps or ends[-1])
+  log(f'{"resuming at step " + str(step) if resumed and restored else "starting"}'
+      f' {logdir}: {plan.method.name} ({plan.method.description}), phases '
+      + ', '.join(f'{p.kind} {p.epochs} epochs' for p in phases)
+      + f', lr {run.lr_schedule}, {spe} steps per epoch'
+      + (f', stopping at step {stop} of {ends[-1]}' if stop < ends[-1]
+         else ''))
+  metrics = {}
+  for index, (phase, end) in enumerate(zip(phases, ends)):
+    if step >= end and saved_phase >= index:
+      continue
+    if step >= stop:
+      break
+    run_ckpt = checkpoint_of(phase)
+    if saved_phase < index:
+      _switch_phase(run_ckpt, index, step, phase_var, log)
+    metrics = training.train_loop(
+        parts['model'], run_ckpt.optimizer, plan.stream, logdir,
+        min(end, stop), noise=False, seed=run.seed,
+        loss_fn=parts['losses'][phase.kind], prepare=parts['batches'],
+        state=dict(adversarial=parts['batches'], phase=phase_var),
+        evaluators=parts['evaluators'], save_every=run.save_every,
+        progress=progress, config=plan.config, checkpoint_model=student,
+        step_fields=AdversarialFields(), log=log,
+        description=f'{plan.method.name} phase {index + 1}/{len(phases)} '
+                    f'({phase.kind})')
+    step, saved_phase = min(end, stop), index
+  return metrics, stop, ends[-1]
+
+
+def _finish(plan, probes, stop, end, progress, log):
+  """After the last step: the probes' accuracy at a stop between epoch
+  ends, the final k-means (or why not), the accuracy plot."""
+  run, logdir = plan.run, plan.logdir
+  spe = plan.stream.steps_per_epoch
+  final = tf.train.latest_checkpoint(os.path.join(logdir, CHECKPOINT_DIR))
+  if stop < end:
+    log(f'stopped at step {stop} of {end} (--max_train_steps); the same '
+        'command without it resumes the run')
+  _log_final_probes(probes, logdir, stop, spe, log)
+  if run.fit_kmeans:
+    note = _fit_kmeans(final, run.dataset, run.data_dir, logdir, stop, spe,
+                       run.kmeans_examples, progress, log)
+  else:
+    note = 'no final k-means (--nofit_kmeans)'
+    log(f'{note}: PriK / PosK attacks need one; `python run/evaluate.py '
+        f'--checkpoint={final} --dataset={run.dataset}` fits it')
+  curves.plot_runs([logdir], os.path.join(logdir, 'accuracy.png'),
+                   title=f'{plan.method.name.upper()} on {run.dataset}'
+                   + (f', step {stop} of {end}' if stop < end else '')
+                   + (f'; {note}' if note else ''))
+  log(f'done: {final}')
 
 
 def _check_length_change(logdir, phases, steps_per_epoch):
@@ -311,14 +310,6 @@ def _check_length_change(logdir, phases, steps_per_epoch):
   return (f'the run\'s length changes from {epochs(old)} to {epochs(phases)} '
           f'epochs (newest checkpoint: step {step}); run.json keeps every '
           'length asked for')
-
-
-def _check_kmeans_flags(fit_kmeans, examples):
-  if examples is not None and examples < 1:
-    raise ValueError(f'--kmeans_examples must be positive, got {examples}.')
-  if examples is not None and not fit_kmeans:
-    raise ValueError('--kmeans_examples sizes the final k-means that '
-                     '--nofit_kmeans skips: give one of them.')
 
 
 def _kmeans_reduction(dataset, examples):

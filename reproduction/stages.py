@@ -307,13 +307,17 @@ _DEFENCE_KEYS = ('dataset', 'scale', 'config', 'teacher', 'method')
 
 
 def _defence(stage, workdir, redo, progress, log):
-  from defenses import trainer  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from defenses import trainer
+  from defenses.run_spec import DefenceRun
+  # pylint: enable=g-import-not-at-top
   s = stage.settings
   kwargs = {k: v for k, v in s.items() if k not in _DEFENCE_KEYS}
   trainer.train_defense(
-      s['method'], dataset=s['dataset'], teacher=s['teacher'],
-      config=_config(stage), logdir=stage.output, fit_kmeans=False,
-      overwrite=redo, progress=progress, log=log, **kwargs)
+      DefenceRun(s['method'], dataset=s['dataset'], teacher=s['teacher'],
+                 config=_config(stage), logdir=stage.output,
+                 fit_kmeans=False, overwrite=redo, **kwargs),
+      progress=progress, log=log)
   return stage.output
 
 

@@ -79,41 +79,30 @@ flags.adopt_module_key_flags(cli)
 FLAGS = flags.FLAGS
 
 
-def _check_flags():
-  """The checks that need no model, before TensorFlow loads: a bad flag is
-  refused in a second (the numbers by their flags' bounds)."""
-  # pylint: disable=g-import-not-at-top
-  from defenses import methods
-  from scae_tf import data
-  from scae_tf import named
-  # pylint: enable=g-import-not-at-top
-  method = methods.get_method(FLAGS.method).starting_from(FLAGS.init)
-  methods.plan(method, FLAGS.ad_epochs, FLAGS.at_epochs, FLAGS.lr_schedule,
-               epochs=FLAGS.epochs, preset=methods.get_preset(FLAGS.preset))
-  cli.check_choice('ad_target', FLAGS.ad_target, methods.AD_TARGETS)
-  named.lookup(dict.fromkeys(methods.GENERATORS), FLAGS.generator,
-               'generator')
-  data.get_dataset_spec(FLAGS.dataset)
-
-
-def _train():
-  _check_flags()
-  # Imported here so that --help and a bad flag answer without loading
-  # TensorFlow.
-  from defenses import trainer  # pylint: disable=g-import-not-at-top
-  trainer.train_defense(
+def _run_spec():
+  """The run the flags ask for; building it checks everything that needs no
+  model, before TensorFlow loads: a bad flag is refused in a second (the
+  numbers by their flags' bounds)."""
+  from defenses.run_spec import DefenceRun  # pylint: disable=g-import-not-at-top
+  return DefenceRun(
       FLAGS.method, dataset=FLAGS.dataset, teacher=FLAGS.teacher,
       logdir=FLAGS.logdir, seed=FLAGS.seed, preset=FLAGS.preset,
-      init=FLAGS.init,
-      epochs=FLAGS.epochs, ad_epochs=FLAGS.ad_epochs,
+      init=FLAGS.init, epochs=FLAGS.epochs, ad_epochs=FLAGS.ad_epochs,
       at_epochs=FLAGS.at_epochs, lr_schedule=FLAGS.lr_schedule,
       ad_target=FLAGS.ad_target, ad_weight=FLAGS.lambda_,
       clean_batches=FLAGS.k, generator=FLAGS.generator,
       xla_generator=FLAGS.xla_generator,
-      max_train_steps=FLAGS.max_train_steps,
-      fit_kmeans=FLAGS.fit_kmeans, kmeans_examples=FLAGS.kmeans_examples,
-      data_dir=FLAGS.data_dir, save_every=FLAGS.save_every,
-      overwrite=FLAGS.overwrite, progress=FLAGS.progress)
+      max_train_steps=FLAGS.max_train_steps, fit_kmeans=FLAGS.fit_kmeans,
+      kmeans_examples=FLAGS.kmeans_examples, data_dir=FLAGS.data_dir,
+      save_every=FLAGS.save_every, overwrite=FLAGS.overwrite)
+
+
+def _train():
+  run = _run_spec()
+  # Imported here so that --help and a bad flag answer without loading
+  # TensorFlow.
+  from defenses import trainer  # pylint: disable=g-import-not-at-top
+  trainer.train_defense(run, progress=FLAGS.progress)
 
 
 def main(argv):

@@ -112,3 +112,16 @@ def pytest_sessionfinish(session, exitstatus):
     print(f'\nfixture tests: {_fixture_outcomes}; with '
           'SCAE_REQUIRE_FIXTURES=1 they must all run.')
     session.exitstatus = 1
+
+
+def train_defense(*args, **kwargs):
+  """`defenses.trainer.train_defense` with the run's settings and the call's
+  hooks (display, log, a stream and evaluation data of the test's own) in
+  one keyword list, as the tests write them."""
+  # pylint: disable=g-import-not-at-top
+  from defenses import trainer
+  from defenses.run_spec import DefenceRun
+  # pylint: enable=g-import-not-at-top
+  hooks = {k: kwargs.pop(k) for k in ('progress', 'log', 'stream',
+                                      'eval_data') if k in kwargs}
+  return trainer.train_defense(DefenceRun(*args, **kwargs), **hooks)

@@ -303,6 +303,7 @@ def test_every_second_batch_is_adversarial_against_the_trained_model():
 
 # --- The trainer ------------------------------------------------------------
 
+from conftest import train_defense  # pylint: disable=g-import-not-at-top,wrong-import-position
 from defenses import trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
 from scae_tf import checkpoints  # pylint: disable=g-import-not-at-top,wrong-import-position
 from scae_tf import data  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -331,7 +332,7 @@ def _defend(method, logdir, teacher=None, **kwargs):
   data_path('mnist')
   kwargs.setdefault('attack_overrides', QUICK)
   kwargs.setdefault('log', lambda msg: None)
-  return trainer.train_defense(
+  return train_defense(
       method, teacher=teacher, logdir=str(logdir), batch_size=4,
       stream=_stream(), config=SMALL,
       data_dir=str(DATA_DIR), save_every=1, fit_kmeans=False,
@@ -464,7 +465,7 @@ def test_margin_at_is_labelled_and_trains_on_pgd_batches(tmp_path,
     (dict(method='ad'), 'needs --teacher'),
     (dict(method='at', ad_epochs=3), 'ad_epochs does not apply'),
     (dict(method='at', lr_schedule='cosine'), 'Unknown lr_schedule'),
-    (dict(method='at', ad_target='noise'), 'Unknown ad_target'),
+    (dict(method='at', ad_target='noise'), "unknown ad_target='noise'"),
     (dict(method='hat', epochs=3, teacher='t'), 'epochs does not apply'),
     (dict(method='ntat', epochs=3, at_epochs=2, teacher='t'),
      'not both'),
@@ -479,7 +480,7 @@ def test_bad_defence_settings_fail_before_any_work(tmp_path, kwargs,
                                                    message):
   # What the scripts report as one `error:` line (scae_tf.cli).
   with pytest.raises((ValueError, OSError), match=message):
-    trainer.train_defense(logdir=str(tmp_path / 'run'), **kwargs)
+    train_defense(logdir=str(tmp_path / 'run'), **kwargs)
   assert not (tmp_path / 'run').exists()
 
 
@@ -489,12 +490,12 @@ def test_a_teacher_of_another_config_or_data_set_or_a_corrupt_one_is_refused(
   kwargs = dict(logdir=str(tmp_path / 'run'), stream=_stream(), batch_size=4,
                 log=lambda msg: None)
   with pytest.raises(checkpoints.CheckpointMismatchError):
-    trainer.train_defense('ad', teacher=teacher_path,
-                          config=configs.tiny_config(), **kwargs)
+    train_defense('ad', teacher=teacher_path, config=configs.tiny_config(),
+                  **kwargs)
   with pytest.raises(checkpoints.CheckpointMismatchError,
                      match='a mnist model .* on fashion_mnist'):
-    trainer.train_defense('ad', teacher=teacher_path, config=SMALL,
-                          dataset='fashion_mnist', **kwargs)
+    train_defense('ad', teacher=teacher_path, config=SMALL,
+                  dataset='fashion_mnist', **kwargs)
   corrupt = tmp_path / 'corrupt'
   corrupt.mkdir()
   for name in os.listdir(os.path.dirname(teacher_path)):
@@ -504,8 +505,8 @@ def test_a_teacher_of_another_config_or_data_set_or_a_corrupt_one_is_refused(
       content = content[:len(content) // 2]
     (corrupt / name).write_bytes(content)
   with pytest.raises(checkpoints.CorruptCheckpointError):
-    trainer.train_defense('ad', teacher=str(corrupt / 'model'), config=SMALL,
-                          **kwargs)
+    train_defense('ad', teacher=str(corrupt / 'model'), config=SMALL,
+                  **kwargs)
   assert not (tmp_path / 'run').exists()
 
 
@@ -581,7 +582,7 @@ def test_max_train_steps_stops_evaluates_and_the_same_command_resumes(
                 stream=_stream(), eval_data=lambda: [_stream().batch(0)],
                 save_every=1000, fit_kmeans=False, progress=False,
                 log=logs.append, logdir=str(tmp_path / 'at'), epochs=2)
-  trainer.train_defense('at', max_train_steps=3, **kwargs)
+  train_defense('at', max_train_steps=3, **kwargs)
   ckpt = str(tmp_path / 'at' / 'ckpt')
   assert tf.train.latest_checkpoint(ckpt).endswith('ckpt-3')
   assert 'stopped at step 3 of 4 (--max_train_steps); the same command ' \
@@ -594,7 +595,7 @@ def test_max_train_steps_stops_evaluates_and_the_same_command_resumes(
   assert settings['deviations'][0] == 'AT 2 epochs instead of 100'
   assert (tmp_path / 'at' / 'accuracy.png').stat().st_size > 0
   logs.clear()
-  trainer.train_defense('at', **kwargs)
+  train_defense('at', **kwargs)
   assert tf.train.latest_checkpoint(ckpt).endswith('ckpt-4')
   assert any(line.startswith('resuming at step 3') for line in logs)
 

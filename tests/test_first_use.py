@@ -15,10 +15,9 @@ import matplotlib.figure
 import numpy as np
 import pytest
 
-from conftest import DATA_DIR, data_path, REPO  # pylint: disable=g-bad-import-order
+from conftest import DATA_DIR, data_path, REPO, train_defense  # pylint: disable=g-bad-import-order
 from attacks import evasion
 from attacks import protocol
-from defenses import trainer
 from scae_tf import configs
 from scae_tf import data
 
@@ -51,7 +50,7 @@ def figures(monkeypatch):
 def _smoke(logdir, **kwargs):
   data_path('mnist')
   logs = []
-  trainer.train_defense(
+  train_defense(
       'at', logdir=str(logdir), epochs=1, max_train_steps=2, batch_size=4,
       config=SMALL, stream=_stream(), attack_overrides=QUICK,
       eval_data=lambda: [_stream().batch(0)], data_dir=str(DATA_DIR),
@@ -125,8 +124,8 @@ def test_nofit_kmeans_skips_the_kmeans_and_says_so(tmp_path, figures):
 def test_bad_kmeans_flags_are_refused_before_any_work(tmp_path, kwargs,
                                                       message):
   with pytest.raises(ValueError, match=message):
-    trainer.train_defense('at', logdir=str(tmp_path / 'run'), config=SMALL,
-                          stream=_stream(), **kwargs)
+    train_defense('at', logdir=str(tmp_path / 'run'), config=SMALL,
+                  stream=_stream(), **kwargs)
   assert not (tmp_path / 'run').exists()
 
 

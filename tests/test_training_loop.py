@@ -112,6 +112,30 @@ def test_resume_in_process_equals_uninterrupted(tmp_path):
   assert [r['step'] for r in logged] == [7, 10, 12]
 
 
+def test_a_methods_step_fields_choose_extra_log_records(tmp_path, tiny):
+  """The loop logs every tenth step and the last; a method's `StepFields`
+  adds the steps it asks for, and sees every step's metrics once."""
+
+  class OddSteps(training.StepFields):
+
+    def __init__(self):
+      self.seen = 0
+
+    def postfix(self, metrics):
+      self.seen += 1
+      return dict(seen=str(self.seen))
+
+    def always_log(self, metrics):
+      return self.seen % 2 == 1
+
+  fields = OddSteps()
+  tiny.run(tmp_path, 12, step_fields=fields, save_every=100)
+  logged = [json.loads(l)['step'] for l in open(tmp_path / 'log.jsonl')
+            if 'eval' not in l]
+  assert fields.seen == 12
+  assert logged == [1, 3, 5, 7, 9, 10, 11, 12]
+
+
 def test_nan_guard_keeps_last_good_checkpoint(tmp_path):
   model = SCAE(TINY)
   opt = TF1RMSProp.for_recipe(model.trainable_variables, TINY_RECIPE)

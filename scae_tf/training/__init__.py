@@ -4,7 +4,10 @@
                  in, a compiled (optionally distributed) optimiser step out;
                  the SCAE objective is the default loss.
   loop.py        `train_loop`: resumable, checkpointed, with evaluators and
-                 extra checkpointed state.
+                 extra checkpointed state; a method adds its own progress
+                 fields (`StepFields`).
+  run_checkpoint.py  `RunCheckpoint`: a run's checkpoints, saved only when
+                 finite, restored from the newest usable one.
   evaluators.py  per-epoch evaluations (probe accuracy, the k-means curve).
   run_dir.py     a run's folder: its identity, its log, its lock, the logdir
                  guard.
@@ -17,9 +20,11 @@ from scae_tf.training.distribute import STRATEGIES
 from scae_tf.training.evaluators import KMeansCurve
 from scae_tf.training.evaluators import probe_accuracy
 from scae_tf.training.evaluators import ProbeAccuracy
-from scae_tf.training.loop import NonFiniteLossError
+from scae_tf.training.loop import StepFields
 from scae_tf.training.loop import train_loop
 from scae_tf.training.loop import TrainingInterrupted
+from scae_tf.training.run_checkpoint import NonFiniteLossError
+from scae_tf.training.run_checkpoint import RunCheckpoint
 from scae_tf.training.run_dir import CHECKPOINT_DIR
 from scae_tf.training.run_dir import check_logdir
 from scae_tf.training.run_dir import FolderInUseError

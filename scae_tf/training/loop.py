@@ -6,30 +6,33 @@ function of the seed and the step), the random state of the step (stateless
 seeds are functions of the seed and the step; `tf.random.Generator`s and
 counters a method adds go in `state`). A run killed at any point and
 restarted with the same command therefore continues bit-identically.
+
+A save writes the config beside the checkpoint first, then TF writes the
+data files and the `checkpoint` index last, so an interrupted save leaves
+the previous checkpoint in force; a resumed run restores the newest
+checkpoint that reads back whole and finite (`RunCheckpoint`). A state with
+a non-finite loss, gradient norm or checkpointed variable (model, optimiser
+slots, `state`) is never saved (NonFiniteLossError, naming the last finite
+checkpoint). Ctrl-C saves the current step, then raises TrainingInterrupted
+(a KeyboardInterrupt); under `scae_tf.interrupts.handle_signals` (the
+scripts), Ctrl-C and SIGTERM stop a step with an adversarial batch within
+seconds, and save the step before it (`_run_step`).
 """
 
 import math
 import os
 import time
 
-import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from scae_tf import checkpoints
-from scae_tf import cli
 from scae_tf import interrupts
-from scae_tf.training.run_dir import CHECKPOINT_DIR
-from scae_tf.training.run_dir import CHECKPOINT_NAME
-from scae_tf.training.run_dir import checkpoint_files
+from scae_tf.training.run_checkpoint import NonFiniteLossError
+from scae_tf.training.run_checkpoint import RunCheckpoint
 from scae_tf.training.run_dir import JsonlLog
 from scae_tf.training.run_dir import LOG_FILE
 from scae_tf.training.run_dir import TB_DIR
 from scae_tf.training.step import make_train_step
-
-
-class NonFiniteLossError(cli.TrainingFailed):
-  """Training produced a NaN/inf; nothing non-finite was saved."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -79,137 +82,12 @@ def _run_step(step_fn, images, labels, undo, traced):
   return None
 
 
-def _float_variables(objects):
-  """The floating-point variables of the checkpointed objects, once each."""
-  found = {}
-  for obj in objects:
-    variables = ([obj] if isinstance(obj, tf.Variable)
-                 else getattr(obj, 'variables', ()))
-    for v in variables:
-      if v.dtype.is_floating:
-        found.setdefault(v.ref(), v)
-  return list(found.values())
-
-
-def _count_non_finite(variables):
-  return sum(not np.all(np.isfinite(v.numpy())) for v in variables)
-
-
-def _checkpoints_newest_first(manager):
-  """The checkpoints of the manager's folder, newest first: those its
-  `checkpoint` file lists and the complete-looking ones beside, which a save
-  killed before it updated that file leaves (or a garbled file hides)."""
-  by_step = checkpoint_files(manager.directory)
-  # The manager's spelling of a path wins: it compares paths as strings.
-  for prefix in manager.checkpoints:
-    number = prefix.rsplit('-', 1)[-1]
-    if number.isdigit():
-      by_step[int(number)] = prefix
-  return [by_step[n] for n in sorted(by_step, reverse=True)]
-
-
-def _restore(ckpt, manager, variables, log):
-  """Restores the newest checkpoint that reads back whole and finite; returns
-  its path, or None when the folder has no checkpoint.
-
-  Older checkpoints stand in for damaged ones (a truncated or corrupt file)
-  and for non-finite ones (written by versions without the NaN guard), with
-  a warning each.
-  """
-  candidates = _checkpoints_newest_first(manager)
-  for path in candidates:
-    try:
-      checkpoints.check_readable(path)
-    except checkpoints.CorruptCheckpointError as e:
-      log(f'warning: skipping checkpoint {path}: {e}')
-      continue
-    try:
-      status = ckpt.read(path)
-      status.assert_existing_objects_matched()
-    except (AssertionError, ValueError) as e:
-      raise checkpoints.CheckpointMismatchError(
-          f'Checkpoint {path!r} does not fit this run: {e}') from None
-    # The save counter exists only from the first save on: a run stopped
-    # before it would leave it unread, and TF would warn at exit.
-    status.expect_partial()
-    bad = _count_non_finite(variables)
-    if not bad:
-      return path
-    log(f'warning: skipping checkpoint {path}: {bad} of {len(variables)} '
-        'variables hold non-finite values.')
-  if candidates:
-    raise checkpoints.CorruptCheckpointError(
-        f'No usable checkpoint in {manager.directory} (tried '
-        f'{", ".join(os.path.basename(p) for p in candidates)}); '
-        '--overwrite restarts the run.')
-  return None
-
-
-class RunCheckpoint:
-  """The checkpoints of a run folder (`<logdir>/ckpt/ckpt-<step>`, the last
-  three kept), each with its model config beside it.
-
-  `model` is what is saved as the run's model; `state` holds the extra
-  trackables. Saving refuses a non-finite state; restoring takes the newest
-  checkpoint that reads back whole and finite (`_restore`).
-  """
-
-  def __init__(self, logdir, model, optimizer, state=None, config=None,
-               log=print):
-    self.optimizer = optimizer
-    self.config = config if config is not None else model.config
-    self.log = log
-    self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
-                                          **(state or {}))
-    self.variables = _float_variables([model, optimizer,
-                                       *(state or {}).values()])
-    self.manager = tf.train.CheckpointManager(
-        self.checkpoint, os.path.join(logdir, CHECKPOINT_DIR), max_to_keep=3,
-        checkpoint_name=CHECKPOINT_NAME)
-    self.last_good = None
-
-  def restore(self):
-    """Restores the newest usable checkpoint; returns its path or None."""
-    self.last_good = _restore(self.checkpoint, self.manager, self.variables,
-                              self.log)
-    return self.last_good
-
-  def where_to_resume(self):
-    if self.last_good is None:
-      return 'No checkpoint was saved: there is none to resume from.'
-    return f'The last finite checkpoint is {self.last_good}.'
-
-  def save(self):
-    """Saves at the optimiser's step, refusing a non-finite state."""
-    step = int(self.optimizer.step.numpy())
-    bad = _count_non_finite(self.variables)
-    if bad:
-      raise NonFiniteLossError(
-          f'{bad} of {len(self.variables)} checkpointed variables are '
-          f'non-finite at step {step}; not saved. {self.where_to_resume()}')
-    manager = self.manager
-    # The config before the checkpoint: one in force always has its config.
-    checkpoints.save_config(
-        self.config,
-        os.path.join(manager.directory, f'{CHECKPOINT_NAME}-{step}'))
-    path = manager.save(checkpoint_number=step)
-    # The manager deletes old checkpoints; delete their configs with them.
-    kept = set(manager.checkpoints)
-    for name in os.listdir(manager.directory):
-      if name.endswith(checkpoints.CONFIG_SUFFIX):
-        prefix = os.path.join(manager.directory,
-                              name[:-len(checkpoints.CONFIG_SUFFIX)])
-        if prefix not in kept:
-          os.remove(prefix + checkpoints.CONFIG_SUFFIX)
-    self.last_good = path
-    return path
-
-
 def train_loop(model, optimizer, stream, logdir, total_steps, *, noise=True,
                seed=0, loss_fn=None, prepare=None, train_step=None,
                evaluators=(), state=None, save_every=1000, jit_compile=False,
                strategy=None, progress=True, config=None,
-               checkpoint_model=None, description=None, log=print):
+               checkpoint_model=None, description=None, step_fields=None,
+               log=print):
   """Trains until `optimizer.step == total_steps`, resuming from `logdir`.
 
   Args:
@@ -231,54 +109,28 @@ def train_loop(model, optimizer, stream, logdir, total_steps, *, noise=True,
       more (a student and its frozen teacher: only the student is saved, so
       `scae_tf.loading.load_model` reads the run as any other).
     description: the progress bar's label (e.g. a defence's phase).
+    step_fields: a `StepFields` of the method: what it adds to the progress
+      bar and which steps it logs besides every tenth.
     log: callable(str) for what is resumed and the warnings.
-  Returns the last step's metrics.
-
-  Checkpoints are saved every `save_every` steps, at every epoch end and at
-  the end; the config beside it first, then TF writes the data files, and
-  the `checkpoint` index last, so an interrupted save leaves the previous
-  checkpoint in force. A resumed run restores the newest checkpoint that
-  reads back whole and finite (see `_restore`). A state with a non-finite
-  loss, gradient norm or checkpointed variable (model, optimiser slots,
-  `state`) is never saved (NonFiniteLossError, naming the last finite
-  checkpoint). Ctrl-C saves the current step, then raises
-  TrainingInterrupted (a KeyboardInterrupt); under
-  `scae_tf.interrupts.handle_signals` (the scripts), Ctrl-C and SIGTERM
-  stop a step with an adversarial batch within seconds, and save the step
-  before it (`_run_step`).
+  Returns the last step's metrics. Saves every `save_every` steps, at every
+  epoch end and at the end (see the module doc for what a save and a stop
+  guarantee).
   """
   if save_every < 1 or total_steps < 1:
     raise ValueError(f'save_every ({save_every}) and total_steps '
                      f'({total_steps}) must be positive.')
-  saved_model = checkpoint_model if checkpoint_model is not None else model
-  run_ckpt = RunCheckpoint(logdir, saved_model, optimizer, state, config,
-                           log=log)
-  last_good = run_ckpt.restore()
+  run_ckpt = RunCheckpoint(
+      logdir, checkpoint_model if checkpoint_model is not None else model,
+      optimizer, state, config, log=log)
+  _restore_run(run_ckpt, log)
   step_fn = train_step or make_train_step(
       model, optimizer, noise=noise, seed=seed, jit_compile=jit_compile,
       strategy=strategy, prepare=prepare,
       **({'loss_fn': loss_fn} if loss_fn else {}))
-  log_file = JsonlLog(os.path.join(logdir, LOG_FILE))
-  writer = tf.summary.create_file_writer(os.path.join(logdir, TB_DIR))
-
-  start = int(optimizer.step.numpy())
-  saved_at = start
-  if last_good is None:
-    log(f'starting at step {start}')
-  else:
-    log(f'resuming from step {start} ({last_good})')
-    if last_good != run_ckpt.manager.latest_checkpoint:
-      # Older than what the `checkpoint` file names: make it the one in force,
-      # for the loaders and the manager's rotation (which then deletes the
-      # damaged ones).
-      run_ckpt.save()
-  elapsed = log_file.truncate_after(start)
-  spe = stream.steps_per_epoch
+  start = saved_at = int(optimizer.step.numpy())
+  outputs = _Outputs(logdir, start, total_steps, stream.steps_per_epoch,
+                     step_fields or StepFields(), progress, description)
   metrics = {}
-  bar = tqdm(total=total_steps, initial=start, disable=not progress,
-             unit='step', dynamic_ncols=True, desc=description)
-  t0 = time.time() - elapsed
-  adversarial = 0.
   undo, traced = _step_state(optimizer, state), []
   try:
     for images, labels in stream.batches(start):
@@ -288,49 +140,12 @@ def train_loop(model, optimizer, stream, logdir, total_steps, *, noise=True,
       out = _run_step(step_fn, images, labels, undo, traced)
       if out is None:  # stopped part-way, and undone
         raise interrupts.Interrupted()
-      metrics = {k: float(v) for k, v in out.items()}
-      bad = [k for k in ('loss', 'grad_global_norm')
-             if k in metrics and not math.isfinite(metrics[k])]
-      if bad:
-        values = ', '.join(f'{k} {v:g}' for k, v in metrics.items()
-                           if k in ('loss', 'grad_global_norm'))
-        raise NonFiniteLossError(
-            f'Non-finite {" and ".join(bad)} at step {step + 1} ({values}); '
-            f'stopped without saving. {run_ckpt.where_to_resume()}')
+      metrics = _finite_metrics(out, step + 1, run_ckpt)
       step += 1
-      bar.update(1)
-      postfix = dict(loss=f'{metrics["loss"]:.1f}',
-                     prior=f'{metrics.get("prior_cls_acc", 0):.2f}',
-                     post=f'{metrics.get("posterior_cls_acc", 0):.2f}')
-      if 'adversarial' in metrics:
-        # A defence: the share of adversarial batches so far, and how the
-        # last attack did.
-        adversarial += metrics['adversarial']
-        postfix['adv'] = f'{adversarial / (step - start):.2f}'
-        if metrics['adversarial']:
-          postfix['hit'] = f'{metrics["attack_success_rate"]:.2f}'
-      bar.set_postfix(**postfix)
-      # Every adversarial batch of a defence is logged with its attack's
-      # success rate and L2.
-      if (step % 10 == 0 or step == total_steps
-          or metrics.get('adversarial')):
-        log_file.write(dict(step=step, epoch=step / spe,
-                            wall_time=time.time() - t0, **metrics))
-        with writer.as_default(step=step):
-          for k, v in metrics.items():
-            tf.summary.scalar(f'train/{k}', v)
-      epoch_end = step % spe == 0
+      outputs.step(step, metrics)
+      epoch_end = step % stream.steps_per_epoch == 0
       if epoch_end:
-        for evaluator in evaluators:
-          values = evaluator(step)
-          log_file.write(dict(step=step, epoch=step // spe, eval=True,
-                              wall_time=time.time() - t0, **evaluator.tags,
-                              **values))
-          with writer.as_default(step=step):
-            for k, v in values.items():
-              tf.summary.scalar(f'test/{k}', v)
-          bar.write(f'epoch {step // spe}: ' + ', '.join(
-              f'{k} {v:.4f}' for k, v in values.items()))
+        outputs.evaluate(step, evaluators)
       if step % save_every == 0 or epoch_end or step == total_steps:
         run_ckpt.save()
         saved_at = step
@@ -343,6 +158,97 @@ def train_loop(model, optimizer, stream, logdir, total_steps, *, noise=True,
              if run_ckpt.last_good is not None else 'no step to save')
     raise TrainingInterrupted(f'at step {step}, {saved}.') from None
   finally:
-    bar.close()
-    writer.flush()
+    outputs.close()
   return metrics
+
+
+def _restore_run(run_ckpt, log):
+  """Restores the run's newest usable checkpoint, if any, and says so."""
+  last_good = run_ckpt.restore()
+  step = int(run_ckpt.optimizer.step.numpy())
+  if last_good is None:
+    log(f'starting at step {step}')
+    return
+  log(f'resuming from step {step} ({last_good})')
+  if last_good != run_ckpt.manager.latest_checkpoint:
+    # Older than what the `checkpoint` file names: make it the one in force,
+    # for the loaders and the manager's rotation (which then deletes the
+    # damaged ones).
+    run_ckpt.save()
+
+
+def _finite_metrics(out, step, run_ckpt):
+  """The step's metrics as floats; NonFiniteLossError (nothing saved) if its
+  loss or gradient norm is not finite."""
+  metrics = {k: float(v) for k, v in out.items()}
+  checked = ('loss', 'grad_global_norm')
+  bad = [k for k in checked if k in metrics and not math.isfinite(metrics[k])]
+  if bad:
+    values = ', '.join(f'{k} {v:g}' for k, v in metrics.items()
+                       if k in checked)
+    raise NonFiniteLossError(
+        f'Non-finite {" and ".join(bad)} at step {step} ({values}); '
+        f'stopped without saving. {run_ckpt.where_to_resume()}')
+  return metrics
+
+
+class StepFields:
+  """What a method adds to the loop's per-step outputs. This one adds
+  nothing; a defence's adds its adversarial batches
+  (`defenses.adversarial_batches.AdversarialFields`)."""
+
+  def postfix(self, metrics):
+    """Extra fields of the progress bar after a step."""
+    del metrics
+    return {}
+
+  def always_log(self, metrics):
+    """Whether this step goes to the log although it is not a tenth."""
+    del metrics
+    return False
+
+
+class _Outputs:
+  """Where the loop reports: the progress bar, `log.jsonl` (every tenth
+  step, the last, those the method asks for, and every evaluation) and
+  TensorBoard. Its clock resumes from the log's last record."""
+
+  def __init__(self, logdir, start, total_steps, steps_per_epoch, fields,
+               progress, description):
+    self.log_file = JsonlLog(os.path.join(logdir, LOG_FILE))
+    self.writer = tf.summary.create_file_writer(os.path.join(logdir, TB_DIR))
+    self.t0 = time.time() - self.log_file.truncate_after(start)
+    self.total_steps, self.spe, self.fields = (total_steps, steps_per_epoch,
+                                               fields)
+    self.bar = tqdm(total=total_steps, initial=start, disable=not progress,
+                    unit='step', dynamic_ncols=True, desc=description)
+
+  def _write(self, record, group, values, step):
+    self.log_file.write(dict(record, wall_time=time.time() - self.t0,
+                             **values))
+    with self.writer.as_default(step=step):
+      for k, v in values.items():
+        tf.summary.scalar(f'{group}/{k}', v)
+
+  def step(self, step, metrics):
+    self.bar.update(1)
+    self.bar.set_postfix(loss=f'{metrics["loss"]:.1f}',
+                         prior=f'{metrics.get("prior_cls_acc", 0):.2f}',
+                         post=f'{metrics.get("posterior_cls_acc", 0):.2f}',
+                         **self.fields.postfix(metrics))
+    if (step % 10 == 0 or step == self.total_steps
+        or self.fields.always_log(metrics)):
+      self._write(dict(step=step, epoch=step / self.spe), 'train', metrics,
+                  step)
+
+  def evaluate(self, step, evaluators):
+    for evaluator in evaluators:
+      values = evaluator(step)
+      self._write(dict(step=step, epoch=step // self.spe, eval=True,
+                       **evaluator.tags), 'test', values, step)
+      self.bar.write(f'epoch {step // self.spe}: ' + ', '.join(
+          f'{k} {v:.4f}' for k, v in values.items()))
+
+  def close(self):
+    self.bar.close()
+    self.writer.flush()

@@ -20,6 +20,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from defenses import trainer  # pylint: disable=g-import-not-at-top
+from defenses.run_spec import DefenceRun  # pylint: disable=g-import-not-at-top
 from scae_tf import configs  # pylint: disable=g-import-not-at-top
 from scae_tf import data  # pylint: disable=g-import-not-at-top
 from scae_tf.training import loop  # pylint: disable=g-import-not-at-top
@@ -62,10 +63,11 @@ def test_batches():
 
 def run(logdir, teacher):
   return trainer.train_defense(
-      'hat', teacher=teacher, logdir=logdir, ad_epochs=2, at_epochs=2,
-      batch_size=4, attack_overrides=QUICK, stream=stream(), config=SMALL,
-      eval_data=test_batches, save_every=1000, fit_kmeans=False,
-      progress=False, log=lambda msg: None)
+      DefenceRun('hat', teacher=teacher, logdir=logdir, ad_epochs=2,
+                 at_epochs=2, batch_size=4, attack_overrides=QUICK,
+                 config=SMALL, save_every=1000, fit_kmeans=False),
+      stream=stream(), eval_data=test_batches, progress=False,
+      log=lambda msg: None)
 
 
 if __name__ == '__main__':

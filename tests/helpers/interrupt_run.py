@@ -58,6 +58,7 @@ def attack(out_dir, checkpoint, data_dir, samples, inner):
 def defence(logdir, inner):
   # pylint: disable=g-import-not-at-top
   from defenses import trainer
+  from defenses.run_spec import DefenceRun
   from scae_tf import configs
   from scae_tf import data
   # pylint: enable=g-import-not-at-top
@@ -66,11 +67,14 @@ def defence(logdir, inner):
       (rng.rand(8, 28, 28) * 255).astype(np.uint8), rng.randint(0, 10, 8), 4,
       'resize', seed=0)
   trainer.train_defense(
-      'at', logdir=logdir, epochs=1, batch_size=4,
-      attack_overrides=dict(outer_iterations=2, inner_iterations=int(inner)),
-      stream=stream, config=configs.tiny_config(canvas_size=40),
-      eval_data=lambda: [stream.batch(0)], save_every=1, fit_kmeans=False,
-      progress=False, log=cli.log)
+      DefenceRun(
+          'at', logdir=logdir, epochs=1, batch_size=4,
+          attack_overrides=dict(outer_iterations=2,
+                                inner_iterations=int(inner)),
+          config=configs.tiny_config(canvas_size=40), save_every=1,
+          fit_kmeans=False),
+      stream=stream, eval_data=lambda: [stream.batch(0)], progress=False,
+      log=cli.log)
 
 
 if __name__ == '__main__':
