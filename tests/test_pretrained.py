@@ -126,7 +126,8 @@ def test_an_exported_folder_is_attacked_with_its_own_kmeans(tmp_path):
   assert result['summary']['num_samples'] == 2
 
 
-SHIPPED = ('teacher_mnist_cpu', 'ntat_mnist_cpu', 'hat_mnist_cpu')
+SHIPPED = ('teacher_mnist_cpu', 'ntat_mnist_cpu', 'hat_mnist_cpu',
+           'ad_mnist_cpu')
 
 
 @pytest.mark.parametrize('name', SHIPPED)
