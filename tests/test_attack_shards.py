@@ -238,16 +238,22 @@ def test_the_script_refuses_bad_shards_with_one_line_before_tensorflow(
   root, _ = all_attacks
   argv = (f'--out_dir={tmp_path}/out ' + flags.format(
       tmp=tmp_path, shard0=root / 'shard0')).split()
+  # The early flag checks' runner (tests/helpers/forked_scripts.py): the
+  # script in a child that reports whether it imported TensorFlow.
+  request = [os.path.join(REPO, 'run', 'attack.py'), argv, str(tmp_path)]
   done = subprocess.run(
-      [sys.executable, '-c', PROBE, os.path.join(REPO, 'run', 'attack.py'),
-       *argv], env=ENV, cwd=tmp_path, capture_output=True, text=True,
-      timeout=120, check=False)
-  assert done.returncode == 1, done.stderr[-2000:]
-  said = [line for line in done.stderr.splitlines()
-          if line.startswith('error:')]
-  assert said == [f'error: {message}'], done.stderr[-2000:]
-  assert 'Traceback' not in done.stderr
-  assert 'tensorflow imported: False' in done.stderr.splitlines()
+      [sys.executable, '-c', PROBE], input=json.dumps(request) + '\n',
+      env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+      check=False)
+  assert done.returncode == 0, done.stderr[-2000:]
+  ready, (status, _, stderr, tf_imported) = map(json.loads,
+                                               done.stdout.splitlines())
+  assert ready == 'ready'
+  assert status == 1, stderr[-2000:]
+  said = [line for line in stderr.splitlines() if line.startswith('error:')]
+  assert said == [f'error: {message}'], stderr[-2000:]
+  assert 'Traceback' not in stderr
+  assert tf_imported is False
   assert not (tmp_path / 'out').exists()
 
 
