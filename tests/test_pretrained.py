@@ -127,7 +127,7 @@ def test_an_exported_folder_is_attacked_with_its_own_kmeans(tmp_path):
 
 
 SHIPPED = ('teacher_mnist_cpu', 'ntat_mnist_cpu', 'hat_mnist_cpu',
-           'ad_mnist_cpu')
+           'ad_mnist_cpu', 'margin_at_mnist_cpu')
 
 
 @pytest.mark.parametrize('name', SHIPPED)
