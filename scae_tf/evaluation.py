@@ -128,29 +128,10 @@ def evaluate_checkpoint(checkpoint: str, dataset: str = 'mnist', *,
   seeds = check_arguments(dataset, preprocess, kmeans, seeds,
                           batch_size=batch_size, n_iter=n_iter, n_init=n_init,
                           max_examples=max_examples, k=k)
-  # pylint: disable=g-import-not-at-top
-  from scae_tf import kmeans as kmeans_lib
-  from scae_tf import loading
-  # pylint: enable=g-import-not-at-top
   start = time.time()
-  # The outputs come after minutes of work: find out now if they cannot.
-  beside = out is None
-  out = out or loading.resolve_checkpoint(checkpoint)
-  try:
-    files.check_writable(os.path.dirname(os.path.abspath(out)))
-  except files.NotWritableError as e:
-    hint = ' (the checkpoint\'s folder; pass out= elsewhere)' if beside else ''
-    raise files.NotWritableError(f'{e}{hint}') from None
-  loaded = loading.load_model(checkpoint, config, dataset=dataset,
-                              kmeans=False)
+  out = _writable_prefix(checkpoint, out)
+  loaded, data_dir = _load(checkpoint, config, dataset, data_dir, log)
   config, prefix = loaded.config, loaded.prefix
-  data_dir = data.resolve_data_dir(dataset, data_dir)
-  log(f'checkpoint: {prefix} ({loaded.format.upper()}); config '
-      f'{config.name!r} ({loaded.config_source}); data: {data_dir}')
-  if config.dataset != dataset:
-    log(f'warning: config {config.name!r} was made for dataset '
-        f'{config.dataset!r}, evaluating on {dataset!r}.')
-
   feats, labels, seconds = {}, {}, {}
   for split in ('train', 'test'):
     t = time.time()
@@ -158,11 +139,67 @@ def evaluate_checkpoint(checkpoint: str, dataset: str = 'mnist', *,
         loaded.model, split, data_dir, preprocess, seed, batch_size,
         max_examples, progress)
     seconds[f'features_{split}'] = round(time.time() - t, 2)
+  fit = dict(k=k or config.num_classes, n_iter=n_iter,
+             n_classes=config.num_classes, n_init=n_init)
+  results, classifiers, spread = _fit_kmeans(
+      feats, labels, KMEANS[kmeans], fit, seed, seeds, prefix, seconds,
+      progress, log)
 
+  # Paths relative to the folder of the files that record them.
+  here = lambda path: os.path.relpath(os.path.abspath(path),
+                                      os.path.dirname(os.path.abspath(out)))
+  saved = _save_classifiers(classifiers, out, prefix, dataset, preprocess,
+                            config.name, here)
+  seconds['total'] = round(time.time() - start, 2)
+  report = dict(
+      checkpoint=here(prefix), checkpoint_format=loaded.format,
+      config=config.name, config_source=loaded.config_source,
+      dataset=dataset, data_dir=here(data_dir), preprocess=preprocess,
+      seed=seed, batch_size=batch_size, max_examples=max_examples,
+      kmeans=dict(variants=list(KMEANS[kmeans]), k=fit['k'], n_iter=n_iter,
+                  n_init=n_init, cluster_to_label_fitted_on='train'),
+      results=results, seed_spread=spread, classifiers=saved,
+      seconds=seconds)
+  json_path = f'{out}.eval.json'
+  files.write_json(json_path, report)
+  report['eval_json'] = json_path
+  return report
+
+
+def _load(checkpoint, config, dataset, data_dir, log):
+  """The model (without k-means) and the data folder, said in the log."""
+  from scae_tf import loading  # pylint: disable=g-import-not-at-top
+  loaded = loading.load_model(checkpoint, config, dataset=dataset,
+                              kmeans=False)
+  data_dir = data.resolve_data_dir(dataset, data_dir)
+  log(f'checkpoint: {loaded.prefix} ({loaded.format.upper()}); config '
+      f'{loaded.config.name!r} ({loaded.config_source}); data: {data_dir}')
+  if loaded.config.dataset != dataset:
+    log(f'warning: config {loaded.config.name!r} was made for dataset '
+        f'{loaded.config.dataset!r}, evaluating on {dataset!r}.')
+  return loaded, data_dir
+
+
+def _writable_prefix(checkpoint, out):
+  """The outputs' prefix (default: the checkpoint's), checked writable now:
+  the outputs come after minutes of work."""
+  from scae_tf import loading  # pylint: disable=g-import-not-at-top
+  beside = out is None
+  out = out or loading.resolve_checkpoint(checkpoint)
+  try:
+    files.check_writable(os.path.dirname(os.path.abspath(out)))
+  except files.NotWritableError as e:
+    hint = ' (the checkpoint\'s folder; pass out= elsewhere)' if beside else ''
+    raise files.NotWritableError(f'{e}{hint}') from None
+  return out
+
+
+def _fit_kmeans(feats, labels, metrics, fit, seed, seeds, prefix, seconds,
+                progress, log):
+  """The k-means of every variant (and their spread over `seeds`), timed
+  into `seconds`: (results, classifiers, spread or None)."""
+  from scae_tf import kmeans as kmeans_lib  # pylint: disable=g-import-not-at-top
   t = time.time()
-  metrics = KMEANS[kmeans]
-  k = k or config.num_classes
-  fit = dict(k=k, n_iter=n_iter, n_classes=config.num_classes, n_init=n_init)
   results, classifiers = kmeans_lib.evaluate_kmeans(
       feats['train'], labels['train'], feats['test'], labels['test'],
       metrics=metrics, seed=seed, checkpoint=prefix, log=log,
@@ -176,30 +213,24 @@ def evaluate_checkpoint(checkpoint: str, dataset: str = 'mnist', *,
         seeds=[seed] + seeds, metrics=metrics, log=log, progress=progress,
         **fit)
     seconds['seed_spread'] = round(time.time() - t, 2)
+  return results, classifiers, spread
 
-  # Paths relative to the folder of the files that record them.
-  here = lambda path: os.path.relpath(os.path.abspath(path),
-                                      os.path.dirname(os.path.abspath(out)))
+
+def _save_classifiers(classifiers, out, prefix, dataset, preprocess,
+                      config_name, here):
+  """Saves each classifier beside `out` with its provenance; returns
+  {kind_metric: its path relative to the report}."""
+  # pylint: disable=g-import-not-at-top
+  from scae_tf import kmeans as kmeans_lib
+  from scae_tf import loading
+  # pylint: enable=g-import-not-at-top
   saved = {}
   for (kind, metric), clf in sorted(classifiers.items()):
     path = loading.kmeans_path(out, kind, metric)
     clf.metadata.update(kmeans_lib.fitted_on(prefix, dataset, preprocess,
-                                             config.name, path=path))
+                                             config_name, path=path))
     saved[f'{kind}_{metric}'] = here(clf.save(path))
-  seconds['total'] = round(time.time() - start, 2)
-  report = dict(
-      checkpoint=here(prefix), checkpoint_format=loaded.format,
-      config=config.name, config_source=loaded.config_source,
-      dataset=dataset, data_dir=here(data_dir), preprocess=preprocess,
-      seed=seed, batch_size=batch_size, max_examples=max_examples,
-      kmeans=dict(variants=list(metrics), k=k, n_iter=n_iter, n_init=n_init,
-                  cluster_to_label_fitted_on='train'),
-      results=results, seed_spread=spread, classifiers=saved,
-      seconds=seconds)
-  json_path = f'{out}.eval.json'
-  files.write_json(json_path, report)
-  report['eval_json'] = json_path
-  return report
+  return saved
 
 
 def format_report(report: dict) -> str:
