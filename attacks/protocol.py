@@ -396,55 +396,81 @@ def run_protocol(attack, images, labels, out_dir: str, batch_size: int = 100,
     sl = slice(start, start + batch_size)
     path = batch_path(out_dir, b)
     if os.path.exists(path):
-      with np.load(path) as z:
-        part = {k: z[k] for k in BATCH_KEYS + OPTIONAL_BATCH_KEYS
-                if k in z.files}
-      if not np.array_equal(part['indices'], indices[sl]):
-        raise SettingsMismatchError(f'{path} holds other samples than this '
-                                    'run would attack there.')
+      part = _load_batch(path, indices[sl])
       bar.update(len(part['indices']))
     else:
-      m = len(indices[sl])
-      shown, ticks = [0], []
-
-      def advance(i, total, m=m, shown=shown, ticks=ticks):
-        # Whole images only: fractions print as "3.1999999999999997/6", and
-        # their rounding error overshoots the total (tqdm's clamping warning).
-        now = m * (i + 1) // total
-        bar.update(now - shown[0])
-        shown[0] = now
-        ticks.append((time.time(), i, total))
-
       seed_b = int(np.random.SeedSequence([seed, b]).generate_state(1)[0])
-      began = time.time()
       try:
-        result = attack(images[sl], labels[sl], seed=seed_b,
-                        callback=advance)
+        part, seconds, ticks = _attack_batch(attack, images[sl], labels[sl],
+                                             indices[sl], seed_b, bar)
       except KeyboardInterrupt:
         bar.close()
         raise _stopped(out_dir, n, batch_size, mine) from None
-      bar.update(m - shown[0])  # an attack may report fewer iterations
       if first_batch:
         first_batch = False
-        left = np.count_nonzero(taken >= start + m)
-        estimate = eta_line(m, time.time() - began, left,
+        m = len(part['indices'])
+        estimate = eta_line(m, seconds, np.count_nonzero(taken >= start + m),
                             steady_seconds(ticks))
         if estimate:
           bar.write(estimate, file=sys.stderr)
-      part = dict(indices=indices[sl], labels=labels[sl],
-                  clean_pred=result.clean_pred, success=result.success,
-                  attack_l2=result.l2, adversarial=result.adversarial,
-                  **{k: getattr(result, k) for k in OPTIONAL_BATCH_KEYS
-                     if hasattr(result, k)})
       files.save_npz(path, part, compressed=True)
     parts.append(part)
-    so_far = {k: np.concatenate([p[k] for p in parts]) for k in BATCH_KEYS}
-    correct = so_far['clean_pred'] == so_far['labels']
-    pert = protocol_l2(correct, so_far['success'], so_far['attack_l2'])
-    rate = np.isfinite(pert[correct]).sum() / max(int(correct.sum()), 1)
-    bar.set_postfix(clean=f'{correct.mean():.3f}', success=f'{rate:.3f}',
-                    acc_at_t=f'{accuracy_at(pert, threshold):.3f}')
+    _show_so_far(bar, parts, threshold)
   bar.close()
+  return _assemble(parts, images[taken])
+
+
+def _load_batch(path, indices):
+  """A finished batch's arrays; SettingsMismatchError if it holds other
+  samples than `indices`."""
+  with np.load(path) as z:
+    part = {k: z[k] for k in BATCH_KEYS + OPTIONAL_BATCH_KEYS if k in z.files}
+  if not np.array_equal(part['indices'], indices):
+    raise SettingsMismatchError(f'{path} holds other samples than this '
+                                'run would attack there.')
+  return part
+
+
+def _attack_batch(attack, images, labels, indices, seed, bar):
+  """Attacks one batch, advancing `bar` by whole images as the attack
+  reports its iterations; returns (its arrays, seconds, the reports'
+  (time, iteration, total))."""
+  m = len(indices)
+  shown, ticks = [0], []
+
+  def advance(i, total):
+    # Whole images only: fractions print as "3.1999999999999997/6", and
+    # their rounding error overshoots the total (tqdm's clamping warning).
+    now = m * (i + 1) // total
+    bar.update(now - shown[0])
+    shown[0] = now
+    ticks.append((time.time(), i, total))
+
+  began = time.time()
+  result = attack(images, labels, seed=seed, callback=advance)
+  seconds = time.time() - began
+  bar.update(m - shown[0])  # an attack may report fewer iterations
+  part = dict(indices=indices, labels=labels, clean_pred=result.clean_pred,
+              success=result.success, attack_l2=result.l2,
+              adversarial=result.adversarial,
+              **{k: getattr(result, k) for k in OPTIONAL_BATCH_KEYS
+                 if hasattr(result, k)})
+  return part, seconds, ticks
+
+
+def _show_so_far(bar, parts, threshold):
+  """Clean accuracy, success rate and accuracy at the threshold so far."""
+  so_far = {k: np.concatenate([p[k] for p in parts]) for k in BATCH_KEYS}
+  correct = so_far['clean_pred'] == so_far['labels']
+  pert = protocol_l2(correct, so_far['success'], so_far['attack_l2'])
+  rate = np.isfinite(pert[correct]).sum() / max(int(correct.sum()), 1)
+  bar.set_postfix(clean=f'{correct.mean():.3f}', success=f'{rate:.3f}',
+                  acc_at_t=f'{accuracy_at(pert, threshold):.3f}')
+
+
+def _assemble(parts, clean):
+  """The batches' arrays joined, with 'clean_correct', 'perturbation' (the
+  protocol amount), 'clean' and 'adversarial'."""
   out = {k: np.concatenate([p[k] for p in parts]) for k in BATCH_KEYS}
   for k in OPTIONAL_BATCH_KEYS:
     if parts and all(k in p for p in parts):
@@ -454,7 +480,7 @@ def run_protocol(attack, images, labels, out_dir: str, batch_size: int = 100,
                                     out['attack_l2'])
   # Clean errors keep their clean image (the defence code stores it as the
   # "perturbed" one, with amount 0).
-  out['clean'] = images[taken]
+  out['clean'] = clean
   out['adversarial'] = np.where(out['clean_correct'][:, None, None, None],
                                 out['adversarial'], out['clean']
                                 ).astype(np.float32)
