@@ -202,6 +202,8 @@ def _build(plan, eval_data, log):
                                generator=plan.generator.name,
                                preset=plan.attack_config)
   phase = tf.Variable(0, dtype=tf.int64, trainable=False, name='phase')
+  # Checkpointed beside the student and optimiser, by these names.
+  state = dict(adversarial=batches, phase=phase)
   losses = dict(
       ad=objectives.distillation_objective(run.ad_weight, run.ad_target),
       at=lambda m, b, c: objectives.adversarial_training_objective(
@@ -216,12 +218,11 @@ def _build(plan, eval_data, log):
         student.trainable_variables,
         plan.recipe.replace(lr_decay=phase_spec.lr_decay,
                             deviation=plan.recipe.deviation))
-    return training.RunCheckpoint(plan.logdir, student, optimizer,
-                                  dict(adversarial=batches, phase=phase),
+    return training.RunCheckpoint(plan.logdir, student, optimizer, state,
                                   plan.config, log=log)
 
   return student, dict(model=model, batches=batches, phase=phase,
-                       losses=losses, evaluators=evaluators,
+                       state=state, losses=losses, evaluators=evaluators,
                        checkpoint_of=checkpoint_of)
 
 
@@ -258,7 +259,7 @@ def _train_phases(plan, student, parts, resumed, progress, log):
         parts['model'], run_ckpt.optimizer, plan.stream, logdir,
         min(end, stop), noise=False, seed=run.seed,
         loss_fn=parts['losses'][phase.kind], prepare=parts['batches'],
-        state=dict(adversarial=parts['batches'], phase=phase_var),
+        state=parts['state'],
         evaluators=parts['evaluators'], save_every=run.save_every,
         progress=progress, config=plan.config, checkpoint_model=student,
         step_fields=AdversarialFields(), log=log,
