@@ -160,3 +160,26 @@ def test_a_run_is_extended_or_shortened_and_stays_bit_identical(tmp_path):
                      match=r'other settings \(recipe.learning_rate: 3e-05 '
                            r'-> 0.001\)'):
     run(tmp_path / 'grown', train_steps=4, learning_rate=1e-3)
+
+
+def test_the_flags_resolve_to_the_run_json_the_code_before_the_run_spec_wrote(
+    tmp_path):
+  """Runs resume against their run.json: for each flag set of
+  tests/golden/teacher_run_json.json, the script resolves the same folder
+  and the same identity as the code before `TeacherRun` (commit 257864e)
+  did, read by tests/helpers/teacher_identity.py without training."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  data_path('mnist')
+  data_path('fashion_mnist')
+  golden = json.loads((REPO / 'tests' / 'golden'
+                       / 'teacher_run_json.json').read_text())
+  proc = subprocess.run(
+      [sys.executable, str(REPO / 'tests' / 'helpers' / 'teacher_identity.py')],
+      input=''.join(json.dumps(case['argv']) + '\n' for case in golden),
+      capture_output=True, text=True, timeout=600, cwd=tmp_path,
+      env=dict(os.environ, SCAE_DATA_DIR=str(DATA_DIR)))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  resolved = [json.loads(line) for line in proc.stdout.splitlines()]
+  assert [[case['logdir'], case['settings']] for case in golden] == resolved
+  assert list(tmp_path.iterdir()) == []
