@@ -73,6 +73,81 @@ def _fmt(value):
   return '' if value is None else f'{value:.2f}'
 
 
+def robustness_budgets(threshold: float):
+  """The budgets of the robustness table: 0.5, then every integer up to the
+  paper's threshold (0.5, 1, 2, 3, 4 on MNIST)."""
+  return (0.5,) + tuple(float(t) for t in range(1, int(threshold) + 1))
+
+
+def median_minimal_l2(amounts, clean_correct) -> float:
+  """The median amount over the correctly classified samples: the median
+  minimal L2 of a minimal-norm attack (inf when it broke fewer than half)."""
+  attacked = np.asarray(amounts, np.float64)[np.asarray(clean_correct, bool)]
+  return float(np.median(attacked)) if attacked.size else float('nan')
+
+
+def robustness(out_dir: str, budgets):
+  """The rows of one attacked model and classifier: every attack of its
+  worst case, then the worst case, then the noise control; each a dict of
+  attack, accuracy (%) at each budget (None where not measured) and the
+  median minimal L2. None when the folder has no worst case (one attack
+  only)."""
+  from attacks import protocol  # pylint: disable=g-import-not-at-top
+  worst_path = os.path.join(out_dir, 'worst_case.npz')
+  if not os.path.exists(worst_path):
+    return None
+  with np.load(worst_path) as z:
+    names = [str(n) for n in z['names']]
+    curves = [(n, z[f'perturbation_{n}']) for n in names]
+    curves.append(('worst case', z['perturbation']))
+    clean_correct = z['clean_correct']
+  rows = [dict(attack=name, clean=100. * float(np.mean(clean_correct)),
+               accuracy=[100. * protocol.accuracy_at(a, t) for t in budgets],
+               median_l2=median_minimal_l2(a, clean_correct))
+          for name, a in curves]
+  sanity_path = os.path.join(out_dir, 'sanity.json')
+  noise = (_load_json(sanity_path).get('noise')
+           if os.path.exists(sanity_path) else None)
+  if noise:
+    rows.append(dict(
+        attack=f'Gaussian noise ({noise["draws"]} draws)', clean=rows[0]['clean'],
+        accuracy=[100. * noise['accuracy'] if t == noise['threshold']
+                  else None for t in budgets], median_l2=None))
+  return rows
+
+
+def robustness_markdown(stages, records, budgets, threshold):
+  """Beyond the paper's tables: accuracy under every attack at several
+  budgets, the worst case and the noise control, per classifier."""
+  out = []
+  for classifier in scales_lib.CLASSIFIERS:
+    lines = []
+    for stage in stages:
+      if (stage.kind not in records_lib.ATTACK_KINDS or
+          stage.classifier != classifier or stage.name not in records):
+        continue
+      for row in robustness(stage.output, budgets) or ():
+        lines.append('| ' + ' | '.join(
+            [scales_lib.MODEL_NAMES[stage.model], row['attack'],
+             _fmt(row['clean'])] + [_fmt(a) for a in row['accuracy']] +
+            ['' if row['median_l2'] is None else f'{row["median_l2"]:.2f}']
+        ) + ' |')
+    if not lines:
+      continue
+    out += [f'## Robustness of {classifier} under every attack (%)', '',
+            '| model | attack | clean | ' + ' | '.join(
+                f'L2 <= {t:g}' for t in budgets) + ' | median minimal L2 |',
+            '|---' * (len(budgets) + 4) + '|'] + lines + [
+                '', 'Accuracy on the attacked samples at each L2 budget; '
+                'the worst case is the per-sample minimum over the attacks '
+                'above it; the median minimal L2 is over the correctly '
+                'classified samples (inf: fewer than half broken). The noise '
+                f'row is Gaussian noise of L2 = {threshold:g}, clipped to '
+                'the image box, counted correct only when right under every '
+                'draw.', '']
+  return '\n'.join(out)
+
+
 def tables(dataset, stages, records):
   """The rows of every table: dicts with table, classifier, model, paper,
   ours, difference (and worst_case for the attacked tables)."""
@@ -211,6 +286,10 @@ def write(workdir, stage, log=print):
   files.write_text(os.path.join(stage.output, 'tables.md'),
                    markdown(rows, dataset, threshold, deviation))
   files.write_text(os.path.join(stage.output, 'tables.csv'), csv_text(rows))
+  files.write_text(os.path.join(stage.output, 'robustness.md'),
+                   robustness_markdown(stages, records,
+                                       robustness_budgets(threshold),
+                                       threshold))
   made = figures(dataset, stages, records, stage.output, threshold,
                  max_threshold, deviation)
   files.write_text(os.path.join(stage.output, 'figures.md'), ''.join(

@@ -22,7 +22,8 @@ each attack by sample into N stages that run at once under Ray, and a
 stage that merges them into the files of one unsharded run.
 
 Writes <workdir>/report/: tables.md and tables.csv (paper, ours, ours -
-paper), accuracy_vs_l2_<PriK|PosK>.png with figures.md (captions), and
+paper), robustness.md (every attack at L2 <= 0.5, 1, ..., the threshold,
+the worst case, median minimal L2, noise control), accuracy_vs_l2_<PriK|PosK>.png with figures.md (captions), and
 manifest.json (every stage's settings, output and wall time, the versions
 and the commit).
 """
