@@ -153,7 +153,10 @@ class SCAE(snt.Module):
 
   def forward(self, images, labels=None, *, target=None, training=False,
               full=False, noise_seed=None) -> ScaeOutput:
-    """The SCAE graph.
+    """The SCAE graph: `encode` (the part capsule encoder, then the object
+    capsule encoder and the part likelihood under the objects' votes), the
+    part capsule decoder's image likelihood, the sparsity losses on the
+    object presences and the probes.
 
     Args:
       images: [B, H, W, C] float32 in [0, 1].
@@ -171,23 +174,52 @@ class SCAE(snt.Module):
     part, templates, obj = self.encode(
         images, training=training, noise_seed=noise_seed,
         full=full or c.vote_type != 'enc' or c.pres_type != 'enc')
-    pose, pres = part.pose, part.presence
-    ll = obj.likelihood
-
-    dec_vote = {'enc': pose, 'soft': ll.soft_winner,
-                'hard': ll.winner}[c.vote_type]
-    dec_pres = {'enc': pres, 'soft': ll.soft_winner_pres,
-                'hard': ll.winner_pres}[c.pres_type]
+    rec, rec_ll_per_pixel = self._image_likelihood(part, obj.likelihood,
+                                                   target, full)
+    mass_explained_by_capsule = posterior_presence(
+        obj.likelihood.posterior_mixing_probs)
+    fields = dict(
+        part=part,
+        **_object_capsule_fields(obj),
+        **self._sparsity_losses(obj, mass_explained_by_capsule),
+        **self._probes(obj.caps_presence_prob, mass_explained_by_capsule,
+                       labels),
+        rec_ll=math_ops.flat_reduce(rec_ll_per_pixel),
+        rec_ll_per_pixel=rec_ll_per_pixel)
     if full:
-      rec = self.template_decoder(dec_vote, dec_pres, part.feature)
-      rec_ll_per_pixel = rec.pdf.log_prob(target)
-    else:
-      rec = None
-      rec_ll_per_pixel = self.template_decoder.log_prob(
-          dec_vote, dec_pres, part.feature, target)
+      fields.update(self._evaluation_outputs(part, obj, rec, templates,
+                                             target))
+    return ScaeOutput(**fields)
 
-    n_points = float(ll.posterior_mixing_probs.shape[1])
-    mass_explained_by_capsule = posterior_presence(ll.posterior_mixing_probs)
+  def _image_likelihood(self, part, likelihood, target, full):
+    """The part capsule autoencoder's decoder: the templates, placed by
+    the part poses and weighted by the part presences, as a per-pixel
+    mixture, and the log-likelihood of `target` under it. Upstream may place
+    them by the object capsules' winning votes instead (the config's
+    vote_type / pres_type 'soft' or 'hard').
+
+    Returns (the rendering, None unless `full`; [B, H, W, C] log-likelihoods).
+    Without `full` only the likelihood is built, by the decoder's fused
+    path (`TemplateDecoder.log_prob`), which the loss needs and the plots'
+    mode and mean do not.
+    """
+    c = self.config
+    vote = {'enc': part.pose, 'soft': likelihood.soft_winner,
+            'hard': likelihood.winner}[c.vote_type]
+    presence = {'enc': part.presence, 'soft': likelihood.soft_winner_pres,
+                'hard': likelihood.winner_pres}[c.pres_type]
+    if not full:
+      return None, self.template_decoder.log_prob(vote, presence,
+                                                  part.feature, target)
+    rec = self.template_decoder(vote, presence, part.feature)
+    return rec, rec.pdf.log_prob(target)
+
+  def _sparsity_losses(self, obj, mass_explained_by_capsule):
+    """The paper's sparsity losses on the object capsules' presences: on
+    the prior presences, and on the posterior ones (the mass each capsule
+    explains, as a share of the parts)."""
+    c = self.config
+    n_points = float(obj.likelihood.posterior_mixing_probs.shape[1])
     post_within, post_between = losses.sparsity_loss(
         c.posterior_sparsity_loss_type, mass_explained_by_capsule / n_points,
         num_classes=c.num_classes)
@@ -195,47 +227,27 @@ class SCAE(snt.Module):
         c.prior_sparsity_loss_type, obj.caps_presence_prob,
         num_classes=c.num_classes,
         within_example_constant=c.prior_within_example_constant)
-
-    posterior_probe = self.posterior_probe(mass_explained_by_capsule, labels)
-    prior_probe = self.prior_probe(obj.caps_presence_prob, labels)
-
-    fields = dict(
-        part=part,
-        vote=obj.vote,
-        scale=obj.scale,
-        vote_presence=ll.vote_presence,
-        vote_presence_prob=obj.vote_presence_prob,
-        pres_logit_per_caps=obj.pres_logit_per_caps,
-        pres_logit_per_vote=obj.pres_logit_per_vote,
-        dynamic_weights_l2=obj.dynamic_weights_l2,
-        raw_caps_params=obj.raw_caps_params,
-        raw_caps_features=obj.raw_caps_features,
-        caps_presence_prob=obj.caps_presence_prob,
-        log_prob=ll.log_prob,
-        posterior_mixing_probs=ll.posterior_mixing_probs,
-        mixing_logits=ll.mixing_logits,
-        mixing_log_prob=ll.mixing_log_prob,
-        rec_ll=math_ops.flat_reduce(rec_ll_per_pixel),
-        rec_ll_per_pixel=rec_ll_per_pixel,
+    return dict(
         prior_within_sparsity_loss=prior_within,
         prior_between_sparsity_loss=prior_between,
         posterior_within_sparsity_loss=post_within,
-        posterior_between_sparsity_loss=post_between,
-        prior_cls_logits=prior_probe.logits,
-        prior_cls_pred=prior_probe.pred,
-        posterior_cls_logits=posterior_probe.logits,
-        posterior_cls_pred=posterior_probe.pred,
-        prior_cls_xe=prior_probe.xe,
-        prior_cls_acc=prior_probe.acc,
-        posterior_cls_xe=posterior_probe.xe,
-        posterior_cls_acc=posterior_probe.acc,
-    )
+        posterior_between_sparsity_loss=post_between)
+
+  def _probes(self, caps_presence_prob, mass_explained_by_capsule, labels):
+    """The linear probes that read the class from the prior and the
+    posterior object presences (upstream's `probe.py`; their gradient stops
+    at the features, so they never shape the capsules), with their
+    cross-entropy and accuracy when `labels` are given."""
+    # The posterior probe first, as upstream builds them: the order of their
+    # first calls is the order of their variables' random initialisation.
+    posterior = self.posterior_probe(mass_explained_by_capsule, labels)
+    prior = self.prior_probe(caps_presence_prob, labels)
+    fields = {f'{kind}_cls_{name}': value
+              for kind, probe in (('prior', prior), ('posterior', posterior))
+              for name, value in probe._asdict().items()}
     if labels is not None:
-      fields['best_cls_acc'] = tf.maximum(prior_probe.acc, posterior_probe.acc)
-    if full:
-      fields.update(self._evaluation_outputs(part, obj, rec, templates,
-                                             target))
-    return ScaeOutput(**fields)
+      fields['best_cls_acc'] = tf.maximum(prior.acc, posterior.acc)
+    return fields
 
   def encode(self, images, *, training=False, noise_seed=None,
              full=False, gradient='code') -> Capsules:
@@ -358,6 +370,24 @@ def posterior_presence(posterior_mixing_probs):
   """[B, P, K] -> [B, K]: posterior object presence, the mixing
   probabilities summed over the parts (the mass each capsule explains)."""
   return tf.reduce_sum(posterior_mixing_probs, 1)
+
+
+#: `ScaeOutput`'s fields that the object capsules and the part likelihood
+#: under their votes hold under the same names.
+_OBJECT_FIELDS = ('vote', 'scale', 'vote_presence_prob', 'pres_logit_per_caps',
+                  'pres_logit_per_vote', 'dynamic_weights_l2',
+                  'raw_caps_params', 'raw_caps_features', 'caps_presence_prob')
+_LIKELIHOOD_FIELDS = ('vote_presence', 'log_prob', 'posterior_mixing_probs',
+                      'mixing_logits', 'mixing_log_prob')
+
+
+def _object_capsule_fields(obj: ObjectCapsuleOutput):
+  """The object capsule autoencoder's outputs: the capsules' votes for the
+  part poses and their presences, and the part likelihood under those
+  votes."""
+  return dict({name: getattr(obj, name) for name in _OBJECT_FIELDS},
+              **{name: getattr(obj.likelihood, name)
+                 for name in _LIKELIHOOD_FIELDS})
 
 
 def normalized_sobel_edges(img):

@@ -101,35 +101,63 @@ def make_train_step(model, optimizer, loss_fn=scae_objective, noise=True,
                  or (strategy is not None and strategy is not default))
   strategy = strategy or default
   n = strategy.num_replicas_in_sync
-  variables = optimizer.variables_
-  if not variables:
+  if not optimizer.variables_:
     raise ValueError('The optimiser trains no variables.')
   if n > 1 and jit_compile:
     raise ValueError('jit_compile=True is for one device; under a '
                      'tf.distribute strategy compile per op instead.')
+  replica = _ReplicaStep(model, optimizer, loss_fn, noise, seed, prepare, n)
 
-  def replica_step(images, labels):
-    if n > 1:
+  if not distributed:
+    @tf.function(jit_compile=jit_compile)
+    def train_step(images, labels):
+      replica.check(images)
+      return replica.run(images, labels)
+  else:
+    @tf.function
+    def train_step(images, labels):
+      replica.check(images)
+      per_replica = strategy.run(replica.run, args=(images, labels))
+      # All-reduced: every replica holds the same values.
+      return {k: strategy.experimental_local_results(v)[0]
+              for k, v in per_replica.items()}
+  return train_step
+
+
+class _ReplicaStep:
+  """What each of the n replicas does in a step (with n = 1, the whole
+  step): its slice of the global batch, its seed, the method's `prepare`,
+  the gradient of its share of the loss, summed over the replicas, and the
+  update. Arguments as `make_train_step`'s."""
+
+  def __init__(self, model, optimizer, loss_fn, noise, seed, prepare, n):
+    self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
+    self.noise, self.seed, self.prepare, self.n = noise, seed, prepare, n
+    self.variables = optimizer.variables_
+
+  def check(self, images):
+    """At tracing: the batch must be the optimiser's (its epsilon is tied
+    to the batch) and split evenly over the replicas."""
+    batch = images.shape[0]
+    self.optimizer.check_batch(batch)
+    if self.n > 1 and (batch is None or batch % self.n):
+      raise ValueError(f'The global batch ({batch}) must split evenly over '
+                       f'{self.n} replicas.')
+
+  def run(self, images, labels):
+    """The replica's step on the global batch; returns its metrics."""
+    replica = None
+    if self.n > 1:
       replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-      images, labels = (_replica_slice(t, replica, n)
+      images, labels = (_replica_slice(t, replica, self.n)
                         for t in (images, labels))
-    step_seed = None
-    if seed is not None:
-      step_seed = tf.stack([tf.constant(seed, tf.int64), optimizer.step])
-      if n > 1:
-        step_seed = tf.random.experimental.stateless_fold_in(step_seed,
-                                                             replica)
-    ctx = StepContext(step=optimizer.step, noise=noise, seed=step_seed)
+    ctx = StepContext(step=self.optimizer.step, noise=self.noise,
+                      seed=self._seed(replica))
     batch = (images, labels)
-    if prepare is not None:
-      batch = prepare(model, batch, ctx)
-    with tf.GradientTape() as tape:
-      loss, metrics = loss_fn(model, batch, ctx)
-      share = loss / n if n > 1 else loss
-    grads = tape.gradient(share, variables)
-    if n > 1:
-      grads, metrics, loss = _sum_over_replicas(grads, metrics, loss)
-    lr = optimizer.apply(grads)
+    if self.prepare is not None:
+      batch = self.prepare(self.model, batch, ctx)
+    loss, metrics, grads = self._gradients(batch, ctx)
+    lr = self.optimizer.apply(grads)
     metrics = dict(metrics)
     metrics['loss'] = loss
     metrics['lr'] = lr
@@ -137,27 +165,27 @@ def make_train_step(model, optimizer, loss_fn=scae_objective, noise=True,
         [g for g in grads if g is not None])
     return metrics
 
-  def check(images):
-    batch = images.shape[0]
-    optimizer.check_batch(batch)
-    if n > 1 and (batch is None or batch % n):
-      raise ValueError(f'The global batch ({batch}) must split evenly over '
-                       f'{n} replicas.')
+  def _seed(self, replica):
+    """The step's stateless seed, (run seed, step), folded with the replica
+    id so that each replica draws its own noise; None without a run seed."""
+    if self.seed is None:
+      return None
+    step_seed = tf.stack([tf.constant(self.seed, tf.int64),
+                          self.optimizer.step])
+    if replica is not None:
+      step_seed = tf.random.experimental.stateless_fold_in(step_seed, replica)
+    return step_seed
 
-  if not distributed:
-    @tf.function(jit_compile=jit_compile)
-    def train_step(images, labels):
-      check(images)
-      return replica_step(images, labels)
-  else:
-    @tf.function
-    def train_step(images, labels):
-      check(images)
-      per_replica = strategy.run(replica_step, args=(images, labels))
-      # All-reduced: every replica holds the same values.
-      return {k: strategy.experimental_local_results(v)[0]
-              for k, v in per_replica.items()}
-  return train_step
+  def _gradients(self, batch, ctx):
+    """(loss, metrics, gradients): the replica differentiates its share of
+    the loss (see the module doc), and the shares' gradients are summed."""
+    with tf.GradientTape() as tape:
+      loss, metrics = self.loss_fn(self.model, batch, ctx)
+      share = loss / self.n if self.n > 1 else loss
+    grads = tape.gradient(share, self.variables)
+    if self.n > 1:
+      grads, metrics, loss = _sum_over_replicas(grads, metrics, loss)
+    return loss, metrics, grads
 
 
 def _replica_slice(tensor, replica, n):
