@@ -246,6 +246,11 @@ def _train_phases(plan, student, parts, resumed, progress, log):
       + f', lr {run.lr_schedule}, {spe} steps per epoch'
       + (f', stopping at step {stop} of {ends[-1]}' if stop < ends[-1]
          else ''))
+  options = training.LoopOptions(
+      noise=False, seed=run.seed, prepare=parts['batches'],
+      state=parts['state'], evaluators=parts['evaluators'],
+      save_every=run.save_every, progress=progress, config=plan.config,
+      checkpoint_model=student, log=log)
   metrics = {}
   for index, (phase, end) in enumerate(zip(phases, ends)):
     if step >= end and saved_phase >= index:
@@ -255,14 +260,12 @@ def _train_phases(plan, student, parts, resumed, progress, log):
     run_ckpt = checkpoint_of(phase)
     if saved_phase < index:
       _switch_phase(run_ckpt, index, step, phase_var, log)
+    # Fresh fields each phase: the share of adversarial batches they show
+    # is the phase's.
     metrics = training.train_loop(
         parts['model'], run_ckpt.optimizer, plan.stream, logdir,
-        min(end, stop), noise=False, seed=run.seed,
-        loss_fn=parts['losses'][phase.kind], prepare=parts['batches'],
-        state=parts['state'],
-        evaluators=parts['evaluators'], save_every=run.save_every,
-        progress=progress, config=plan.config, checkpoint_model=student,
-        step_fields=AdversarialFields(), log=log,
+        min(end, stop), options, loss_fn=parts['losses'][phase.kind],
+        step_fields=AdversarialFields(),
         description=f'{plan.method.name} phase {index + 1}/{len(phases)} '
                     f'({phase.kind})')
     step, saved_phase = min(end, stop), index

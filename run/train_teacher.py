@@ -48,40 +48,32 @@ flags.adopt_module_key_flags(cli)
 FLAGS = flags.FLAGS
 
 
-def _check_flags():
-  """The checks that need no model, before TensorFlow loads: a bad flag is
-  refused in a second."""
+def _run_spec():
+  """The run the flags ask for; building it checks everything that needs no
+  model, before TensorFlow loads: a bad flag is refused in a second."""
   # pylint: disable=g-import-not-at-top
-  from scae_tf import configs
-  from scae_tf import data
-  from scae_tf import recipes
+  from scae_tf.teacher_run import RecipeOverrides
+  from scae_tf.teacher_run import TeacherRun
   # pylint: enable=g-import-not-at-top
-  data.get_dataset_spec(FLAGS.dataset)
-  config = configs.get_config(FLAGS.config or FLAGS.dataset)
-  recipes.get_recipe(FLAGS.recipe or config.default_recipe)
-  for name in ('batch_size', 'epochs', 'max_train_steps'):
-    cli.check_positive(name, getattr(FLAGS, name), optional=True)
-  if FLAGS.preprocess is not None:
-    cli.check_choice('preprocess', FLAGS.preprocess, recipes.PREPROCESSING)
-  cli.check_choice('strategy', FLAGS.strategy, recipes.STRATEGIES)
+  return TeacherRun(
+      dataset=FLAGS.dataset, config=FLAGS.config, recipe=FLAGS.recipe,
+      overrides=RecipeOverrides(
+          batch_size=FLAGS.batch_size, epochs=FLAGS.epochs,
+          train_steps=FLAGS.max_train_steps, learning_rate=FLAGS.lr,
+          lr_decay=FLAGS.lr_decay, preprocess=FLAGS.preprocess,
+          noise=FLAGS.noise),
+      logdir=FLAGS.logdir, seed=FLAGS.seed, init_from=FLAGS.init_from,
+      data_dir=FLAGS.data_dir, save_every=FLAGS.save_every,
+      kmeans_every_epoch=FLAGS.kmeans_every_epoch, strategy=FLAGS.strategy,
+      overwrite=FLAGS.overwrite)
 
 
 def _train():
-  _check_flags()
+  run = _run_spec()
   # Imported here so that --help and a bad flag answer without loading
   # TensorFlow.
   from scae_tf import teacher  # pylint: disable=g-import-not-at-top
-  overrides = teacher.RecipeOverrides(
-      batch_size=FLAGS.batch_size, epochs=FLAGS.epochs,
-      train_steps=FLAGS.max_train_steps, learning_rate=FLAGS.lr,
-      lr_decay=FLAGS.lr_decay, preprocess=FLAGS.preprocess, noise=FLAGS.noise)
-  teacher.train_teacher(
-      dataset=FLAGS.dataset, config=FLAGS.config, recipe=FLAGS.recipe,
-      overrides=overrides, logdir=FLAGS.logdir, seed=FLAGS.seed,
-      init_from=FLAGS.init_from, data_dir=FLAGS.data_dir,
-      save_every=FLAGS.save_every,
-      kmeans_every_epoch=FLAGS.kmeans_every_epoch, strategy=FLAGS.strategy,
-      overwrite=FLAGS.overwrite, progress=FLAGS.progress)
+  teacher.train_teacher(run, progress=FLAGS.progress)
 
 
 def main(argv):

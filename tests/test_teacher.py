@@ -183,3 +183,56 @@ def test_the_flags_resolve_to_the_run_json_the_code_before_the_run_spec_wrote(
   resolved = [json.loads(line) for line in proc.stdout.splitlines()]
   assert [[case['logdir'], case['settings']] for case in golden] == resolved
   assert list(tmp_path.iterdir()) == []
+
+
+class _Resolved(Exception):
+  pass
+
+
+def test_a_teacher_run_and_its_fields_as_keywords_resolve_alike(monkeypatch):
+  """The call before `TeacherRun` (a dataset and keywords, a ScaeConfig
+  among them, as the reproduce stage makes it) and a `TeacherRun` of the
+  same fields resolve to the folder and identity the code before wrote for
+  --config=mnist_original; a run and keywords together are refused."""
+  import json  # pylint: disable=g-import-not-at-top
+  from scae_tf import configs  # pylint: disable=g-import-not-at-top
+  from scae_tf import training  # pylint: disable=g-import-not-at-top
+  data_path('mnist')
+  golden = next(case for case in json.loads(
+      (REPO / 'tests' / 'golden' / 'teacher_run_json.json').read_text())
+                if case['argv'] == ['--config=mnist_original'])
+  resolved = []
+
+  def record(logdir, settings, overwrite=False):
+    del overwrite
+    resolved.append([logdir, settings])
+    raise _Resolved()
+
+  monkeypatch.setattr(training, 'check_logdir', record)
+  with pytest.raises(_Resolved):
+    teacher.train_teacher('mnist', config=configs.get_config('mnist_original'),
+                          data_dir=str(DATA_DIR), progress=False)
+  with pytest.raises(_Resolved):
+    teacher.train_teacher(teacher.TeacherRun(
+        config='mnist_original', data_dir=str(DATA_DIR)), progress=False)
+  assert resolved == [[golden['logdir'], golden['settings']]] * 2
+  with pytest.raises(TypeError, match='not both'):
+    teacher.train_teacher(teacher.TeacherRun(), seed=1)
+
+
+def test_a_teacher_run_is_checked_without_tensorflow():
+  """The script builds its `TeacherRun` before TensorFlow loads; the
+  library refuses a bad strategy with the script's line."""
+  proc = subprocess.run(
+      [sys.executable, '-c',
+       'import sys\n'
+       'from scae_tf.teacher_run import TeacherRun\n'
+       'try:\n'
+       '  TeacherRun(strategy="tpu")\n'
+       'except ValueError as e:\n'
+       '  print(e)\n'
+       'print("tensorflow" in sys.modules)\n'],
+      capture_output=True, text=True, timeout=120, cwd=REPO)
+  assert proc.stdout.splitlines() == [
+      "unknown strategy='tpu'; expected one of default, mirrored, "
+      'multiworker.', 'False'], proc.stderr[-2000:]

@@ -4,8 +4,8 @@
                  in, a compiled (optionally distributed) optimiser step out;
                  the SCAE objective is the default loss.
   loop.py        `train_loop`: resumable, checkpointed, with evaluators and
-                 extra checkpointed state; a method adds its own progress
-                 fields (`StepFields`).
+                 extra checkpointed state, set by one `LoopOptions`; a
+                 method adds its own progress fields (`StepFields`).
   run_checkpoint.py  `RunCheckpoint`: a run's checkpoints, saved only when
                  finite, restored from the newest usable one.
   evaluators.py  per-epoch evaluations (probe accuracy, the k-means curve).
@@ -20,6 +20,7 @@ from scae_tf.training.distribute import STRATEGIES
 from scae_tf.training.evaluators import KMeansCurve
 from scae_tf.training.evaluators import probe_accuracy
 from scae_tf.training.evaluators import ProbeAccuracy
+from scae_tf.training.loop import LoopOptions
 from scae_tf.training.loop import StepFields
 from scae_tf.training.loop import train_loop
 from scae_tf.training.loop import TrainingInterrupted

@@ -19,9 +19,11 @@ scripts), Ctrl-C and SIGTERM stop a step with an adversarial batch within
 seconds, and save the step before it (`_run_step`).
 """
 
+import dataclasses
 import math
 import os
 import time
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import tensorflow as tf
 from tqdm import tqdm
@@ -82,12 +84,50 @@ def _run_step(step_fn, images, labels, undo, traced):
   return None
 
 
-def train_loop(model, optimizer, stream, logdir, total_steps, *, noise=True,
-               seed=0, loss_fn=None, prepare=None, train_step=None,
-               evaluators=(), state=None, save_every=1000, jit_compile=False,
-               strategy=None, progress=True, config=None,
-               checkpoint_model=None, description=None, step_fields=None,
-               log=print):
+@dataclasses.dataclass(frozen=True)
+class LoopOptions:
+  """How `train_loop` trains, saves and reports, besides the model, the
+  optimiser, the data, the folder and the end step it is handed.
+
+  noise, seed, loss_fn (None: the SCAE objective), prepare, jit_compile,
+    strategy: build the step (see `make_train_step`), unless a compiled
+    `train_step(images, labels) -> metrics` is given.
+  evaluators: run after every epoch, before its checkpoint (see
+    `scae_tf.training.evaluators`).
+  state: extra trackables to checkpoint (variables, `tf.random.Generator`s,
+    modules), by name.
+  save_every: save every N steps (and at every epoch end and the end).
+  config: the model config saved beside each checkpoint (default: the
+    checkpointed model's).
+  checkpoint_model: what is saved as the run's model, when the model holds
+    more (a student and its frozen teacher: only the student is saved, so
+    `scae_tf.loading.load_model` reads the run as any other).
+  description: the progress bar's label (e.g. a defence's phase).
+  step_fields: a `StepFields` of the method: what it adds to the progress
+    bar and which steps it logs besides every tenth.
+  progress: show the progress bar.
+  log: callable(str) for what is resumed and the warnings.
+  """
+  noise: bool = True
+  seed: Optional[int] = 0
+  loss_fn: Optional[Callable] = None
+  prepare: Optional[Callable] = None
+  train_step: Optional[Callable] = None
+  jit_compile: bool = False
+  strategy: Any = None
+  evaluators: Sequence[Any] = ()
+  state: Optional[Mapping[str, Any]] = None
+  save_every: int = 1000
+  config: Any = None
+  checkpoint_model: Any = None
+  description: Optional[str] = None
+  step_fields: Optional['StepFields'] = None
+  progress: bool = True
+  log: Callable[[str], Any] = print
+
+
+def train_loop(model, optimizer, stream, logdir, total_steps,
+               options: Optional[LoopOptions] = None, **changes):
   """Trains until `optimizer.step == total_steps`, resuming from `logdir`.
 
   Args:
@@ -96,42 +136,32 @@ def train_loop(model, optimizer, stream, logdir, total_steps, *, noise=True,
     stream: a batch stream with `steps_per_epoch` and `batches(start_step)`
       yielding global batches (images, labels); a resumed run restarts it at
       the restored step and so sees the same data as an uninterrupted one.
-    loss_fn / prepare / noise / seed / jit_compile / strategy: build the
-      step (see `make_train_step`), unless a compiled
-      `train_step(images, labels) -> metrics` is given.
-    evaluators: run after every epoch, before its checkpoint (see
-      `scae_tf.training.evaluators`).
-    state: extra trackables to checkpoint (variables, `tf.random.Generator`s,
-      modules), by name.
-    config: the model config saved beside each checkpoint (default: the
-      checkpointed model's).
-    checkpoint_model: what is saved as the run's model, when `model` holds
-      more (a student and its frozen teacher: only the student is saved, so
-      `scae_tf.loading.load_model` reads the run as any other).
-    description: the progress bar's label (e.g. a defence's phase).
-    step_fields: a `StepFields` of the method: what it adds to the progress
-      bar and which steps it logs besides every tenth.
-    log: callable(str) for what is resumed and the warnings.
+    options: a `LoopOptions` (default: its defaults); `changes`, its fields
+      as keywords, replace those of `options`.
   Returns the last step's metrics. Saves every `save_every` steps, at every
   epoch end and at the end (see the module doc for what a save and a stop
   guarantee).
   """
-  if save_every < 1 or total_steps < 1:
-    raise ValueError(f'save_every ({save_every}) and total_steps '
+  opts = dataclasses.replace(options or LoopOptions(), **changes)
+  if opts.save_every < 1 or total_steps < 1:
+    raise ValueError(f'save_every ({opts.save_every}) and total_steps '
                      f'({total_steps}) must be positive.')
-  run_ckpt = RunCheckpoint(
-      logdir, checkpoint_model if checkpoint_model is not None else model,
-      optimizer, state, config, log=log)
-  _restore_run(run_ckpt, log)
-  step_fn = train_step or make_train_step(
-      model, optimizer, noise=noise, seed=seed, jit_compile=jit_compile,
-      strategy=strategy, prepare=prepare,
-      **({'loss_fn': loss_fn} if loss_fn else {}))
+  saved_model = (opts.checkpoint_model if opts.checkpoint_model is not None
+                 else model)
+  run_ckpt = RunCheckpoint(logdir, saved_model, optimizer, opts.state,
+                           opts.config, log=opts.log)
+  _restore_run(run_ckpt, opts.log)
+  step_fn = opts.train_step or make_train_step(
+      model, optimizer, noise=opts.noise, seed=opts.seed,
+      jit_compile=opts.jit_compile, strategy=opts.strategy,
+      prepare=opts.prepare,
+      **({'loss_fn': opts.loss_fn} if opts.loss_fn else {}))
   start = saved_at = int(optimizer.step.numpy())
   outputs = _Outputs(logdir, start, total_steps, stream.steps_per_epoch,
-                     step_fields or StepFields(), progress, description)
+                     opts.step_fields or StepFields(), opts.progress,
+                     opts.description)
   metrics = {}
-  undo, traced = _step_state(optimizer, state), []
+  undo, traced = _step_state(optimizer, opts.state), []
   try:
     for images, labels in stream.batches(start):
       step = int(optimizer.step.numpy())
@@ -145,8 +175,8 @@ def train_loop(model, optimizer, stream, logdir, total_steps, *, noise=True,
       outputs.step(step, metrics)
       epoch_end = step % stream.steps_per_epoch == 0
       if epoch_end:
-        outputs.evaluate(step, evaluators)
-      if step % save_every == 0 or epoch_end or step == total_steps:
+        outputs.evaluate(step, opts.evaluators)
+      if step % opts.save_every == 0 or epoch_end or step == total_steps:
         run_ckpt.save()
         saved_at = step
       interrupts.check()  # a signal during the step: stop after it
