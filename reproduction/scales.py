@@ -148,6 +148,22 @@ COSTS = {
     'attack_pgd_l2': Cost(2.1, 'sample (pgd_l2_min)',
                           'RESULTS, NTAT attacked: about 7 min per 200 '
                           'samples, AVX-512 Intel Xeon'),
+    # The campaign's first attack stage (RESULTS, the CPU campaign attacked:
+    # HAT, PosK), each attack's folder from its settings to its last batch,
+    # 200 samples, beside two helpers' tests on the same 2 cores.
+    'attack_margin_cw': Cost(5.69, 'sample (paper_eval search on the margin)',
+                             'RESULTS, the campaign attacked: 1137 s per 200 '
+                             'samples, AVX-512 Intel Xeon, loaded'),
+    'attack_ddn': Cost(0.21, 'sample (100 steps)',
+                       'RESULTS, the campaign attacked: 42 s per 200 '
+                       'samples, AVX-512 Intel Xeon, loaded'),
+    'attack_fmn': Cost(0.40, 'sample (Foolbox FMN, 100 steps)',
+                       'RESULTS, the campaign attacked: 79 s per 200 '
+                       'samples, AVX-512 Intel Xeon, loaded'),
+    'attack_sanity': Cost(0.23, 'sample (the sanity checks: PGD-L2 at the '
+                          "box's diameter, the noise control, the reports)",
+                          'RESULTS, the campaign attacked: 47 s per 200 '
+                          'samples, AVX-512 Intel Xeon, loaded'),
 }
 #: The attacks of `attack='all'` whose whole-run cost is not measured yet.
-UNMEASURED_ATTACKS = ('margin_cw', 'ddn', 'fmn')
+UNMEASURED_ATTACKS = ()

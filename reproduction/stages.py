@@ -93,8 +93,9 @@ def _attack_estimate(scale):
   names = pipeline.attack_names(scale.attack)
   if any(n in scales_lib.UNMEASURED_ATTACKS for n in names):
     return None
-  return scale.num_samples * sum(
-      scales_lib.COSTS[f'attack_{n}'].seconds for n in names)
+  # attack_checkpoint's sanity checks run after the attacks, every time.
+  return scale.num_samples * sum(scales_lib.COSTS[f'attack_{n}'].seconds
+                                 for n in tuple(names) + ('sanity',))
 
 
 def _has_report(checkpoint):

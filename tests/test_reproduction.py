@@ -32,7 +32,10 @@ def test_the_paper_scale_is_section_6_2_with_costs_from_the_measured_table():
   assert by_name['train/at'].estimate_s == pytest.approx(
       100 * 600 * costs['defence'].seconds)
   assert by_name['train/hat'].estimate_s == by_name['train/at'].estimate_s
-  assert attack.estimate_s is None  # 'all' holds unmeasured attacks
+  # The five attacks of 'all' and the sanity checks, per sample.
+  assert attack.estimate_s == pytest.approx(5000 * sum(
+      costs[f'attack_{n}'].seconds for n in (
+          'capsule', 'pgd_l2', 'margin_cw', 'ddn', 'fmn', 'sanity')))
   assert scales.SCALES['paper'].deviation is None
   assert scales.SCALES['cpu'].deviation.startswith('the CPU campaign')
 
