@@ -302,6 +302,32 @@ class CapsuleAttack:
     return objectives.capsule_loss(features, subset, clf.feature_kind,
                                    clf.n_part_caps, self.config.capsule_loss)
 
+  def _search(self, x, labels, rng, prepare, outer, after=None):
+    """The attack's one set-up and search, in `__call__` (compiled pieces,
+    eager) as in `in_graph` (their bodies, traced into the caller's graph):
+    the clean pass `prepare`, then `outer_iterations` calls of `outer` from
+    fresh p' ~ U[0, 1) drawn from `rng`, each followed by `after(i, alpha,
+    hit)` and the update of alpha. Returns (clean_pred [B], best_l2 [B],
+    best_img [B, H, W, C])."""
+    cfg = self.config
+    w, mask, subset, clean_pred = prepare(x)
+    target = (tf.cast(labels, tf.int64) if cfg.success == 'label'
+              else clean_pred)
+    batch = tf.shape(x)[0]
+    const = tf.fill([batch], tf.constant(cfg.const_init, tf.float32))
+    lower = tf.zeros([batch])
+    upper = tf.fill([batch], tf.constant(np.inf, tf.float32))
+    best_l2 = tf.fill([batch], tf.constant(np.inf, tf.float32))
+    best_img = tf.zeros_like(x)
+    for i in range(cfg.outer_iterations):
+      p = rng.uniform(tf.shape(x), dtype=tf.float32)
+      best_l2, best_img, hit = outer(x, w, mask, subset, target, const,
+                                     best_l2, best_img, p)
+      if after is not None:
+        after(i, const, hit)
+      const, lower, upper = update_const(const, lower, upper, hit)
+    return clean_pred, best_l2, best_img
+
   def in_graph(self, images, labels, rng: tf.random.Generator):
     """The whole attack as traceable TF ops, for use inside a compiled
     training step (the defences' adversarial batches, Algorithm 5).
@@ -313,22 +339,9 @@ class CapsuleAttack:
     Returns (adversarial, success [B] bool, l2 [B]); `adversarial` holds
     the clean image where the attack failed, whatever `on_failure` says.
     """
-    cfg = self.config
     x = tf.convert_to_tensor(images, tf.float32)
-    w, mask, subset, clean_pred = self._prepare_impl(x)
-    target = (tf.cast(labels, tf.int64) if cfg.success == 'label'
-              else clean_pred)
-    batch = tf.shape(x)[0]
-    const = tf.fill([batch], tf.constant(cfg.const_init, tf.float32))
-    lower = tf.zeros([batch])
-    upper = tf.fill([batch], tf.constant(np.inf, tf.float32))
-    best_l2 = tf.fill([batch], tf.constant(np.inf, tf.float32))
-    best_img = tf.zeros_like(x)
-    for _ in range(cfg.outer_iterations):
-      p = rng.uniform(tf.shape(x), dtype=tf.float32)
-      best_l2, best_img, hit = self._outer_in_graph(
-          x, w, mask, subset, target, const, best_l2, best_img, p)
-      const, lower, upper = update_const(const, lower, upper, hit)
+    _, best_l2, best_img = self._search(x, labels, rng, self._prepare_impl,
+                                        self._outer_in_graph)
     success = tf.math.is_finite(best_l2)
     adversarial = tf.where(success[:, None, None, None], best_img, x)
     # A training step whose attack a signal cut short stops there.
@@ -343,26 +356,17 @@ class CapsuleAttack:
     images, labels = validate_inputs(images, labels, clf.image_shape,
                                      clf.num_classes)
     rng = self._rng if seed is None else tf.random.Generator.from_seed(seed)
-    x = tf.constant(images)
-    w, mask, subset, clean_pred = self._prepare(x)
-    target = tf.constant(labels) if cfg.success == 'label' else clean_pred
-    batch = images.shape[0]
-    const = tf.fill([batch], tf.constant(cfg.const_init, tf.float32))
-    lower = tf.zeros([batch])
-    upper = tf.fill([batch], tf.constant(np.inf, tf.float32))
-    best_l2 = tf.fill([batch], tf.constant(np.inf, tf.float32))
-    best_img = tf.zeros_like(x)
     consts, hits = [], []
-    for i in range(cfg.outer_iterations):
-      p = rng.uniform(x.shape, dtype=tf.float32)  # fresh p' ~ U[0, 1)
-      best_l2, best_img, hit = self._outer(x, w, mask, subset, target, const,
-                                           best_l2, best_img, p)
-      interrupts.check()
+
+    def after(i, const, hit):
+      interrupts.check()  # an outer iteration a signal may have cut short
       consts.append(const.numpy())
       hits.append(hit.numpy())
-      const, lower, upper = update_const(const, lower, upper, hit)
       if callback is not None:
         callback(i, cfg.outer_iterations)
+
+    clean_pred, best_l2, best_img = self._search(
+        tf.constant(images), labels, rng, self._prepare, self._outer, after)
     l2 = best_l2.numpy()
     success = np.isfinite(l2)
     fill = np.nan if cfg.on_failure == 'nan' else images
