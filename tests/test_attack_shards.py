@@ -142,7 +142,7 @@ def test_two_shards_merge_to_the_files_of_one_run(request, tmp_path, run,
 
 # 35 s on the 2 busy cores, three traces of the attack; a shard is a run
 # resumed with some of its batches missing, and the resumed runs of the
-# real attacks end bit-identical in the default suite (tests/test_attacks.py).
+# real attacks end bit-identical in the default suite (tests/test_pipeline.py).
 @pytest.mark.slow
 def test_the_papers_attack_in_two_shards_merges_to_its_unsharded_run(
     checkpoint, tmp_path):

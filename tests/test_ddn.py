@@ -1,5 +1,5 @@
 """Our compiled DDN (`attacks.ddn`) on the linear toy of
-`test_adaptive_attacks` (closed-form minimal distances d: the image at
+helpers/attack_toys.py (closed-form minimal distances d: the image at
 distance d from the boundary a = 0 flips at L2 exactly d, along -w), against
 the closed form and against Foolbox's DDN (`attacks.foolbox_attacks`)."""
 
@@ -8,9 +8,8 @@ import pytest
 import tensorflow as tf
 
 from attacks import classifiers, ddn, foolbox_attacks
-from test_adaptive_attacks import LinearProbeToy, toy_target
-from test_attacks import linear_problem
-from test_foolbox_attacks import several_clusters_target
+from helpers.attack_toys import LinearProbeToy, linear_problem
+from helpers.attack_toys import several_clusters_target, toy_target
 
 DISTANCES = np.array([.05, .1, .17, .25, .33, -.1])
 

@@ -1,29 +1,14 @@
 """Foolbox's DDN and FMN through `attacks.foolbox_attacks`, on the linear
-toy of `test_adaptive_attacks` (closed-form minimal distances d: the image
+toy of helpers/attack_toys.py (closed-form minimal distances d: the image
 at distance d from the boundary a = 0 flips at L2 exactly d, along -w)."""
-
-import dataclasses
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from attacks import classifiers, foolbox_attacks
-from scae_tf.kmeans import KMeansClassifier
-from test_adaptive_attacks import LinearProbeToy, toy_target
-from test_attacks import linear_problem
-
-
-def several_clusters_target(w):
-  """PriK on the toy with 7 clusters in the positive quadrant (where the
-  features sigmoid([a, -a]) point), labels interleaved (0 and 1 own
-  several, not adjacent), and a third class without a cluster."""
-  toy = LinearProbeToy(w)
-  toy.config = dataclasses.replace(toy.config, num_classes=3)
-  angles = np.deg2rad([20., 30., 38., 45., 52., 60., 70.])
-  km = KMeansClassifier(np.stack([np.cos(angles), np.sin(angles)], 1),
-                        'cosine', 'prior', [0, 1, 0, 1, 0, 1, 0])
-  return classifiers.make_classifier(toy, 'PriK', kmeans=km)
+from helpers.attack_toys import LinearProbeToy, linear_problem
+from helpers.attack_toys import several_clusters_target, toy_target
 
 
 @pytest.mark.parametrize('name', ['PriK', 'PriL'])

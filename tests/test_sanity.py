@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from attacks import noise, sanity
+from attacks import noise, pgd, sanity
+from helpers.attack_toys import linear_problem, toy_target
 
 INF = np.inf
 
@@ -88,3 +89,97 @@ def test_noise_control_by_hand():
   assert noise.accuracy(correct) == correct.all(1).mean()
   with pytest.raises(ValueError, match='draws must be'):
     noise.noise_control(MeanThreshold(), images, labels, 1., draws=0)
+
+
+# --- the report of attacks.sanity by hand, and its unbounded PGD -------------
+
+def test_sanity_passes_a_consistent_report():
+  correct = np.array([True, True, True, False])
+  # PGD's failure is exempt from check 1 (it has a ceiling); its median
+  # (1.5) is below the paper's attack's (2), as check 5 asks.
+  amounts = dict(capsule=np.array([1., 2., 3., 0.]),
+                 pgd_l2=np.array([.5, INF, 1.5, 0.]))
+  report = sanity.check(amounts, correct, np.array([.4, 8., 2., 0.]), 40.,
+                        curves=dict(capsule=[.75, .5, .25, 0.]),
+                        unbounded_clean_correct=correct)
+  assert report['ok'] and report['flags'] == []
+  assert report['unbounded']['success_rates'] == dict(capsule=1.,
+                                                      pgd_unbounded=1.)
+  assert report['eps0']['accuracy_at_0'] == dict(
+      capsule=.75, pgd_l2=.75, pgd_unbounded=.75)
+  assert report['non_increasing']['unbounded_accuracy'] == 0.
+  assert sanity.markdown(report).startswith('Sanity checks passed')
+
+
+def test_sanity_flags_each_failure_by_hand():
+  correct = np.array([True, True, True, False])
+  amounts = dict(capsule=np.array([1., INF, 3., 0.]),      # fails sample 1
+                 margin_cw=np.array([0., 2., 3., 0.]))     # 0 on a correct one
+  unbounded = np.array([INF, 1., INF, 0.])                 # two survivors
+  report = sanity.check(
+      amounts, correct, unbounded, 40., curves=dict(capsule=[.75, .8, .5]),
+      unbounded_clean_correct=np.array([True, True, False, False]),
+      indices=np.array([70, 71, 72, 73]))
+  assert not report['ok']
+  assert report['unbounded']['success_rates'] == dict(
+      capsule=pytest.approx(2 / 3), margin_cw=1., pgd_unbounded=pytest.approx(
+          1 / 3))
+  assert report['unbounded']['survivors'] == [70, 72]
+  # Rising curve; unbounded accuracy .5 above capsule's .25 and cw's 0.
+  assert report['non_increasing']['failing'] == ['capsule', 'capsule',
+                                                 'margin_cw']
+  assert report['eps0']['accuracy_at_0'] == dict(
+      capsule=.75, margin_cw=.5, pgd_unbounded=.75)
+  assert report['eps0']['clean_disagreements'] == 1
+  flags = report['flags']
+  assert len(flags) == 7, flags
+  assert flags[0].startswith('capsule: its success rate without a budget is '
+                             '66.67% < 100%')
+  assert flags[1].startswith('PGD-L2 at eps = 40 (any image within reach) '
+                             'left 2 of 3 correctly classified samples')
+  assert 'margin_cw: robust accuracy at L2 = 0 is 0.5000, not the clean ' \
+      'accuracy 0.7500.' in flags
+  text = sanity.markdown(report)
+  assert text.startswith('**Sanity checks FAILED**')
+  assert text.count('\n- ') == 7
+
+
+def test_sanity_flags_an_attack_that_missed_a_point_within_its_budget():
+  correct = np.ones(4, bool)
+  amounts = dict(capsule=np.array([3., 12., 1., INF]),
+                 pgd_l2=np.array([INF, INF, .5, INF]))
+  unbounded = np.array([9., 11., .6, 9.5])
+  report = sanity.check(amounts, correct, unbounded, 40.,
+                        ceilings=dict(pgd_l2=10.))
+  # Samples 0 (capsule: 3) and 3 (unbounded PGD: 9.5) lie within 10;
+  # sample 1's nearest known point (11) does not.
+  assert report['non_increasing']['missed_within_budget'] == dict(pgd_l2=2)
+  assert 'pgd_l2' in report['non_increasing']['failing']
+  assert any(('pgd_l2 failed at its budget 10 on 2 samples that another '
+              'attack broke within it (L2 3.00 to 9.50)') in flag
+             for flag in report['flags'])
+  within = sanity.check(amounts, correct, unbounded, 40.,
+                        ceilings=dict(pgd_l2=2.))
+  assert within['non_increasing']['missed_within_budget'] == {}
+
+
+def test_unbounded_pgd_reaches_any_image():
+  """The box diameter of 4 x 4 x 1 images is 4. The all-white image lies at
+  the closed-form distance a = 0.5 sum(w) (about 2) from the toy's boundary
+  (the box does not bind along -w): PGD at the diameter breaks it, PGD at
+  0.9 a does not."""
+  assert sanity.box_diameter((40, 40, 1)) == 40.
+  config = sanity.unbounded_config((4, 4, 1), seed=2)
+  assert (config.eps, config.steps, config.restarts, config.seed,
+          config.schedule) == (4., sanity.UNBOUNDED_STEPS, 1, 2, 'apgd')
+  _, w, near = linear_problem([.05], seed=3)
+  x = np.concatenate([near, np.ones_like(near)])
+  distance = .5 * w.sum()
+  assert 1. < distance < 4. and (1. - distance * w >= 0.).all()
+  labels = np.zeros(2, np.int64)
+  target = toy_target(w, 'PriK')
+  r = pgd.PGDAttack(target, config)(x, labels)
+  np.testing.assert_array_equal(r.success, [True, True])
+  assert r.l2[1] >= distance - 1e-4
+  short = pgd.PGDAttack(target, config, eps=.9 * distance)(x, labels)
+  np.testing.assert_array_equal(short.success, [True, False])

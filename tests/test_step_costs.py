@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from scae_tf import configs
 from scae_tf.model import SCAE
-from test_attacks import REPO
+from conftest import REPO
 
 
 @pytest.fixture(scope='module')

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from attacks import objectives
 from scae_tf import configs
-from test_attacks import REPO
+from conftest import REPO
 
 BENCHMARKS = os.path.join(REPO, 'benchmarks')
 

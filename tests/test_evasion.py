@@ -1,132 +1,194 @@
-"""The attack's loop and targets against references written out here.
+"""The paper's attack (`attacks.evasion`) on toy capsule models
+(helpers/attack_toys.py) with closed-form answers, and against references
+written out here.
 
-`TwoHeads` is a toy capsule model whose prior and posterior heads look at
-different pixels, so that each of PriK, PosK, PriL and PosL has its own
-feature and prediction, and a target wired to the wrong one fails. The
-fork's schedule (`fork_attack`) is written out with its own objective and
-TF1 optimisers, importing nothing from `attacks`. The last test attacks the
-original code's trained SCAE with the defences' `paper_train` preset.
-"""
-
-import dataclasses
+The fork's schedule (`fork_attack`) is written out with its own objective
+and TF1 optimisers, importing nothing from `attacks`. The last test attacks
+the original code's trained SCAE with the defences' `paper_train` preset."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from attacks import classifiers, evasion
+from attacks import classifiers, evasion, objectives
 from conftest import data_path, reference_path
+from helpers.attack_toys import CLEAN_PRED, ConstantPrediction
+from helpers.attack_toys import ToyLinearCapsules, kmeans_for, linear_problem
+from helpers.attack_toys import target, two_heads_problem
 from scae_tf import checkpoints, configs, data
 from scae_tf.kmeans import KMeansClassifier
 from scae_tf.model import SCAE
-from test_attacks import ToyConfig, ToyOutput
-
-# The clean prediction of each target on an image with a > 0 and b > 0.
-CLEAN_PRED = dict(PriK=3, PosK=1, PriL=0, PosL=2)
 
 
-class TwoHeads:
-  """a = <u, x - .5> drives the prior head, b = <v, x - .5> the posterior
-  one. Prior presences sigmoid([a, -a]); posterior mixing probabilities of
-  the two parts softmax([b, -b]) and softmax([2b, -2b]), so the posterior
-  masses (summed over the parts) lie in [0, 2]. The prior probe predicts 0
-  iff a > 0, else 1; the posterior probe 2 iff b > 0, else 3."""
+# --- the search --------------------------------------------------------------
 
-  def __init__(self, u, v):
-    self.config = dataclasses.replace(ToyConfig(), n_part_caps=2,
-                                      num_classes=4)
-    self.u = tf.constant(np.asarray(u, np.float32).reshape(-1, 1))
-    self.v = tf.constant(np.asarray(v, np.float32).reshape(-1, 1))
-
-  def forward(self, images, full=False, training=False):
-    del full, training
-    flat = tf.reshape(images, [tf.shape(images)[0], -1]) - 0.5
-    a, b = tf.matmul(flat, self.u), tf.matmul(flat, self.v)
-    mixing = tf.stack([tf.nn.softmax(tf.concat([b, -b], -1)),
-                       tf.nn.softmax(tf.concat([2. * b, -2. * b], -1))], 1)
-    prior_pred = tf.where(a[:, 0] > 0, 0, 1)
-    posterior_pred = tf.where(b[:, 0] > 0, 2, 3)
-    return ToyOutput(tf.sigmoid(tf.concat([a, -a], -1)), mixing,
-                     tf.cast(prior_pred, tf.int64),
-                     tf.cast(posterior_pred, tf.int64))
+def test_update_const_schedule_by_hand():
+  # Per example: misses multiply by 10 until the first hit, then bisect.
+  hits = np.array([[0, 1, 1], [0, 1, 0], [1, 1, 0], [0, 1, 0], [1, 1, 1]],
+                  bool)
+  const = tf.fill([3], 100.)
+  lower, upper = tf.zeros([3]), tf.fill([3], np.inf)
+  seen = []
+  for hit in hits:
+    const, lower, upper = evasion.update_const(const, lower, upper, hit)
+    seen.append(const.numpy())
+  np.testing.assert_allclose(np.array(seen), [
+      [1000., 50., 50.],
+      [10000., 25., 75.],         # ex. 2: lb = 50, ub = 100
+      [5500., 12.5, 87.5],        # ex. 1: ub = 10^4, lb = 10^3
+      [7750., 6.25, 93.75],
+      [6625., 3.125, 90.625]])     # ex. 3: ub = 93.75, lb = 87.5
 
 
-def kmeans_for(kind):
-  """Cluster 0 = capsule 0 dominant (a > 0 or b > 0). PriK maps it to 3,
-  PosK to 1: four different labels for the four targets."""
-  mapping = [3, 2] if kind == 'prior' else [1, 0]
-  return KMeansClassifier(np.eye(2), 'cosine', kind, mapping)
+def test_attack_search_failure_and_success_rules():
+  clf = ConstantPrediction()
+  x = np.random.default_rng(0).uniform(.2, .8, (2, 4, 4, 1)).astype(
+      np.float32)
+  labels = np.array([1, 0])  # example 0 always succeeds, example 1 never
+  settings = dict(outer_iterations=4, inner_iterations=2)
+  r = evasion.CapsuleAttack(clf, 'paper_eval', **settings)(x, labels)
+  np.testing.assert_array_equal(r.hit_history, [[1, 0]] * 4)
+  np.testing.assert_allclose(r.const_history,
+                             [[100, 100], [50, 1e3], [25, 1e4], [12.5, 1e5]])
+  np.testing.assert_array_equal(r.success, [True, False])
+  assert np.isfinite(r.l2[0]) and r.l2[1] == np.inf
+  np.testing.assert_allclose(r.l2[0], np.linalg.norm(r.adversarial[0] - x[0]),
+                             rtol=1e-4)
+  assert np.isnan(r.adversarial[1]).all()
+  clean = evasion.CapsuleAttack(clf, 'paper_eval', on_failure='clean',
+                                **settings)(x, labels)
+  np.testing.assert_array_equal(clean.adversarial[1], x[1])
+  assert clean.l2[1] == np.inf
+  # Paper criterion: the prediction must change from the clean one (always
+  # 0 here), so nothing succeeds, whatever the label.
+  paper = evasion.CapsuleAttack(clf, 'paper_eval', success='clean_prediction',
+                                **settings)(x, labels)
+  assert not paper.success.any() and np.isnan(paper.adversarial).all()
+  np.testing.assert_array_equal(paper.clean_pred, [0, 0])
 
 
-def target(model, name):
-  km = kmeans_for(classifiers.feature_kind_of(name)) if name.endswith(
-      'K') else None
-  return classifiers.make_classifier(model, name, kmeans=km)
+def test_mask_confines_the_perturbation():
+  x = np.zeros((1, 6, 6, 1), np.float32)
+  x[0, 1:3, 1:3] = 0.8  # a "stroke"; the mask is 0 from row / column 4 on
+  labels = np.array([1])  # always succeeds with ConstantPrediction
+  clf = ConstantPrediction((6, 6, 1))
+  far = (0, slice(4, None), slice(None), 0)
+  # x_adv with p' = 0: x squeezed by the 0.999999 factor (5e-7 for x = 0).
+  squeezed = objectives.from_tanh_space(objectives.to_tanh_space(x)).numpy()
+  masked = evasion.CapsuleAttack(clf, 'paper_train', outer_iterations=1,
+                                 inner_iterations=3)(x, labels).adversarial
+  np.testing.assert_allclose(masked[far], squeezed[far], rtol=1e-6)
+  assert np.abs(masked - x)[0, :3, :3].max() > 1e-2
+  free = evasion.CapsuleAttack(clf, 'paper_train', outer_iterations=1,
+                               inner_iterations=3, use_mask=False)(x, labels)
+  assert (np.abs(free.adversarial[far] / squeezed[far] - 1) > .1).any()
 
 
-def two_heads_problem(a_dist, b_dist, sign=1., seed=0):
-  """Images [B, 4, 4, 1] at distances a_dist from the prior boundary and
-  b_dist from the posterior one. u and v are unit vectors on disjoint
-  halves of the image (orthogonal), all of whose entries have the sign
-  `sign`: with sign = 1 brightening moves away from both boundaries, with
-  sign = -1 towards them."""
-  rng = np.random.default_rng(seed)
-  u, v = np.zeros(16), np.zeros(16)
-  u[:8], v[8:] = rng.uniform(0.5, 1.5, 8), rng.uniform(0.5, 1.5, 8)
-  u, v = sign * u / np.linalg.norm(u), sign * v / np.linalg.norm(v)
-  x = 0.5 + np.outer(a_dist, u) + np.outer(b_dist, v)
-  return TwoHeads(u, v), u, v, x.reshape(-1, 4, 4, 1).astype(np.float32)
+@pytest.mark.parametrize('preset', ['paper_eval', 'paper_train'])
+def test_box_constraint(preset):
+  model, _, x = linear_problem([0.1, 0.3])
+  x[0, 0, 0, 0], x[1, 3, 3, 0] = 0., 1.
+  attack = evasion.CapsuleAttack(classifiers.make_classifier(model, 'PriL'),
+                                 preset, outer_iterations=2,
+                                 inner_iterations=20, learning_rate=5.,
+                                 use_mask=False, on_failure='clean')
+  r = attack(x, np.zeros(2, np.int64))
+  adv = r.adversarial
+  assert np.isfinite(adv).all()
+  assert adv.min() >= 0. and adv.max() <= 1.
+  # Steps of 5 in the tanh space push the pixels of a success against the
+  # lower bound, where an additive perturbation would have left the box;
+  # the pixel at 1 stays at 1.
+  assert r.success.any()
+  for i in np.flatnonzero(r.success):
+    assert (adv[i] < 1e-3).sum() >= 4, adv[i].ravel()
+  assert adv[1, 3, 3, 0] == 1.
+  l2 = np.sqrt(np.sum(np.square(adv - x), axis=(1, 2, 3)))
+  np.testing.assert_allclose(r.l2[r.success], l2[r.success], rtol=1e-5)
+  np.testing.assert_array_equal(adv[~r.success], x[~r.success])
 
 
-def _sigmoid(z):
-  return 1. / (1. + np.exp(-z))
+def test_finds_the_closed_form_minimum_per_example():
+  distances = [0.1, 0.2, 0.25, 0.3]
+  model, w, x = linear_problem(distances)
+  attack = evasion.CapsuleAttack(
+      classifiers.make_classifier(model, 'PriL'), 'paper_eval',
+      use_mask=False, learning_rate=0.01, inner_iterations=300,
+      outer_iterations=15, const_init=1., const_coupling='example')
+  r = attack(x, np.zeros(4, np.int64))
+  assert r.success.all()
+  # Nothing can beat the distance to the hyperplane; the attack is within
+  # 1 % of it, and its perturbation points along -w.
+  assert (r.l2 >= np.array(distances) * (1 - 1e-4)).all()
+  np.testing.assert_allclose(r.l2, distances, rtol=1e-2)
+  delta = (r.adversarial - x).reshape(4, -1)
+  cosine = -(delta @ w) / np.linalg.norm(delta, axis=1)
+  assert (cosine > 0.99).all()
 
 
-def test_each_target_reads_its_own_feature_and_prediction():
-  model, u, v, _ = two_heads_problem([], [])
-  rng = np.random.default_rng(1)
-  x = rng.uniform(0.1, 0.9, (64, 4, 4, 1)).astype(np.float32)
-  flat = x.reshape(64, -1) - 0.5
-  a, b = flat @ u, flat @ v
-  assert {(s, t) for s, t in zip(a > 0, b > 0)} == {
-      (True, True), (True, False), (False, True), (False, False)}
-  prior = np.stack([_sigmoid(a), _sigmoid(-a)], 1)
-  posterior = np.stack([_sigmoid(2 * b) + _sigmoid(4 * b),
-                        _sigmoid(-2 * b) + _sigmoid(-4 * b)], 1)
-  want = dict(PriK=(prior, np.where(a > 0, 3, 2)),
-              PosK=(posterior, np.where(b > 0, 1, 0)),
-              PriL=(prior, np.where(a > 0, 0, 1)),
-              PosL=(posterior, np.where(b > 0, 2, 3)))
-  for name, (features, pred) in want.items():
-    clf = target(model, name)
-    assert clf.feature_kind == ('prior' if name.startswith('Pri')
-                                else 'posterior')
-    assert clf.n_part_caps == 2
-    got_features, got_pred = clf(tf.constant(x))
-    np.testing.assert_allclose(got_features.numpy(), features, rtol=1e-5,
-                               err_msg=name)
-    np.testing.assert_array_equal(got_pred.numpy(), pred, err_msg=name)
-    assert got_pred.dtype == tf.int64
-  # On an image with a > 0 and b > 0 the four targets disagree.
-  _, _, _, x1 = two_heads_problem([.2], [.2])
-  assert {n: int(target(model, n)(x1)[1][0]) for n in want} == CLEAN_PRED
+def test_posk_with_kmeans_and_fork_defaults_reaches_the_minimum():
+  # PosK: k-means (cosine) on the posterior masses; fork's subset rule and
+  # batch coupling (one example per batch: same as per-example).
+  model, _, x = linear_problem([0.2], seed=3)
+  km = KMeansClassifier(centers=np.eye(2), metric='cosine',
+                        feature='posterior', cluster_to_label=[0, 1])
+  attack = evasion.CapsuleAttack(
+      classifiers.make_classifier(model, 'posk', kmeans=km), 'paper_eval',
+      use_mask=False, learning_rate=0.01, inner_iterations=300,
+      outer_iterations=14, const_init=1.)
+  r = attack(x, np.zeros(1, np.int64))
+  np.testing.assert_allclose(r.l2, [0.2], rtol=1e-2)
 
 
-def test_targets_run_the_scae_without_its_noise():
-  """The tiny config has presence noise (scale 4); the targets run the
-  inference pass, so every call gives the same features and predictions."""
-  tf.random.set_seed(0)
-  model = SCAE(configs.tiny_config())
-  images = tf.random.uniform([3, 20, 20, 1], seed=1)
-  out = model.forward(images, training=False)
-  for name, want in (('PriL', out.caps_presence_prob),
-                     ('PosL', out.posterior_presence)):
-    clf = classifiers.make_classifier(model, name)
-    (f1, p1), (f2, p2) = clf(images), clf(images)
-    np.testing.assert_array_equal(f1.numpy(), f2.numpy())
-    np.testing.assert_array_equal(p1.numpy(), p2.numpy())
-    np.testing.assert_allclose(f1.numpy(), want.numpy(), rtol=1e-6)
+def test_bad_inputs_raise_before_any_work():
+  attack = evasion.CapsuleAttack(ConstantPrediction(), 'paper_train')
+  x = np.full((2, 4, 4, 1), .5, np.float32)
+  y = np.array([0, 1])
+  bad = [
+      (x[:, :3], y, 'shape'), (x[0], y, 'shape'), (x[:0], y[:0], 'shape'),
+      ((x * 255).astype(np.uint8), y, 'dtype'), (x + 1., y, 'values in'),
+      (np.where(x > 0, np.nan, x), y, 'NaN'), (x, y[:1], 'labels'),
+      (x, y.astype(np.float32), 'integers'), (x, np.array([0, 2]), 'labels'),
+      (x, np.array([-1, 0]), 'labels'), ([[0.5]], y, 'images')]
+  for images, labels, match in bad:
+    with pytest.raises(ValueError, match=match):
+      attack(images, labels)
+  assert attack._prepare.experimental_get_tracing_count() == 0
 
+
+def test_bad_settings_and_classifiers():
+  clf = ConstantPrediction()
+  with pytest.raises(ValueError, match='Unknown attack preset'):
+    evasion.CapsuleAttack(clf, 'paper_best')
+  with pytest.raises(ValueError, match='Unknown attack setting'):
+    evasion.CapsuleAttack(clf, 'paper_eval', inner=3)
+  for field, value in (('optimizer', 'sgd'), ('inner_iterations', 0),
+                       ('learning_rate', -1.), ('subset', 'all'),
+                       ('success', 'any'), ('on_failure', 'zero'),
+                       ('capsule_loss', 'l1'), ('const_coupling', 'none')):
+    with pytest.raises(ValueError, match=field):
+      evasion.CapsuleAttack(clf, 'paper_eval', **{field: value})
+  with pytest.raises(ValueError, match='CapsuleClassifier'):
+    evasion.CapsuleAttack(object(), 'paper_eval')
+  model = ToyLinearCapsules(np.ones(16))
+  with pytest.raises(ValueError, match='Unknown classifier'):
+    classifiers.make_classifier(model, 'PriX')
+  with pytest.raises(ValueError, match='needs a k-means'):
+    classifiers.make_classifier(model, 'PriK')
+  km = KMeansClassifier(centers=np.eye(2), metric='cosine', feature='prior',
+                        cluster_to_label=[0, 1])
+  with pytest.raises(ValueError, match='posterior features'):
+    classifiers.make_classifier(model, 'PosK', kmeans=km)
+  with pytest.raises(ValueError, match='no target'):
+    evasion.make_attack(model, 'paper_eval')
+  assert evasion.make_attack(model, 'paper_train').classifier.name == 'PosL'
+  assert evasion.PRESETS['paper_eval'] == evasion.AttackConfig(
+      'adam', 1.0, 9, 300, const_init=100.)
+  assert classifiers.kmeans_path_beside('/r/ckpt-5', 'PosK') == \
+      '/r/ckpt-5.kmeans_posterior_cosine.npz'
+
+
+# --- the compiled loop on each target ----------------------------------------
 
 @pytest.mark.parametrize('name', ['PriK', 'PosK', 'PriL', 'PosL'])
 def test_attack_moves_the_targets_own_head(name):
@@ -181,8 +243,6 @@ def test_random_start_is_never_scored():
                                 **settings)(x, labels, seed=3)
   assert twice.success.all() and twice.hit_history.all()
 
-
-# --- the fork's loop, written out --------------------------------------------
 
 def box_average(images):
   """The fork's `imblur`: 3 x 3 mean over the in-bounds neighbours."""
@@ -311,8 +371,6 @@ def test_compiled_loop_matches_the_forks_schedule(optimizer, lr, name):
   np.testing.assert_allclose(r.adversarial, best, rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(r.const_history, consts, rtol=1e-6)
 
-
-# --- the original code's trained SCAE ----------------------------------------
 
 @pytest.mark.fixtures
 def test_paper_train_attack_on_the_reference_scae():
