@@ -5,6 +5,8 @@
   attacks.classifiers  the attack targets PriK, PosK, PriL, PosL
   attacks.evasion      CapsuleAttack, AttackConfig, PRESETS
   attacks.protocol     the defence code's robustness protocol and reports
+  attacks.registry     the attacks a run can name, and their contract
+  attacks.run_spec     AttackRun: what an attack run asks for, checked
   attacks.pipeline     a checkpoint's attack, start to finish (run/attack.py)
   attacks.settings     checks and preset lookup shared by the attack configs
   attacks.margins      margin losses of the deployed classifiers (issue 13)

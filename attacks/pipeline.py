@@ -1,23 +1,29 @@
 """A robustness evaluation from start to finish: the attack of a checkpoint
 under the defence code's protocol, and the redrawing of its reports.
 
-  summary = attack_checkpoint('runs/teacher_mnist_cpu', 'PosK',
-                              out_dir='results/mnist_posk')
+  run = AttackRun('runs/teacher_mnist_cpu', 'PosK',
+                  out_dir='results/mnist_posk')
+  summary = attack_checkpoint(run)
   redraw_reports('results/mnist_posk')
   compare_runs(['results/a', 'results/b'], 'results/cmp', ['SCAE', 'HAT'])
 
-`attack_checkpoint` attacks `num_samples` random samples (seeded by `seed`)
-of a split (default: the paper's, MNIST test / Fashion-MNIST train) with an
-attack preset (`attacks.evasion.PRESETS`, single settings overridden), and
-writes to `out_dir` the files of `attacks.protocol`: l2.npz (0 for clean
-errors, inf for failed attacks), adversarial.npz, summary.json, summary.md,
-robust_accuracy.json (accuracy at every threshold 0..plot_max) and
-accuracy_vs_l2.png (paper Figures 2-5). Finished batches are kept under
+`attack_checkpoint(run)` attacks `run.num_samples` random samples (seeded
+by `run.seed`) of a split (default: the paper's, MNIST test / Fashion-MNIST
+train) with the attacks of `attacks.registry` that `run` names, each at
+its preset (single settings overridden; `attacks.run_spec.AttackRun`), and
+writes to the run's folder the files of `attacks.protocol`: l2.npz (0 for
+clean errors, inf for failed attacks), adversarial.npz, summary.json,
+summary.md, robust_accuracy.json (accuracy at every threshold 0..plot_max)
+and accuracy_vs_l2.png (paper Figures 2-5). Finished batches are kept under
 `<out_dir>/batches/`, and a rerun with the same settings skips them; a run
 with other settings is refused unless `overwrite`.
 
+It resolves the run (`resolve`: the model, the k-means, each attack's
+config, gradient and settings), builds the attacks and the samples
+(`_build`), and runs them (`_execute`).
+
 A run can be split by sample over processes or machines: shard (i, n) of
-it, `attack_checkpoint(..., shard=(i, n))`, attacks only the batches b with
+it, `AttackRun(..., shard=(i, n))`, attacks only the batches b with
 b % n == i into its own folder, which records the shard; `merge_shards`
 then gives, from the n folders, the files of the unsharded run.
 
@@ -33,18 +39,30 @@ import json
 import os
 import shutil
 import time
-from typing import Callable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from attacks import protocol
+from attacks import registry
 from attacks import sanity as sanity_lib
+from attacks import settings as settings_lib
+from attacks.registry import attack_names
+from attacks.run_spec import AttackRun, DATASETS
 from scae_tf import cli
 from scae_tf import files
-from attacks.quantize import QUANTIZE
-from scae_tf.configs import GRADIENTS
 
-DATASETS = tuple(protocol.PAPER_THRESHOLDS)
+#: Every attack of the registry, the paper's first.
+SINGLE_ATTACKS = registry.NAMES
+#: The sanity checks' PGD run at the box's diameter (`attacks.sanity`).
+UNBOUNDED = 'sanity_unbounded'
+#: The noise control's per-sample results (`attacks.noise`).
+NOISE_FILE = 'noise_control.npz'
+#: The input gradient each attack follows unless told otherwise: the paper's
+#: attack the authors' training graph, the adaptive attacks (and the sanity
+#: check's unbounded PGD) the classifier's true gradient.
+DEFAULT_GRADIENTS = {**{n: e.gradient for n, e in registry.ATTACKS.items()},
+                     UNBOUNDED: 'full'}
 
 
 def thresholds(dataset: str, threshold: Optional[float] = None,
@@ -57,391 +75,294 @@ def thresholds(dataset: str, threshold: Optional[float] = None,
   return t, t + 1. if plot_max is None else plot_max
 
 
-def default_out_dir(dataset: str, classifier: str, preset: str) -> str:
-  return os.path.join('results', f'attack_{dataset}_{classifier}_{preset}')
+def attack_checkpoint(run: AttackRun, *, progress: bool = True,
+                      log: Optional[Callable[[str], None]] = None) -> dict:
+  """Attacks a checkpoint's classifier as `run` says and writes the
+  protocol's outputs (module doc).
 
+  progress: a progress bar on stderr. log: callable(str) for progress
+  messages.
 
-def attack_checkpoint(checkpoint: str, classifier: str = 'PosK', *,
-                      config=None, kmeans: Optional[str] = None,
-                      allow_kmeans_mismatch: bool = False,
-                      dataset: str = 'mnist', split: Optional[str] = None,
-                      data_dir: Optional[str] = None,
-                      preprocess: str = 'resize', num_samples: int = 5000,
-                      batch_size: int = 100, seed: int = 0,
-                      preset: str = 'paper_eval',
-                      overrides: Optional[dict] = None,
-                      attack: str = 'capsule', pgd_preset: str = 'pgd_l2_min',
-                      eps: Optional[float] = None,
-                      pgd_overrides: Optional[dict] = None,
-                      gradient: Optional[str] = None,
-                      quantize: str = 'none',
-                      out_dir: Optional[str] = None, overwrite: bool = False,
-                      threshold: Optional[float] = None,
-                      plot_max: Optional[float] = None,
-                      progress: bool = True, sanity: bool = True,
-                      log: Optional[Callable[[str], None]] = None,
-                      shard: Optional[Tuple[int, int]] = None) -> dict:
-  """Attacks a checkpoint's classifier and writes the protocol's outputs.
+  Returns dict(summary=the protocol summary, settings=the run's settings,
+  out_dir=the output folder, sanity=the `attacks.sanity.check` report or
+  None); for several attacks, summary is the worst case's
+  (`attacks.worst_case.summarize`), and runs maps each attack to its own
+  dict. A shard's: dict(shard, out_dir, runs, batches: the batch numbers
+  it attacked), summary and sanity None.
 
-  Args:
-    checkpoint: anything `scae_tf.loading.load_model` accepts.
-    classifier: PriK, PosK, PriL or PosL (`attacks.classifiers`).
-    config: a config name or ScaeConfig (default: `load_model`'s choice).
-    kmeans: a KMeansClassifier file (.npz / .json) for PriK / PosK (default:
-      the cosine one beside the checkpoint).
-    allow_kmeans_mismatch: use a k-means classifier fitted on another
-      checkpoint, dataset or preprocessing (`kmeans.check_fitted_on`) after
-      a warning, instead of refusing it.
-    dataset, split, data_dir, preprocess: the attacked images (split default:
-      `protocol.DEFAULT_SPLITS`).
-    num_samples, batch_size, seed: random samples, attacked this many at a
-      time; the seed draws them and seeds the attack.
-    preset, overrides: `attacks.evasion.get_config(preset, **overrides)`.
-    attack: 'capsule' (the paper's), 'pgd_l2' (`attacks.pgd` on the
-      classifier's margin), 'margin_cw' (`attacks.margin_cw`: the paper's
-      search on the margin, preset 'margin_cw' with `overrides` applied
-      as to the capsule attack's), 'ddn' (`attacks.ddn`, Rony et al.
-      2019, 100 steps), 'fmn' (FMN of Pintor et al. 2021 through Foolbox,
-      `attacks.foolbox_attacks`), several of them joined by commas, or
-      'all' (every one). Several run on the same samples, each in
-      `<out_dir>/<attack>/`, with their per-sample worst case in
-      `out_dir` (`write_worst_case`).
-    pgd_preset, eps, pgd_overrides: `attacks.pgd.get_config(pgd_preset,
-      eps=eps, **pgd_overrides)`; eps defaults to the threshold for a
-      fixed-budget preset, to the preset's search ceiling for `pgd_l2_min`.
-    gradient: the input gradient every attack follows, 'code' (the
-      training graph's, with its stop-gradients) or 'full' (the
-      classifier's true gradient; `scae_tf.configs.GRADIENTS`). None: each
-      attack's own (`DEFAULT_GRADIENTS`): the paper's attack 'code', as the
-      authors' attack differentiated that graph; the adaptive ones 'full'.
-    quantize: 'none' or '8bit': every successful image rounded to the 256
-      grey levels an 8-bit image file holds, re-verified, and counted only
-      if still misclassified (`attacks.quantize`); the summaries say how
-      many survived.
-    out_dir: default `default_out_dir(dataset, classifier, preset)` (the
-      PGD preset's name for pgd_l2, 'all' for all).
-    overwrite: restart: remove every output of the run in `out_dir` first
-      (`protocol.remove_outputs`).
-    threshold, plot_max: see `thresholds`.
-    progress: a progress bar on stderr.
-    sanity: run the checks of `attacks.sanity` (PGD at the box's diameter
-      on the same samples, in `<out_dir>/sanity_unbounded/`, with the run's
-      PGD steps; Gaussian noise at the threshold, `attacks.noise`, in
-      `<out_dir>/noise_control.npz`) and write sanity.json and sanity.md to
-      `out_dir`.
-    log: callable(str) for progress messages.
-    shard: (i, n): attack only the batches b with b % n == i
-      (`protocol.shard_batches`), into `out_dir` (default: the default
-      out_dir with `_shard<i>of<n>`), whose settings record the shard and
-      whose SHARD_FILE holds this call's arguments; no reports, worst case
-      or sanity report: `merge_shards` writes them from the n shards.
-
-  Returns:
-    dict(summary=the protocol summary, settings=the run's settings,
-    out_dir=the output folder, sanity=the `attacks.sanity.check` report or
-    None); for several attacks, summary is the worst case's
-    (`attacks.worst_case.summarize`), and runs maps each attack to its
-    own dict. A shard's: dict(shard, out_dir, runs, batches: the batch
-    numbers it attacked), summary and sanity None.
-
-  Bad settings (an unknown attack, eps <= 0, a PGD setting out of range)
-  raise before the model is loaded; a k-means target without its k-means
-  file before any attack.
+  Bad settings (an unknown attack, eps <= 0: `AttackRun`; a PGD setting
+  out of range) raise before the model is loaded; a k-means target without
+  its k-means file before any attack.
   """
-  # First: the arguments as called, which a shard records for the merge.
-  call = dict(locals())
-  # Imported here: the reports alone need neither TensorFlow nor a model.
-  # pylint: disable=g-import-not-at-top
-  from attacks import classifiers, ddn, evasion, foolbox_attacks, margin_cw
-  from attacks import noise, pgd
-  from attacks import quantize as quantize_lib
-  from attacks import settings as settings_lib
-  from scae_tf import data, loading
-  from scae_tf import kmeans as kmeans_lib
-  from scae_tf.kmeans import KMeansClassifier
-  from scae_tf.training import run_dir
-  # pylint: enable=g-import-not-at-top
   log = log or (lambda msg: None)
-  name, names = check_arguments(
-      classifier, dataset=dataset, split=split, preprocess=preprocess,
-      num_samples=num_samples, batch_size=batch_size, preset=preset,
-      overrides=overrides, attack=attack, pgd_preset=pgd_preset, eps=eps,
-      gradient=gradient, quantize=quantize, shard=shard)
-  split = split or protocol.DEFAULT_SPLITS[dataset]
-  threshold, t_max = thresholds(dataset, threshold, plot_max)
-  # Each attack's preset as is, and with the run's overrides: the labels
-  # name the settings that differ (`settings_lib.preset_label`).
-  attack_configs, preset_configs = {}, {}
-  if 'capsule' in names:
-    preset_configs['capsule'] = evasion.get_config(preset, seed=seed)
-    attack_configs['capsule'] = evasion.get_config(preset, seed=seed,
-                                                   **(overrides or {}))
-  if 'margin_cw' in names:
-    preset_configs['margin_cw'] = margin_cw.get_config(seed=seed)
-    attack_configs['margin_cw'] = margin_cw.get_config(seed=seed,
-                                                       **(overrides or {}))
-  if 'pgd_l2' in names:
-    preset_configs['pgd_l2'] = pgd_config(pgd_preset, None, threshold, seed)
-    attack_configs['pgd_l2'] = pgd_config(pgd_preset, eps, threshold, seed,
-                                          pgd_overrides)
-  if 'ddn' in names:
-    attack_configs['ddn'] = ddn.get_config('ddn', seed=seed)
-  if 'fmn' in names:
-    attack_configs['fmn'] = foolbox_attacks.get_config('fmn', seed=seed)
-  presets = dict(capsule=preset, pgd_l2=pgd_preset, margin_cw='margin_cw',
-                 ddn='ddn', fmn='fmn')
-  out_dir = out_dir or default_out_dir(
-      dataset, name, presets[names[0]] if len(names) == 1 else
-      'all' if attack == 'all' else '+'.join(names)) + (
-          '' if shard is None else f'_shard{shard[0]}of{shard[1]}')
+  plan = resolve(run, log)
+  return _execute(plan, _build(plan), progress, log)
 
-  # Attacks run without noise: with it, every forward pass would draw anew.
-  loaded = loading.load_model(checkpoint, config, dataset=dataset)
-  config, prefix = loaded.config, loaded.prefix
-  kmeans_clf = None
-  if name.endswith('K'):
-    kind = classifiers.feature_kind_of(name)
-    if kmeans is None:
-      kmeans = loading.kmeans_path(prefix, kind)
-      kmeans_clf = loaded.kmeans.get(f'{kind}_cosine')
-    elif os.path.exists(kmeans):
-      kmeans_clf = KMeansClassifier.load(kmeans)
-    if kmeans_clf is None:
-      raise FileNotFoundError(
-          f'k-means classifier {kmeans!r} not found; run run/evaluate.py on '
-          'the checkpoint or pass --kmeans.')
-    kmeans_lib.check_fitted_on(kmeans_clf, kmeans, prefix, dataset,
-                               preprocess, allow_kmeans_mismatch, log)
-  gradients = {n: gradient or DEFAULT_GRADIENTS[n]
-               for n in names + ((UNBOUNDED,) if sanity else ())}
-  targets = {g: classifiers.make_classifier(loaded.model, name, kmeans_clf,
-                                            gradient=g)
-             for g in set(gradients.values())}
-  kinds = dict(capsule=evasion.CapsuleAttack, pgd_l2=pgd.PGDAttack,
-               margin_cw=margin_cw.MarginCWAttack, ddn=ddn.DDNAttack,
-               fmn=foolbox_attacks.FoolboxAttack)
-  attacks = {n: kinds[n](targets[gradients[n]], attack_configs[n])
-             for n in names}
-  if quantize != 'none':
-    attacks = {n: quantize_lib.QuantizedAttack(a, targets[gradients[n]],
-                                               quantize_lib.LEVELS[quantize])
-               for n, a in attacks.items()}
-  if sanity:
-    shape = targets[gradients[UNBOUNDED]].image_shape
-    preset_configs[UNBOUNDED] = sanity_lib.unbounded_config(shape, seed)
-    attack_configs[UNBOUNDED] = sanity_lib.unbounded_config(
-        shape, seed, (pgd_overrides or {}).get('steps'))
-    presets[UNBOUNDED] = UNBOUNDED
-    attacks[UNBOUNDED] = pgd.PGDAttack(targets[gradients[UNBOUNDED]],
-                                       attack_configs[UNBOUNDED])
 
-  images_u8, labels = data.load_dataset(dataset, split, data_dir)
-  if num_samples > len(images_u8):
-    raise cli.UsageError(f'num_samples={num_samples} exceeds the '
-                         f'{len(images_u8)} examples of the {split} split.')
-  indices = np.random.default_rng(seed).choice(len(images_u8), num_samples,
-                                               replace=False)
-  images = data.preprocess(images_u8[indices], preprocess,
-                           rng=np.random.default_rng([seed, 1]),
-                           canvas_size=config.canvas_size)
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """A run resolved: what it attacks with which settings, and where.
 
-  # Compared with the saved ones when a run resumes: keep their values.
-  common = dict(
-      checkpoint=os.path.abspath(prefix), checkpoint_format=loaded.format,
-      config=config.name, classifier=name,
-      kmeans=os.path.abspath(kmeans) if kmeans_clf else None,
-      dataset=dataset, split=split, preprocess=preprocess,
-      num_samples=num_samples, batch_size=batch_size, seed=seed)
+  run: the request. classifier: its canonical name. names: the attacks,
+  then UNBOUNDED if the sanity checks run. split, threshold, t_max: the
+  data and the thresholds. out_dir: the run's folder.
+  loaded: `scae_tf.loading.load_model`'s answer. kmeans: the k-means
+  classifier of PriK / PosK (None otherwise), kmeans_path: its file.
+  configs, preset_configs, presets: each attack's config, its preset's
+  config as it is, and its preset's name. gradients: each attack's input
+  gradient. targets: {gradient: the classifier target}.
+  """
+  run: AttackRun
+  classifier: str
+  names: Tuple[str, ...]
+  split: str
+  threshold: float
+  t_max: float
+  out_dir: str
+  loaded: Any
+  kmeans: Any
+  kmeans_path: Optional[str]
+  configs: Mapping[str, Any]
+  preset_configs: Mapping[str, Any]
+  presets: Mapping[str, str]
+  gradients: Mapping[str, str]
+  targets: Mapping[str, Any]
 
-  def run(n, folder):
-    # The capsule attack's settings are those of runs before PGD existed,
-    # so that they resume.
-    settings = dict(common, preset=presets[n],
-                    attack=dataclasses.asdict(attack_configs[n]),
-                    gradient=gradients[n])
+  @property
+  def attacks(self) -> Tuple[str, ...]:
+    """The attacks the run asked for (without UNBOUNDED)."""
+    return tuple(n for n in self.names if n != UNBOUNDED)
+
+  def settings(self, name: str) -> dict:
+    """What attack `name`'s folder records (settings.json), which a
+    resumed run must match: keep their values, or old runs stop
+    resuming. The paper's attack's are those of runs before the other
+    attacks existed."""
+    run = self.run
+    settings = dict(
+        checkpoint=os.path.abspath(self.loaded.prefix),
+        checkpoint_format=self.loaded.format,
+        config=self.loaded.config.name, classifier=self.classifier,
+        kmeans=os.path.abspath(self.kmeans_path) if self.kmeans else None,
+        dataset=run.dataset, split=self.split, preprocess=run.preprocess,
+        num_samples=run.num_samples, batch_size=run.batch_size,
+        seed=run.seed, preset=self.presets[name],
+        attack=dataclasses.asdict(self.configs[name]),
+        gradient=self.gradients[name])
     modified = settings_lib.changed_settings(
-        preset_configs.get(n, attack_configs[n]), attack_configs[n])
+        self.preset_configs[name], self.configs[name])
     if modified:
       settings['modified'] = modified
-    if n != 'capsule':
-      settings['attack_name'] = n
-    if quantize != 'none' and n != UNBOUNDED:
-      settings['quantize'] = quantize
-    if shard is not None:
-      settings['shard'] = dict(index=shard[0], count=shard[1])
-    # out_dir itself is locked for the whole call below.
-    with (contextlib.nullcontext() if folder == out_dir
-          else run_dir.lock_folder(folder)):
-      protocol.check_settings(folder, settings, overwrite)
-      log(f'checkpoint {prefix} ({loaded.format.upper()}, config '
-          f'{config.name}); {name}; {num_samples} samples of '
-          f'{dataset}/{split}; attack {n} ({protocol.attack_label(settings)}, '
-          f'{gradients[n]} gradient); out {folder}')
-      start = time.time()
-      results = protocol.run_protocol(
-          attacks[n], images, labels[indices], folder, batch_size, seed,
-          indices=indices, threshold=threshold, progress=progress,
-          shard=shard)
-      summary = None if shard else protocol.write_outputs(
-          folder, results, settings, threshold, t_max)
-    if summary and 'quantized_successes_before' in summary:
-      log(f'{n}: {summary["quantized_successes_after"]} of '
-          f'{summary["quantized_successes_before"]} successes survive the '
-          f'{quantize} rounding')
-    log(f'done in {time.time() - start:.0f} s; results in {folder}')
-    return dict(summary=summary, settings=settings, out_dir=folder)
+    if name != 'capsule':
+      settings['attack_name'] = name
+    if run.quantize != 'none' and name != UNBOUNDED:
+      settings['quantize'] = run.quantize
+    if run.shard is not None:
+      settings['shard'] = dict(index=run.shard[0], count=run.shard[1])
+    return settings
+
+
+def resolve(run: AttackRun,
+            log: Optional[Callable[[str], None]] = None) -> Plan:
+  """`run` resolved into its `Plan`: each attack's settings first (a bad
+  one raises before the model loads), then the model, the k-means and the
+  targets."""
+  # pylint: disable=g-import-not-at-top
+  from attacks import classifiers
+  from scae_tf import loading
+  # pylint: enable=g-import-not-at-top
+  log = log or (lambda msg: None)
+  threshold, t_max = thresholds(run.dataset, run.threshold, run.plot_max)
+  names = run.attack_names() + ((UNBOUNDED,) if run.sanity else ())
+  configs, preset_configs, presets = {}, {}, {}
+  for name in run.attack_names():
+    entry = registry.ATTACKS[name]
+    presets[name] = entry.preset(run)
+    preset_configs[name], configs[name] = entry.configs(run, threshold)
+  # Attacks run without noise: with it, every forward pass would draw anew.
+  loaded = loading.load_model(run.checkpoint, run.config,
+                              dataset=run.dataset)
+  kmeans, kmeans_path = _kmeans(run, loaded, log)
+  gradients = {n: run.gradient or DEFAULT_GRADIENTS[n] for n in names}
+  targets = {g: classifiers.make_classifier(
+      loaded.model, run.classifier_name(), kmeans, gradient=g)
+             for g in set(gradients.values())}
+  if run.sanity:
+    shape = targets[gradients[UNBOUNDED]].image_shape
+    presets[UNBOUNDED] = UNBOUNDED
+    preset_configs[UNBOUNDED] = sanity_lib.unbounded_config(shape, run.seed)
+    configs[UNBOUNDED] = sanity_lib.unbounded_config(
+        shape, run.seed, (run.pgd_overrides or {}).get('steps'))
+  return Plan(run=run, classifier=run.classifier_name(), names=names,
+              split=run.split_name(), threshold=threshold, t_max=t_max,
+              out_dir=run.folder(), loaded=loaded, kmeans=kmeans,
+              kmeans_path=kmeans_path, configs=configs,
+              preset_configs=preset_configs, presets=presets,
+              gradients=gradients, targets=targets)
+
+
+def _kmeans(run: AttackRun, loaded, log) -> Tuple[Any, Optional[str]]:
+  """(the k-means classifier of a PriK / PosK run, its file); (None, the
+  run's kmeans) for the probes. FileNotFoundError if it has none;
+  `kmeans.check_fitted_on` refuses one fitted on other weights or data."""
+  # pylint: disable=g-import-not-at-top
+  from attacks import classifiers
+  from scae_tf import loading
+  from scae_tf import kmeans as kmeans_lib
+  # pylint: enable=g-import-not-at-top
+  name, path, found = run.classifier_name(), run.kmeans, None
+  if not name.endswith('K'):
+    return None, path
+  kind = classifiers.feature_kind_of(name)
+  if path is None:
+    path = loading.kmeans_path(loaded.prefix, kind)
+    found = loaded.kmeans.get(f'{kind}_cosine')
+  elif os.path.exists(path):
+    found = kmeans_lib.KMeansClassifier.load(path)
+  if found is None:
+    raise FileNotFoundError(
+        f'k-means classifier {path!r} not found; run run/evaluate.py on '
+        'the checkpoint or pass --kmeans.')
+  kmeans_lib.check_fitted_on(found, path, loaded.prefix, run.dataset,
+                             run.preprocess, run.allow_kmeans_mismatch, log)
+  return found, path
+
+
+@dataclasses.dataclass(frozen=True)
+class _Built:
+  """The attack objects of a plan, and the samples they attack: images,
+  their labels, and their indices in the split."""
+  attacks: Dict[str, registry.Attack]
+  images: np.ndarray
+  labels: np.ndarray
+  indices: np.ndarray
+
+
+def _build(plan: Plan) -> _Built:
+  """The attacks of `plan` (each on the target of its gradient, wrapped
+  for the 8-bit rounding if asked; the unbounded PGD never is), and the
+  seed's draw of samples."""
+  # pylint: disable=g-import-not-at-top
+  from attacks import pgd
+  from attacks import quantize as quantize_lib
+  from scae_tf import data
+  # pylint: enable=g-import-not-at-top
+  run = plan.run
+  target = lambda n: plan.targets[plan.gradients[n]]
+  attacks = {}
+  for n in plan.attacks:
+    attacks[n] = registry.ATTACKS[n].attack_type()(target(n), plan.configs[n])
+    if run.quantize != 'none':
+      attacks[n] = quantize_lib.QuantizedAttack(
+          attacks[n], target(n), quantize_lib.LEVELS[run.quantize])
+  if run.sanity:
+    attacks[UNBOUNDED] = pgd.PGDAttack(target(UNBOUNDED),
+                                       plan.configs[UNBOUNDED])
+  images_u8, labels = data.load_dataset(run.dataset, plan.split, run.data_dir)
+  if run.num_samples > len(images_u8):
+    raise cli.UsageError(f'num_samples={run.num_samples} exceeds the '
+                         f'{len(images_u8)} examples of the {plan.split} '
+                         'split.')
+  indices = np.random.default_rng(run.seed).choice(
+      len(images_u8), run.num_samples, replace=False)
+  images = data.preprocess(images_u8[indices], run.preprocess,
+                           rng=np.random.default_rng([run.seed, 1]),
+                           canvas_size=plan.loaded.config.canvas_size)
+  return _Built(attacks, images, labels[indices], indices)
+
+
+def _execute(plan: Plan, built: _Built, progress: bool, log) -> dict:
+  """Runs the attacks of `plan` into its folder, which it holds locked:
+  each attack resumes or starts in its folder; then the worst case of
+  several, and the sanity checks."""
+  # pylint: disable=g-import-not-at-top
+  from scae_tf.training import run_dir
+  # pylint: enable=g-import-not-at-top
+  run, out_dir = plan.run, plan.out_dir
+  folders = run_folders(out_dir, plan.attacks, run.sanity)
+
+  def attack(n):
+    return _attack_one(plan, built, n, folders[n], progress, log)
 
   with run_dir.lock_folder(out_dir):
-    if overwrite:
+    if run.overwrite:
       remove_previous_run(out_dir)
-    if shard is not None:
-      record = shard_record(call)
+    if run.shard is not None:
+      record = shard_record(run)
       protocol.check_resumable(out_dir, record, SHARD_FILE)
       files.write_json(os.path.join(out_dir, SHARD_FILE), record,
                        sort_keys=True)
-    folders = run_folders(out_dir, names, sanity)
-    runs = {n: run(n, folders[n]) for n in names}
-    if shard is not None:
-      if sanity:
-        run(UNBOUNDED, folders[UNBOUNDED])
-      return dict(shard=shard, out_dir=out_dir, runs=runs, summary=None,
+    runs = {n: attack(n) for n in plan.attacks}
+    if run.shard is not None:
+      if run.sanity:
+        attack(UNBOUNDED)
+      return dict(shard=run.shard, out_dir=out_dir, runs=runs, summary=None,
                   sanity=None, batches=protocol.shard_batches(
-                      num_samples, batch_size, shard))
-    if len(names) == 1:
-      result = runs[names[0]]
+                      run.num_samples, run.batch_size, run.shard))
+    if len(plan.attacks) == 1:
+      result = runs[plan.attacks[0]]
     else:
       result = dict(runs=runs, out_dir=out_dir, summary=write_worst_case(
-          out_dir, [folders[n] for n in names], threshold, t_max))
+          out_dir, [folders[n] for n in plan.attacks], plan.threshold,
+          plan.t_max))
     result['sanity'] = None
-    if sanity:
-      checked = run(UNBOUNDED, folders[UNBOUNDED])
-      # Forward passes only (seconds): recomputed, not resumed.
-      noise_correct = noise.noise_control(
-          targets[gradients[UNBOUNDED]], images, labels[indices], threshold,
-          seed=seed, batch_size=batch_size)
-      files.save_npz(os.path.join(out_dir, NOISE_FILE), dict(
-          correct=noise_correct, indices=indices, threshold=threshold),
-                     compressed=True)
-      log(f'noise control: {noise.accuracy(noise_correct):.2%} correct under '
-          f'{noise_correct.shape[1]} draws of Gaussian noise at L2 = '
-          f'{threshold:g}')
-      result['sanity'] = write_sanity(
-          out_dir, {n: folders[n] for n in names}, checked['out_dir'],
-          noise_correct, threshold)
-      log(sanity_lib.markdown(result['sanity']).rstrip())
+    if run.sanity:
+      result['sanity'] = _check_sanity(plan, built, folders, attack(UNBOUNDED),
+                                       log)
   return result
 
 
-def check_arguments(classifier: str, *, dataset: str = 'mnist',
-                    split: Optional[str] = None, preprocess: str = 'resize',
-                    num_samples: int = 5000, batch_size: int = 100,
-                    preset='paper_eval', overrides: Optional[dict] = None,
-                    attack: str = 'capsule', pgd_preset='pgd_l2_min',
-                    eps: Optional[float] = None,
-                    gradient: Optional[str] = None,
-                    quantize: str = 'none',
-                    shard: Optional[Tuple[int, int]] = None
-                    ) -> Tuple[str, Tuple[str, ...]]:
-  """The checks of `attack_checkpoint`'s arguments that need neither a
-  model nor TensorFlow (`run/attack.py` runs them before TensorFlow loads):
-  ValueError (UsageError) on a bad one. Returns (the classifier's name,
-  the attacks' names). The numbers of an attack's settings are checked
-  where its config is built."""
-  # pylint: disable=g-import-not-at-top
-  from attacks import names as names_lib
-  from attacks import settings as settings_lib
-  from scae_tf import data
-  # pylint: enable=g-import-not-at-top
-  cli.check_choice('dataset', dataset, DATASETS)
-  cli.check_choice('preprocess', preprocess, data.MODES)
-  cli.check_choice('split', split, (None,) + tuple(data.SPLITS))
-  cli.check_positive('num_samples', num_samples)
-  cli.check_positive('batch_size', batch_size)
-  name = names_lib.classifier_name(classifier)
-  names = attack_names(attack)
-  if gradient is not None:
-    cli.check_choice('gradient', gradient, GRADIENTS)
-  cli.check_choice('quantize', quantize, QUANTIZE)
-  if eps is not None:
-    settings_lib.check_positive_number('eps', eps)
-  # The presets by name (a config object is checked when built), in the
-  # words of `settings_lib.preset_config`.
-  for runs, what, given, known in (
-      ('capsule', 'attack', preset, names_lib.PRESETS),
-      ('pgd_l2', 'PGD', pgd_preset, names_lib.PGD_PRESETS)):
-    if runs in names and isinstance(given, str) and given not in known:
-      raise cli.UsageError(f'Unknown {what} preset {given!r}; expected one '
-                           f'of {", ".join(known)}.')
-  for key, choices in (('optimizer', names_lib.OPTIMIZERS),
-                       ('subset', names_lib.SUBSET_RULES),
-                       ('capsule_loss', names_lib.CAPSULE_LOSSES),
-                       ('const_coupling', names_lib.CONST_COUPLINGS),
-                       ('success', names_lib.SUCCESS_RULES)):
-    if key in (overrides or {}):
-      cli.check_choice(key, overrides[key], choices)
-  if shard is not None:
-    check_shard(shard, num_samples, batch_size)
-  return name, names
+def _attack_one(plan: Plan, built: _Built, n: str, folder: str,
+                progress: bool, log) -> dict:
+  """Attack `n` of the plan, resumed or started in `folder` (locked for
+  it, unless it is the run's folder, locked already); its outputs, but a
+  shard's."""
+  from scae_tf.training import run_dir  # pylint: disable=g-import-not-at-top
+  run, settings = plan.run, plan.settings(n)
+  with (contextlib.nullcontext() if folder == plan.out_dir
+        else run_dir.lock_folder(folder)):
+    protocol.check_settings(folder, settings, run.overwrite)
+    loaded = plan.loaded
+    log(f'checkpoint {loaded.prefix} ({loaded.format.upper()}, config '
+        f'{loaded.config.name}); {plan.classifier}; {run.num_samples} '
+        f'samples of {run.dataset}/{plan.split}; attack {n} '
+        f'({protocol.attack_label(settings)}, {plan.gradients[n]} '
+        f'gradient); out {folder}')
+    start = time.time()
+    results = protocol.run_protocol(
+        built.attacks[n], built.images, built.labels, folder, run.batch_size,
+        run.seed, indices=built.indices, threshold=plan.threshold,
+        progress=progress, shard=run.shard)
+    summary = None if run.shard else protocol.write_outputs(
+        folder, results, settings, plan.threshold, plan.t_max)
+  if summary and 'quantized_successes_before' in summary:
+    log(f'{n}: {summary["quantized_successes_after"]} of '
+        f'{summary["quantized_successes_before"]} successes survive the '
+        f'{run.quantize} rounding')
+  log(f'done in {time.time() - start:.0f} s; results in {folder}')
+  return dict(summary=summary, settings=settings, out_dir=folder)
 
 
-def check_shard(shard: Tuple[int, int], num_samples: int, batch_size: int):
-  """UsageError unless shard (i, n) has 0 <= i < n and every one of the n
-  shards of the run gets a batch."""
-  index, count = shard
-  cli.check_positive('shards', count)
-  if not 0 <= index < count:
-    raise cli.UsageError(f'shard must be 0 to {count - 1} (one of '
-                         f'shards={count}), got {index}.')
-  batches = len(protocol.shard_batches(num_samples, batch_size))
-  if count > batches:
-    raise cli.UsageError(
-        f'shards={count} exceeds the {batches} batches of the run '
-        f'({num_samples} samples, {batch_size} a batch): a shard would '
-        'attack none.')
-
-
-#: The paper's attack first: the worst case counts the samples where each
-#: other attack needs less than it.
-SINGLE_ATTACKS = ('capsule', 'pgd_l2', 'margin_cw', 'ddn', 'fmn')
-#: The input gradient each attack follows unless told otherwise: the paper's
-#: attack the authors' training graph, the adaptive attacks (and the sanity
-#: check's unbounded PGD) the classifier's true gradient.
-ATTACKS = SINGLE_ATTACKS + ('all',)
-#: The sanity checks' PGD run at the box's diameter (`attacks.sanity`).
-UNBOUNDED = 'sanity_unbounded'
-#: The noise control's per-sample results (`attacks.noise`).
-NOISE_FILE = 'noise_control.npz'
-DEFAULT_GRADIENTS = dict(capsule='code', pgd_l2='full', margin_cw='full',
-                         ddn='full', fmn='full', **{UNBOUNDED: 'full'})
-
-
-def attack_names(attack: str) -> Tuple[str, ...]:
-  """The attacks that `attack` ('all', a name or names joined by commas)
-  runs, in the order of SINGLE_ATTACKS; UsageError for an unknown or
-  repeated name."""
-  if attack == 'all':
-    return SINGLE_ATTACKS
-  names = [n.strip() for n in str(attack).split(',')]
-  for n in names:
-    cli.check_choice('attack', n, ATTACKS if len(names) == 1
-                     else SINGLE_ATTACKS)
-  repeated = sorted({n for n in names if names.count(n) > 1})
-  if repeated:
-    raise cli.UsageError(f'attack {", ".join(repeated)} listed twice in '
-                         f'{attack!r}.')
-  return tuple(n for n in SINGLE_ATTACKS if n in names)
-
-
-def pgd_config(preset: str, eps: Optional[float], threshold: float,
-               seed: int, overrides: Optional[dict] = None):
-  """The PGD settings of a run: eps given, else the threshold for a
-  fixed-budget preset (its robust accuracy there is the number to report),
-  else the preset's search ceiling."""
-  from attacks import pgd  # pylint: disable=g-import-not-at-top
-  config = pgd.get_config(preset, seed=seed, **(overrides or {}))
-  if eps is None and not config.search_steps:
-    eps = threshold
-  return config if eps is None else pgd.get_config(config, eps=eps)
+def _check_sanity(plan: Plan, built: _Built, folders: Mapping[str, str],
+                  checked: dict, log) -> dict:
+  """The sanity report of the finished attacks and of the unbounded PGD
+  run `checked`, with the noise control at the threshold (forward passes
+  only, seconds: recomputed, not resumed), written beside them."""
+  from attacks import noise  # pylint: disable=g-import-not-at-top
+  run = plan.run
+  noise_correct = noise.noise_control(
+      plan.targets[plan.gradients[UNBOUNDED]], built.images, built.labels,
+      plan.threshold, seed=run.seed, batch_size=run.batch_size)
+  files.save_npz(os.path.join(plan.out_dir, NOISE_FILE), dict(
+      correct=noise_correct, indices=built.indices,
+      threshold=plan.threshold), compressed=True)
+  log(f'noise control: {noise.accuracy(noise_correct):.2%} correct under '
+      f'{noise_correct.shape[1]} draws of Gaussian noise at L2 = '
+      f'{plan.threshold:g}')
+  report = write_sanity(plan.out_dir, {n: folders[n] for n in plan.attacks},
+                        checked['out_dir'], noise_correct, plan.threshold)
+  log(sanity_lib.markdown(report).rstrip())
+  return report
 
 
 def write_worst_case(out_dir: str, folders: Sequence[str], threshold: float,
@@ -532,28 +453,13 @@ def run_folders(out_dir: str, names: Sequence[str],
   return folders
 
 
-#: The arguments of `attack_checkpoint` that say where a run writes and what
-#: it shows, not what it computes: a shard's record leaves them out, and
-#: the merge gives its own.
-PLACE_ARGUMENTS = ('out_dir', 'overwrite', 'progress', 'log', 'shard')
-#: The arguments that are paths: recorded absolute, so that the merge reads
-#: the same files from another working folder.
-PATH_ARGUMENTS = ('checkpoint', 'kmeans', 'data_dir')
-
-
-def shard_record(call: Mapping) -> dict:
-  """What SHARD_FILE holds: the shard (index, count) and the arguments of
-  the `attack_checkpoint` call `call` (its locals), JSON-able, from which
-  `merge_shards` makes the unsharded run."""
-  arguments = {k: v for k, v in call.items() if k not in PLACE_ARGUMENTS}
-  for key in PATH_ARGUMENTS:
-    if arguments[key] is not None:
-      arguments[key] = os.path.abspath(arguments[key])
-  if dataclasses.is_dataclass(arguments['config']):
-    arguments['config'] = dataclasses.asdict(arguments['config'])
-  index, count = call['shard']
+def shard_record(run: AttackRun) -> dict:
+  """What SHARD_FILE holds: the shard (index, count) and the request of
+  the run (`AttackRun.request`), JSON-able, from which `merge_shards`
+  makes the unsharded run."""
+  index, count = run.shard
   return json.loads(json.dumps(dict(index=index, count=count,
-                                    arguments=arguments)))
+                                    arguments=run.request())))
 
 
 class ShardMismatchError(protocol.SettingsMismatchError):
@@ -631,7 +537,7 @@ def merge_shards(shard_dirs: Sequence[str], out_dir: str,
                  overwrite: bool = False, progress: bool = True,
                  log: Optional[Callable[[str], None]] = None) -> dict:
   """The files of the unsharded run from its n shards (folders of
-  `attack_checkpoint(..., shard=(i, n))`), in `out_dir`: after
+  `attack_checkpoint(AttackRun(..., shard=(i, n)))`), in `out_dir`: after
   `check_shards`, the shards' batch files are copied into it, and the
   unsharded run, with the arguments the shards recorded, finds every batch
   done and writes the reports, the worst case and the sanity report as
@@ -652,8 +558,8 @@ def merge_shards(shard_dirs: Sequence[str], out_dir: str,
   if isinstance(arguments['config'], dict):
     from scae_tf import configs  # pylint: disable=g-import-not-at-top
     arguments['config'] = configs.ScaeConfig(**arguments['config'])
-  return attack_checkpoint(**arguments, out_dir=out_dir, progress=progress,
-                           log=log)
+  return attack_checkpoint(AttackRun(**arguments, out_dir=out_dir),
+                           progress=progress, log=log)
 
 
 def write_sanity(out_dir: str, folders: Mapping[str, str],

@@ -22,13 +22,13 @@ class Scale:
   """name; teacher_recipe: the teacher's recipe (`scae_tf.recipes`);
   defences: (model name, `train_defense` keyword arguments) in order;
   num_samples: attacked test samples per model and classifier; attack:
-  `attack_checkpoint`'s attack ('all': the paper's and the adaptive ones);
+  `AttackRun.attack` ('all': the paper's and the adaptive ones);
   classifiers: the attacked k-means classifiers;
   kmeans_examples: examples of each split for the k-means (None: all);
   deviation: how the scale departs from the paper, or None.
 
   config, teacher_overrides, attack_overrides: tiny settings for tests
-  (a config name; `RecipeOverrides` and `attack_checkpoint` keywords).
+  (a config name; `RecipeOverrides` and `AttackRun` fields).
   """
   name: str
   description: str

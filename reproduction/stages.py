@@ -19,7 +19,7 @@ Stages, per model (the teacher, then each defence of the scale):
                             6, 8 and the adaptive worst case); with shards,
                             `attacks.pipeline.merge_shards` of:
   attack/<model>/<PriK|PosK>/shard<i>of<n>
-                            `attack_checkpoint(..., shard=(i, n))`: the
+                            `AttackRun(..., shard=(i, n))`: the
                             batches b with b % n == i, each shard a stage
                             that an executor may run beside the others
   report                    `reproduction.report.write`: tables and figures
@@ -137,8 +137,8 @@ def plan(dataset: str, scale, workdir: str,
   `shards` > 1 splits every attack stage by sample (`sharded`)."""
   scale = scales_lib.get_scale(scale) if isinstance(scale, str) else scale
   if shards != 1:
-    from attacks import pipeline  # pylint: disable=g-import-not-at-top
-    pipeline.check_shard((0, shards), scale.num_samples,
+    from attacks import run_spec  # pylint: disable=g-import-not-at-top
+    run_spec.check_shard((0, shards), scale.num_samples,
                          scale.attack_overrides.get('batch_size', 100))
   adopt = dict(adopt or {})
   unknown = sorted(set(adopt) - set(scale.models()))
@@ -354,17 +354,19 @@ def _attack(stage, workdir, redo, progress, log):
   """An attack stage, or one shard of it."""
   from attacks import classifiers  # pylint: disable=g-import-not-at-top
   from attacks import pipeline  # pylint: disable=g-import-not-at-top
+  from attacks.run_spec import AttackRun  # pylint: disable=g-import-not-at-top
   from scae_tf import loading  # pylint: disable=g-import-not-at-top
   s = stage.settings
   kmeans = read_record(workdir, f'kmeans/{stage.model}')['output']
   kind = classifiers.feature_kind_of(s['classifier'])
   pipeline.attack_checkpoint(
-      s['checkpoint'], s['classifier'], dataset=s['dataset'],
-      config=_config(stage), kmeans=loading.kmeans_path(kmeans, kind,
-                                                        'cosine'),
-      out_dir=stage.output, overwrite=redo, progress=progress, log=log,
-      shard=(s['shard'], s['shards']) if 'shard' in s else None,
-      **{k: v for k, v in s.items() if k not in _ATTACK_KEYS})
+      AttackRun(s['checkpoint'], s['classifier'], dataset=s['dataset'],
+                config=_config(stage),
+                kmeans=loading.kmeans_path(kmeans, kind, 'cosine'),
+                out_dir=stage.output, overwrite=redo,
+                shard=(s['shard'], s['shards']) if 'shard' in s else None,
+                **{k: v for k, v in s.items() if k not in _ATTACK_KEYS}),
+      progress=progress, log=log)
   return stage.output
 
 

@@ -31,18 +31,10 @@ Ctrl-C or SIGTERM stops the attack within seconds (the batch in progress
 is dropped) and prints what was kept and the command that resumes. Flags
 that need no model are checked before TensorFlow loads.
 
---attack: capsule (the paper's attack, --preset), pgd_l2 (PGD-L2 on the
-classifier's margin, --pgd_preset: pgd_l2_min searches the smallest budget
-per sample below --eps, default 10, and gives a curve; pgd_l2 attacks at
-the budget --eps, default the threshold), margin_cw (the paper's search on
-the classifier's margin, C&W style; the flags after --preset override its
-settings too), ddn (Decoupled Direction and Norm, Rony et al. 2019, 100
-steps, in-graph), fmn (Fast Minimum-Norm, Pintor et al. 2021, through
-Foolbox), several of them joined by commas (capsule,pgd_l2) or all (all
-five). The adaptive attacks follow the classifier's true gradient, the
-paper's attack the training graph's (--gradient overrides both). Several run on the same samples, each in <out_dir>/<attack>/,
-with their per-sample worst case in --out_dir: worst_case.npz / .json / .md
-and one accuracy_vs_l2.png with every curve.
+--attack: one attack of attacks.registry (its flag's help lists them), several
+joined by commas, or all. Several run on the same samples, each in
+<out_dir>/<attack>/, with their per-sample worst case in --out_dir:
+worst_case.npz / .json / .md and one accuracy_vs_l2.png with every curve.
 
 --sanity (default on): the sanity checks of attacks.sanity. PGD-L2 at the
 box's diameter (40 on MNIST: any image within reach) runs on the same
@@ -75,6 +67,8 @@ from absl import flags
 
 # TensorFlow-free (the attacks import it when they run).
 from attacks import pipeline
+from attacks import registry
+from attacks.run_spec import AttackRun
 from scae_tf import cli
 
 flags.DEFINE_string('checkpoint', None, 'Training log directory, TF2 '
@@ -96,7 +90,14 @@ flags.DEFINE_string('preprocess', 'resize', 'resize, pad_center or pad_shift.')
 flags.DEFINE_integer('num_samples', 5000, 'Random samples to attack.')
 flags.DEFINE_integer('batch_size', 100, 'Samples attacked together.')
 flags.DEFINE_integer('seed', 0, 'Seeds the sample choice and the attack.')
-flags.DEFINE_string('preset', 'paper_eval', 'Attack preset.')
+# The preset flags of the registry's attacks (--preset, --pgd_preset), with
+# the run's defaults.
+for _name, _entry in registry.ATTACKS.items():
+  if _entry.preset_field:
+    flags.DEFINE_string(
+        _entry.preset_field,
+        AttackRun.__dataclass_fields__[_entry.preset_field].default,
+        f'The preset of --attack={_name}: {", ".join(_entry.presets)}.')
 flags.DEFINE_integer('outer_iterations', None, 'Override the preset.')
 flags.DEFINE_integer('inner_iterations', None, 'Override the preset.')
 flags.DEFINE_float('learning_rate', None, 'Override the preset.')
@@ -111,10 +112,7 @@ flags.DEFINE_string('const_coupling', None, 'Override: batch (fork) or '
                     'example.')
 flags.DEFINE_string('success', None, 'Override: label (fork) or '
                     'clean_prediction (paper).')
-flags.DEFINE_string('attack', 'capsule', 'capsule, pgd_l2, margin_cw, ddn, '
-                    'fmn, several joined by commas, or all.')
-flags.DEFINE_string('pgd_preset', 'pgd_l2_min', 'PGD preset '
-                    '(attacks.pgd.PRESETS): pgd_l2_min or pgd_l2.')
+flags.DEFINE_string('attack', 'capsule', registry.help_text())
 flags.DEFINE_float('eps', None, 'PGD budget (pgd_l2) or search ceiling '
                    '(pgd_l2_min); > 0.')
 flags.DEFINE_integer('pgd_steps', None, 'Override the PGD preset: steps.')
@@ -158,6 +156,8 @@ flags.DEFINE_list('merge', None, 'The folders of all --shards shards of one '
                   'into --out_dir (attack flags come from the shards).')
 FLAGS = flags.FLAGS
 
+#: The flags that override the paper's attack's preset (and margin_cw's),
+#: by their field names; those of PGD's {flag: field}.
 OVERRIDES = ('outer_iterations', 'inner_iterations', 'learning_rate',
              'const_init', 'optimizer', 'use_mask', 'subset', 'capsule_loss',
              'const_coupling', 'success')
@@ -171,7 +171,8 @@ MERGE_FLAGS = ('merge', 'out_dir', 'overwrite', 'progress')
 
 def _check_flags():
   """The checks that need no model, before TensorFlow loads: a bad flag is
-  refused in a second."""
+  refused in a second. Returns the attack run the flags ask for (None for
+  a merge or a redrawing)."""
   if FLAGS.merge:
     given = [f'--{f.name}' for f in FLAGS.get_flags_for_module(sys.argv[0])
              if f.present and f.name not in MERGE_FLAGS]
@@ -181,7 +182,7 @@ def _check_flags():
     if not FLAGS.out_dir:
       raise cli.UsageError('--merge needs --out_dir, the merged run\'s '
                            'folder.')
-    return
+    return None
   if FLAGS.shard is None and FLAGS.shards != 1:
     cli.check_positive('shards', FLAGS.shards)
     raise cli.UsageError(f'--shards={FLAGS.shards} needs --shard, the shard '
@@ -192,29 +193,41 @@ def _check_flags():
     raise cli.UsageError('--compare needs --out_dir for the overlaid plot.')
   if FLAGS.plot_only and not (FLAGS.compare or FLAGS.out_dir):
     raise cli.UsageError('--plot_only needs --out_dir or --compare.')
-  if not FLAGS.plot_only and not FLAGS.checkpoint:
+  if FLAGS.plot_only:
+    return None
+  if not FLAGS.checkpoint:
     raise cli.UsageError('--checkpoint is required.')
-  if not FLAGS.plot_only:
-    pipeline.check_arguments(
-        FLAGS.classifier, dataset=FLAGS.dataset, split=FLAGS.split,
-        preprocess=FLAGS.preprocess, num_samples=FLAGS.num_samples,
-        batch_size=FLAGS.batch_size, preset=FLAGS.preset,
-        overrides=_overrides(), attack=FLAGS.attack,
-        pgd_preset=FLAGS.pgd_preset, eps=FLAGS.eps, gradient=FLAGS.gradient,
-        quantize=FLAGS.quantize, shard=_shard())
+  return _run_spec()
 
 
-def _shard():
-  return None if FLAGS.shard is None else (FLAGS.shard, FLAGS.shards)
+def _run_spec() -> AttackRun:
+  """The run the flags ask for; building it checks everything that needs
+  no model."""
+  return AttackRun(
+      FLAGS.checkpoint, FLAGS.classifier, config=FLAGS.config,
+      kmeans=FLAGS.kmeans, allow_kmeans_mismatch=FLAGS.allow_kmeans_mismatch,
+      dataset=FLAGS.dataset, split=FLAGS.split, data_dir=FLAGS.data_dir,
+      preprocess=FLAGS.preprocess, num_samples=FLAGS.num_samples,
+      batch_size=FLAGS.batch_size, seed=FLAGS.seed,
+      overrides=_given(dict(zip(OVERRIDES, OVERRIDES))),
+      attack=FLAGS.attack, eps=FLAGS.eps,
+      pgd_overrides=_given(PGD_OVERRIDES), gradient=FLAGS.gradient,
+      quantize=FLAGS.quantize, out_dir=FLAGS.out_dir,
+      overwrite=FLAGS.overwrite, threshold=FLAGS.threshold,
+      plot_max=FLAGS.plot_max, sanity=FLAGS.sanity,
+      shard=None if FLAGS.shard is None else (FLAGS.shard, FLAGS.shards),
+      **{e.preset_field: getattr(FLAGS, e.preset_field)
+         for e in registry.ATTACKS.values() if e.preset_field})
 
 
-def _overrides():
-  return {k: getattr(FLAGS, k) for k in OVERRIDES
-          if getattr(FLAGS, k) is not None}
+def _given(fields):
+  """{field: the value of its flag} of the flags {flag: field} given."""
+  return {field: getattr(FLAGS, flag) for flag, field in fields.items()
+          if getattr(FLAGS, flag) is not None}
 
 
 def _run():
-  _check_flags()
+  run = _check_flags()
   reports = dict(threshold=FLAGS.threshold, plot_max=FLAGS.plot_max)
   if FLAGS.compare:
     print(pipeline.compare_runs(FLAGS.compare, FLAGS.out_dir, FLAGS.labels,
@@ -223,29 +236,14 @@ def _run():
   checks = None
   if FLAGS.plot_only:
     summary = pipeline.redraw_reports(FLAGS.out_dir, FLAGS.dataset, **reports)
-  elif FLAGS.merge:
-    result = pipeline.merge_shards(FLAGS.merge, FLAGS.out_dir,
-                                   overwrite=FLAGS.overwrite,
-                                   progress=FLAGS.progress, log=cli.log)
-    summary, checks = result['summary'], result['sanity']
   else:
-    result = pipeline.attack_checkpoint(
-        FLAGS.checkpoint, FLAGS.classifier, config=FLAGS.config,
-        kmeans=FLAGS.kmeans,
-        allow_kmeans_mismatch=FLAGS.allow_kmeans_mismatch,
-        dataset=FLAGS.dataset, split=FLAGS.split,
-        data_dir=FLAGS.data_dir, preprocess=FLAGS.preprocess,
-        num_samples=FLAGS.num_samples, batch_size=FLAGS.batch_size,
-        seed=FLAGS.seed, preset=FLAGS.preset,
-        overrides=_overrides(),
-        attack=FLAGS.attack, pgd_preset=FLAGS.pgd_preset, eps=FLAGS.eps,
-        pgd_overrides={field: getattr(FLAGS, flag)
-                       for flag, field in PGD_OVERRIDES.items()
-                       if getattr(FLAGS, flag) is not None},
-        gradient=FLAGS.gradient, quantize=FLAGS.quantize,
-        out_dir=FLAGS.out_dir, overwrite=FLAGS.overwrite,
-        progress=FLAGS.progress, sanity=FLAGS.sanity, log=cli.log,
-        shard=_shard(), **reports)
+    if FLAGS.merge:
+      result = pipeline.merge_shards(FLAGS.merge, FLAGS.out_dir,
+                                     overwrite=FLAGS.overwrite,
+                                     progress=FLAGS.progress, log=cli.log)
+    else:
+      result = pipeline.attack_checkpoint(run, progress=FLAGS.progress,
+                                          log=cli.log)
     if result['summary'] is None:
       print(f'shard {FLAGS.shard} of {FLAGS.shards}: batches '
             f'{", ".join(map(str, result["batches"]))} in {result["out_dir"]}; '

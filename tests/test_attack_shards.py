@@ -16,6 +16,7 @@ import pytest
 
 from attacks import ddn, evasion, foolbox_attacks, margin_cw, pgd, pipeline
 from attacks import protocol
+from attacks.run_spec import AttackRun
 from conftest import DATA_DIR
 from conftest import data_path
 from conftest import REPO
@@ -30,7 +31,7 @@ from test_early_flag_checks import PROBE
 from test_reproduction import _tiny_scale
 
 # 6 samples, 2 a batch: shard 0 of 2 attacks batches 0 and 2, shard 1 batch 1.
-SETTINGS = dict(dataset='mnist', num_samples=6, batch_size=2, progress=False,
+SETTINGS = dict(dataset='mnist', num_samples=6, batch_size=2,
                 overrides=dict(outer_iterations=1, inner_iterations=2),
                 pgd_overrides=dict(steps=1, search_steps=1))
 
@@ -70,11 +71,12 @@ def checkpoint(tmp_path_factory):
 
 def _whole_and_shards(checkpoint, root, **settings):
   """The unsharded run in root/whole, its 2 shards in root/shard<i>."""
-  pipeline.attack_checkpoint(checkpoint, 'PosK', out_dir=str(root / 'whole'),
-                             **SETTINGS, **settings)
-  return [pipeline.attack_checkpoint(
+  pipeline.attack_checkpoint(
+      AttackRun(checkpoint, 'PosK', out_dir=str(root / 'whole'), **SETTINGS,
+                **settings), progress=False)
+  return [pipeline.attack_checkpoint(AttackRun(
       checkpoint, 'PosK', out_dir=str(root / f'shard{i}'), shard=(i, 2),
-      **SETTINGS, **settings) for i in range(2)]
+      **SETTINGS, **settings), progress=False) for i in range(2)]
 
 
 def _with_stand_ins(checkpoint, root, **settings):
@@ -201,8 +203,9 @@ def test_merges_of_other_or_incomplete_shards_are_refused_writing_nothing(
   with pytest.raises(protocol.SettingsMismatchError,
                      match=r'shard0 holds a run with other settings \(index: '
                            r'0 -> 1\)'):
-    pipeline.attack_checkpoint(checkpoint, 'PosK', out_dir=shard0,
-                               shard=(1, 2), attack='all', **SETTINGS)
+    pipeline.attack_checkpoint(
+        AttackRun(checkpoint, 'PosK', out_dir=shard0, shard=(1, 2),
+                  attack='all', **SETTINGS), progress=False)
   # A folder holding another run keeps it.
   shutil.copytree(root / 'whole', out)
   _edit_json(out / 'ddn' / 'settings.json', lambda s: s.update(seed=1))

@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from attacks import pgd, pipeline, protocol, sanity
+from attacks import pgd, pipeline, protocol, registry, sanity
+from attacks.run_spec import AttackRun
 from conftest import REPO, data_path
 from helpers.attack_files import assert_same_outputs
 from helpers.attack_files import outputs
 from helpers.attack_files import tiny_posk_checkpoint
 from helpers.attack_toys import FakeAttack
-from scae_tf import checkpoints, configs, data, kmeans, loading
+from scae_tf import checkpoints, configs, data, files, kmeans, loading
 from scae_tf.kmeans import KMeansClassifier
 from scae_tf.model import SCAE
 
@@ -35,11 +36,12 @@ def test_attack_checkpoint_end_to_end(tmp_path):
   model = SCAE(configs.tiny_config(canvas_size=40))
   prefix = checkpoints.save_tf2_checkpoint(model, str(tmp_path / 'tiny'))
   settings = dict(dataset='mnist', data_dir=data_dir, num_samples=4,
-                  batch_size=2, progress=False,
+                  batch_size=2,
                   overrides=dict(outer_iterations=1, inner_iterations=2))
   with pytest.raises(FileNotFoundError, match='run run/evaluate.py'):
-    pipeline.attack_checkpoint(str(tmp_path), 'PosK',
-                               out_dir=str(tmp_path / 'none'), **settings)
+    pipeline.attack_checkpoint(
+        AttackRun(str(tmp_path), 'PosK', out_dir=str(tmp_path / 'none'),
+                  **settings), progress=False)
   assert not (tmp_path / 'none').exists()
 
   km = KMeansClassifier(centers=np.eye(3, dtype=np.float32), metric='cosine',
@@ -47,9 +49,9 @@ def test_attack_checkpoint_end_to_end(tmp_path):
   km.save(loading.kmeans_path(prefix, 'posterior'))
   out = tmp_path / 'out'
   messages = []
-  result = pipeline.attack_checkpoint(str(tmp_path), 'posk',
-                                      out_dir=str(out), log=messages.append,
-                                      **settings)
+  result = pipeline.attack_checkpoint(
+      AttackRun(str(tmp_path), 'posk', out_dir=str(out), **settings),
+      progress=False, log=messages.append)
   assert 'records neither the checkpoint nor the data' in messages[0]
   saved = result['settings']
   assert (saved['classifier'], saved['config'], saved['split']) == (
@@ -70,8 +72,9 @@ def test_attack_checkpoint_end_to_end(tmp_path):
         model, data.preprocess(images[indices], 'resize'))
     np.testing.assert_array_equal(z['clean_pred'], km.predict(features))
   with pytest.raises(ValueError, match='exceeds the 10000 examples'):
-    pipeline.attack_checkpoint(prefix, 'PriL', **dict(settings,
-                                                       num_samples=10001))
+    pipeline.attack_checkpoint(
+        AttackRun(prefix, 'PriL', **dict(settings, num_samples=10001)),
+        progress=False)
 
 
 def test_attack_refuses_a_kmeans_of_another_checkpoint_or_data(tmp_path):
@@ -89,22 +92,23 @@ def test_attack_refuses_a_kmeans_of_another_checkpoint_or_data(tmp_path):
   km.save(loading.kmeans_path(fitted, 'posterior'))
   out = tmp_path / 'out'
   settings = dict(dataset='mnist', data_dir=str(data_path('mnist')),
-                  num_samples=2, batch_size=2, progress=False,
-                  out_dir=str(out),
+                  num_samples=2, batch_size=2, out_dir=str(out),
                   overrides=dict(outer_iterations=1, inner_iterations=1))
   with pytest.raises(kmeans.KMeansMismatchError, match=re.escape(
       f'k-means file {path} was fitted on checkpoint {fitted} ')):
-    pipeline.attack_checkpoint(attacked, 'PosK', kmeans=path, **settings)
+    pipeline.attack_checkpoint(
+        AttackRun(attacked, 'PosK', kmeans=path, **settings), progress=False)
   # The one beside the checkpoint is checked too.
   with pytest.raises(kmeans.KMeansMismatchError,
                      match='with preprocess resize, not pad_center'):
-    pipeline.attack_checkpoint(fitted, 'PosK', preprocess='pad_center',
-                               **settings)
+    pipeline.attack_checkpoint(
+        AttackRun(fitted, 'PosK', preprocess='pad_center', **settings),
+        progress=False)
   assert not out.exists()
   messages = []
-  result = pipeline.attack_checkpoint(attacked, 'PosK', kmeans=path,
-                                      allow_kmeans_mismatch=True,
-                                      log=messages.append, **settings)
+  result = pipeline.attack_checkpoint(
+      AttackRun(attacked, 'PosK', kmeans=path, allow_kmeans_mismatch=True,
+                **settings), progress=False, log=messages.append)
   assert messages[0].startswith(f'warning: k-means file {path} was fitted '
                                 f'on checkpoint {fitted} ')
   assert result['settings']['kmeans'] == path
@@ -196,12 +200,13 @@ def test_a_run_labels_its_modified_presets_everywhere(tmp_path, monkeypatch):
                       lambda *args: titles.append(args[4]) or draw(*args))
   messages = []
   out = tmp_path / 'out'
-  settings = dict(dataset='mnist', data_dir=str(data_path('mnist')),
-                  num_samples=2, batch_size=2, progress=False,
-                  attack='capsule,pgd_l2,ddn', sanity=False, out_dir=str(out),
+  run = AttackRun(prefix, 'PriL', dataset='mnist',
+                  data_dir=str(data_path('mnist')), num_samples=2,
+                  batch_size=2, attack='capsule,pgd_l2,ddn', sanity=False,
+                  out_dir=str(out),
                   overrides=dict(outer_iterations=1, inner_iterations=2),
                   pgd_overrides=dict(steps=2, search_steps=1))
-  pipeline.attack_checkpoint(prefix, 'PriL', log=messages.append, **settings)
+  pipeline.attack_checkpoint(run, progress=False, log=messages.append)
   capsule = 'paper_eval, modified: outer 1, inner 2'
   pgd_label = 'pgd_l2_min, modified: steps 2, search_steps 1'
   banners = [m for m in messages if m.startswith('checkpoint ')]
@@ -221,7 +226,7 @@ def test_a_run_labels_its_modified_presets_everywhere(tmp_path, monkeypatch):
   assert titles[-1] == f'MNIST test, N = 2, preset {pgd_label}, classifier PriL'
   # The same command resumes (the label is no setting of its own).
   messages.clear()
-  pipeline.attack_checkpoint(prefix, 'PriL', log=messages.append, **settings)
+  pipeline.attack_checkpoint(run, progress=False, log=messages.append)
   assert any(capsule in m for m in messages)
 
 
@@ -264,8 +269,9 @@ def test_bad_attack_settings_fail_before_the_model_loads(tmp_path, settings,
                                                          error):
   out = tmp_path / 'out'
   with pytest.raises(ValueError, match=error):
-    pipeline.attack_checkpoint(str(tmp_path / 'no_checkpoint'), 'PosK',
-                               out_dir=str(out), progress=False, **settings)
+    pipeline.attack_checkpoint(
+        AttackRun(str(tmp_path / 'no_checkpoint'), 'PosK', out_dir=str(out),
+                  **settings), progress=False)
   assert not out.exists()
 
 
@@ -285,12 +291,14 @@ def test_the_script_refuses_an_unknown_attack_with_one_line(tmp_path):
 
 
 def test_pgd_settings_of_a_run():
-  fixed = pipeline.pgd_config('pgd_l2', None, 5., seed=3)
+  entry = registry.ATTACKS['pgd_l2']
+  pgd_run = lambda **fields: AttackRun('ckpt', attack='pgd_l2', **fields)
+  _, fixed = entry.configs(pgd_run(pgd_preset='pgd_l2', seed=3), 5.)
   assert (fixed.eps, fixed.seed, fixed.search_steps) == (5., 3, 0)
-  search = pipeline.pgd_config('pgd_l2_min', None, 5., seed=0)
+  _, search = entry.configs(pgd_run(pgd_preset='pgd_l2_min'), 5.)
   assert search.eps == pgd.PRESETS['pgd_l2_min'].eps
-  assert pipeline.pgd_config('pgd_l2_min', 7., 5., 0, dict(steps=3)) == \
-      dataclasses.replace(pgd.PRESETS['pgd_l2_min'], eps=7., steps=3)
+  assert entry.configs(pgd_run(eps=7., pgd_overrides=dict(steps=3)), 5.)[1] \
+      == dataclasses.replace(pgd.PRESETS['pgd_l2_min'], eps=7., steps=3)
 
 
 def _tiny_checkpoint(tmp_path):
@@ -304,9 +312,9 @@ def test_kmeans_pgd_without_a_fitted_kmeans_fails_before_attacking(tmp_path):
   out = tmp_path / 'out'
   with pytest.raises(FileNotFoundError, match='run run/evaluate.py'):
     pipeline.attack_checkpoint(
-        str(tmp_path), 'PriK', attack='pgd_l2', dataset='mnist',
-        data_dir=str(data_path('mnist')), num_samples=2, out_dir=str(out),
-        progress=False)
+        AttackRun(str(tmp_path), 'PriK', attack='pgd_l2', dataset='mnist',
+                  data_dir=str(data_path('mnist')), num_samples=2,
+                  out_dir=str(out)), progress=False)
   assert not out.exists()
 
 
@@ -316,11 +324,12 @@ def test_attack_all_runs_each_on_the_same_samples_and_merges(tmp_path):
                    [3, 1, 7]).save(loading.kmeans_path(prefix, 'posterior'))
   out = tmp_path / 'all'
   result = pipeline.attack_checkpoint(
-      str(tmp_path), 'PosK', attack='all', dataset='mnist',
-      data_dir=str(data_path('mnist')), num_samples=4, batch_size=2,
-      overrides=dict(outer_iterations=1, inner_iterations=2),
-      pgd_overrides=dict(steps=2, search_steps=1), out_dir=str(out),
-      progress=False)
+      AttackRun(str(tmp_path), 'PosK', attack='all', dataset='mnist',
+                data_dir=str(data_path('mnist')), num_samples=4,
+                batch_size=2,
+                overrides=dict(outer_iterations=1, inner_iterations=2),
+                pgd_overrides=dict(steps=2, search_steps=1),
+                out_dir=str(out)), progress=False)
   assert sorted(result['runs']) == ['capsule', 'ddn', 'fmn', 'margin_cw',
                                     'pgd_l2']
   pgd_settings = result['runs']['pgd_l2']['settings']
@@ -387,17 +396,18 @@ def test_a_list_of_attacks_runs_those_and_a_single_one_checks_in_place(
     tmp_path):
   _tiny_checkpoint(tmp_path)
   settings = dict(dataset='mnist', data_dir=str(data_path('mnist')),
-                  num_samples=2, batch_size=2, progress=False,
+                  num_samples=2, batch_size=2,
                   overrides=dict(outer_iterations=1, inner_iterations=1),
                   pgd_overrides=dict(steps=1, search_steps=1))
-  two = pipeline.attack_checkpoint(str(tmp_path), 'PriL',
-                                   attack='pgd_l2,capsule',
-                                   out_dir=str(tmp_path / 'two'), **settings)
+  two = pipeline.attack_checkpoint(
+      AttackRun(str(tmp_path), 'PriL', attack='pgd_l2,capsule',
+                out_dir=str(tmp_path / 'two'), **settings), progress=False)
   assert sorted(two['runs']) == ['capsule', 'pgd_l2']
   assert sorted(p.name for p in (tmp_path / 'two').iterdir()
                 if p.is_dir()) == ['capsule', 'pgd_l2', 'sanity_unbounded']
-  one = pipeline.attack_checkpoint(str(tmp_path), 'PriL', attack='pgd_l2',
-                                   out_dir=str(tmp_path / 'one'), **settings)
+  one = pipeline.attack_checkpoint(
+      AttackRun(str(tmp_path), 'PriL', attack='pgd_l2',
+                out_dir=str(tmp_path / 'one'), **settings), progress=False)
   assert (tmp_path / 'one' / 'l2.npz').exists()
   assert (tmp_path / 'one' / 'sanity_unbounded' / 'l2.npz').exists()
   assert one['sanity'] == json.loads(
@@ -405,8 +415,9 @@ def test_a_list_of_attacks_runs_those_and_a_single_one_checks_in_place(
       object_hook=lambda d: {k: v for k, v in d.items()
                              if k not in ('runs', 'unbounded_run')})
   skipped = pipeline.attack_checkpoint(
-      str(tmp_path), 'PriL', attack='pgd_l2', sanity=False, gradient='code',
-      out_dir=str(tmp_path / 'skipped'), **settings)
+      AttackRun(str(tmp_path), 'PriL', attack='pgd_l2', sanity=False,
+                gradient='code', out_dir=str(tmp_path / 'skipped'),
+                **settings), progress=False)
   assert skipped['sanity'] is None
   assert skipped['settings']['gradient'] == 'code'  # --gradient overrides
   assert not (tmp_path / 'skipped' / 'sanity_unbounded').exists()
@@ -414,24 +425,27 @@ def test_a_list_of_attacks_runs_those_and_a_single_one_checks_in_place(
 
 def test_overwrite_removes_every_output_of_the_previous_run(tmp_path):
   _tiny_checkpoint(tmp_path)
+  out = tmp_path / 'out'
   settings = dict(dataset='mnist', data_dir=str(data_path('mnist')),
-                  num_samples=2, batch_size=2, progress=False, sanity=False,
+                  num_samples=2, batch_size=2, sanity=False, out_dir=str(out),
                   overrides=dict(outer_iterations=1, inner_iterations=1),
                   pgd_overrides=dict(steps=1, search_steps=1))
-  out = tmp_path / 'out'
-  pipeline.attack_checkpoint(str(tmp_path), 'PriL', attack='pgd_l2',
-                             out_dir=str(out), **settings)
+  pipeline.attack_checkpoint(
+      AttackRun(str(tmp_path), 'PriL', attack='pgd_l2', **settings),
+      progress=False)
   assert (out / 'settings.json').exists() and (out / 'batches').is_dir()
   (out / 'notes.txt').write_text('mine')
-  pipeline.attack_checkpoint(str(tmp_path), 'PriL', attack='capsule,pgd_l2',
-                             out_dir=str(out), overwrite=True, **settings)
+  pipeline.attack_checkpoint(
+      AttackRun(str(tmp_path), 'PriL', attack='capsule,pgd_l2',
+                overwrite=True, **settings), progress=False)
   # (the folder's lock file, .lock, stays: it is not a result)
   left = sorted(p.name for p in out.iterdir() if p.name != '.lock')
   assert left == ['accuracy_vs_l2.png', 'capsule', 'notes.txt', 'pgd_l2',
                   'worst_case.json', 'worst_case.md', 'worst_case.npz'], left
   # And back: the single run in place again, the two subfolders gone.
-  pipeline.attack_checkpoint(str(tmp_path), 'PriL', attack='pgd_l2',
-                             out_dir=str(out), overwrite=True, **settings)
+  pipeline.attack_checkpoint(
+      AttackRun(str(tmp_path), 'PriL', attack='pgd_l2', overwrite=True,
+                **settings), progress=False)
   left = sorted(p.name for p in out.iterdir() if p.name != '.lock')
   assert left == ['accuracy_vs_l2.png', 'adversarial.npz', 'batches',
                   'l2.npz', 'notes.txt',
@@ -443,10 +457,11 @@ def test_quantized_runs_count_only_what_survives_the_rounding(tmp_path):
   _tiny_checkpoint(tmp_path)
   out = tmp_path / 'q'
   result = pipeline.attack_checkpoint(
-      str(tmp_path), 'PriL', attack='pgd_l2', quantize='8bit',
-      dataset='mnist', data_dir=str(data_path('mnist')), num_samples=4,
-      batch_size=2, progress=False, sanity=False,
-      pgd_overrides=dict(steps=2, search_steps=1), out_dir=str(out))
+      AttackRun(str(tmp_path), 'PriL', attack='pgd_l2', quantize='8bit',
+                dataset='mnist', data_dir=str(data_path('mnist')),
+                num_samples=4, batch_size=2, sanity=False,
+                pgd_overrides=dict(steps=2, search_steps=1),
+                out_dir=str(out)), progress=False)
   assert result['settings']['quantize'] == '8bit'
   summary = result['summary']
   with np.load(out / 'l2.npz') as z:
@@ -458,3 +473,58 @@ def test_quantized_runs_count_only_what_survives_the_rounding(tmp_path):
   assert not (after & ~before).any()
   # What counts lies on the 8-bit grid.
   np.testing.assert_allclose(kept * 255., np.round(kept * 255.), atol=1e-4)
+
+
+# --- the settings a run records ----------------------------------------------
+
+#: The runs of tests/golden/attack_settings.json (on the tiny PosK checkpoint).
+GOLDEN_RUNS = dict(
+    all=dict(classifier='PosK', attack='all', num_samples=4, batch_size=2,
+             overrides=dict(outer_iterations=1, inner_iterations=2),
+             pgd_overrides=dict(steps=2, search_steps=1)),
+    pgd_fixed_quantized=dict(
+        classifier='pril', attack='pgd_l2', pgd_preset='pgd_l2', eps=3.,
+        quantize='8bit', sanity=False, gradient='code', seed=2,
+        split='test', num_samples=2, batch_size=2,
+        pgd_overrides=dict(steps=2, restarts=1)),
+    shard=dict(classifier='PosK', attack='capsule,margin_cw', shard=(0, 2),
+               num_samples=4, batch_size=2, threshold=3., plot_max=5.,
+               overrides=dict(outer_iterations=1, inner_iterations=1,
+                              use_mask=False),
+               pgd_overrides=dict(steps=1)),
+    paper_train=dict(classifier='PosL', attack='capsule',
+                     preset='paper_train', sanity=False, num_samples=2,
+                     batch_size=2,
+                     overrides=dict(outer_iterations=1, inner_iterations=1,
+                                    optimizer='sign', learning_rate=1.)),
+)
+
+
+@pytest.mark.parametrize('name', sorted(GOLDEN_RUNS))
+def test_a_run_records_the_settings_runs_before_it_recorded(tmp_path, name):
+  """A run resumes only if the settings it records equal the saved ones
+  byte for byte: those of the runs in tests/golden/attack_settings.json,
+  written by attack_checkpoint before AttackRun, as check_settings and the
+  shard's record write them."""
+  with open(REPO / 'tests' / 'golden' / 'attack_settings.json') as f:
+    golden = json.load(f)['runs'][name]
+  data_dir = os.path.abspath(data_path('mnist'))
+  prefix = tiny_posk_checkpoint(tmp_path)
+  run = AttackRun(prefix, data_dir=data_dir, out_dir=str(tmp_path / name),
+                  **GOLDEN_RUNS[name])
+  plan = pipeline.resolve(run)
+  folders = pipeline.run_folders(plan.out_dir, plan.attacks, run.sanity)
+  for attack, folder in folders.items():
+    protocol.check_settings(folder, plan.settings(attack))
+  if run.shard is not None:
+    files.write_json(os.path.join(plan.out_dir, pipeline.SHARD_FILE),
+                     pipeline.shard_record(run), sort_keys=True)
+  written = {}
+  for path in golden:
+    text = (tmp_path / name / path).read_text()
+    written[path] = text.replace(str(tmp_path), '<root>').replace(
+        data_dir, '<data>')
+  assert written == golden
+  assert sorted(os.path.relpath(os.path.join(f, 'settings.json'),
+                                plan.out_dir) for f in folders.values()
+                ) == sorted(p for p in golden if p != 'shard.json')

@@ -109,6 +109,7 @@ def test_a_card_lists_the_deviations_of_its_teachers_card(tmp_path):
 
 def test_an_exported_folder_is_attacked_with_its_own_kmeans(tmp_path):
   from attacks import pipeline  # pylint: disable=g-import-not-at-top
+  from attacks.run_spec import AttackRun  # pylint: disable=g-import-not-at-top
   from conftest import DATA_DIR, data_path  # pylint: disable=g-import-not-at-top
   data_path('mnist')
   source, _ = _run_folder(tmp_path)
@@ -120,9 +121,10 @@ def test_an_exported_folder_is_attacked_with_its_own_kmeans(tmp_path):
   os.renames(out, moved)
   assert tf.train.latest_checkpoint(str(moved)) == str(moved / 'model')
   result = pipeline.attack_checkpoint(
-      str(moved), 'PosK', dataset='mnist', data_dir=str(DATA_DIR),
-      num_samples=2, batch_size=2, overrides=QUICK,
-      out_dir=str(tmp_path / 'attack'), progress=False, log=lambda msg: None)
+      AttackRun(str(moved), 'PosK', dataset='mnist', data_dir=str(DATA_DIR),
+                num_samples=2, batch_size=2, overrides=QUICK,
+                out_dir=str(tmp_path / 'attack')),
+      progress=False, log=lambda msg: None)
   assert result['summary']['num_samples'] == 2
 
 

@@ -142,6 +142,7 @@ def test_a_second_teacher_on_one_logdir_is_refused_before_any_work(tmp_path):
 def test_a_second_attack_on_one_out_dir_is_refused(tmp_path):
   data_dir = data_path('mnist').parent
   from attacks import pipeline  # pylint: disable=g-import-not-at-top
+  from attacks.run_spec import AttackRun  # pylint: disable=g-import-not-at-top
   from scae_tf.model import SCAE  # pylint: disable=g-import-not-at-top
   tf.random.set_seed(0)
   prefix = checkpoints.save_tf2_checkpoint(
@@ -151,9 +152,10 @@ def test_a_second_attack_on_one_out_dir_is_refused(tmp_path):
     with pytest.raises(training.FolderInUseError,
                        match=f'pid {os.getpid()};'):
       pipeline.attack_checkpoint(
-          prefix, 'PriL', data_dir=str(data_dir), num_samples=2,
-          batch_size=2, out_dir=str(out), progress=False,
-          overrides=dict(outer_iterations=1, inner_iterations=1))
+          AttackRun(prefix, 'PriL', data_dir=str(data_dir), num_samples=2,
+                    batch_size=2, out_dir=str(out),
+                    overrides=dict(outer_iterations=1, inner_iterations=1)),
+          progress=False)
   assert sorted(p.name for p in out.iterdir()) == ['.lock']
 
 

@@ -24,11 +24,11 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 # pylint: disable=g-import-not-at-top
 from attacks import evasion
 from attacks import pipeline
+from attacks.run_spec import AttackRun
 from scae_tf import files
 # pylint: enable=g-import-not-at-top
 
 SETTINGS = dict(dataset='mnist', num_samples=6, batch_size=2, seed=3,
-                progress=False,
                 overrides=dict(outer_iterations=3, inner_iterations=2),
                 # The sanity checks' PGD run (attacks.sanity), kept short.
                 pgd_overrides=dict(steps=2))
@@ -77,8 +77,9 @@ def instrument(event, out_dir):
 def main(checkpoint, data_dir, out_dir, kill_at):
   event = Events(kill_at)
   instrument(event, out_dir)
-  pipeline.attack_checkpoint(checkpoint, 'PosK', data_dir=data_dir,
-                             out_dir=out_dir, **SETTINGS)
+  pipeline.attack_checkpoint(
+      AttackRun(checkpoint, 'PosK', data_dir=data_dir, out_dir=out_dir,
+                **SETTINGS), progress=False)
   print('\n'.join(event.seen))
 
 

@@ -45,14 +45,17 @@ def say_before_each_outer_call():
 
 
 def attack(out_dir, checkpoint, data_dir, samples, inner):
-  from attacks import pipeline  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from attacks import pipeline
+  from attacks.run_spec import AttackRun
+  # pylint: enable=g-import-not-at-top
   say_before_each_outer_call()
   pipeline.attack_checkpoint(
-      checkpoint, 'PosK', data_dir=data_dir, out_dir=out_dir,
-      num_samples=int(samples), batch_size=2, seed=3, progress=False,
-      sanity=False,
-      overrides=dict(outer_iterations=2, inner_iterations=int(inner)),
-      log=cli.log)
+      AttackRun(checkpoint, 'PosK', data_dir=data_dir, out_dir=out_dir,
+                num_samples=int(samples), batch_size=2, seed=3, sanity=False,
+                overrides=dict(outer_iterations=2,
+                               inner_iterations=int(inner))),
+      progress=False, log=cli.log)
 
 
 def defence(logdir, inner):
