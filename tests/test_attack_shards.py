@@ -286,8 +286,11 @@ def test_a_sharded_plan_has_the_shard_stages_and_their_merge():
   assert shard.output == '/w/attacks/shards/hat_PosK/1of2'
   assert 'attack/hat/PosK' in by_name['report'].needs
   assert not any('shard' in n for n in by_name['report'].needs)
-  # 200 samples in batches of 100: one each; 'all' is not timed.
-  assert shard.estimate_s is None and whole.estimate_s == 0.
+  # 200 samples in batches of 100: one each, half the unsharded stage's
+  # time (every attack of 'all' is timed since the campaign's first
+  # attack, 0f06fe5); the merge only copies.
+  assert shard.estimate_s == unsharded['attack/hat/PosK'].estimate_s / 2
+  assert whole.estimate_s == 0.
   with pytest.raises(ValueError, match='shards=3 exceeds the 2 batches'):
     stages.plan('mnist', 'cpu', '/w', shards=3)
   assert [s.name for s in stages.select(plan, ['attack/ad/PriK'])] == [
