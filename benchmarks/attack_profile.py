@@ -320,7 +320,7 @@ def main(argv):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from attacks import classifiers  # pylint: disable=g-import-not-at-top
   from scae_tf import configs  # pylint: disable=g-import-not-at-top
-  from scae_tf.model import SCAE  # pylint: disable=g-import-not-at-top
+  from scae_tf.capsules.model import SCAE  # pylint: disable=g-import-not-at-top
   from timing import alternating_times, cpu_model, markdown_table  # pylint: disable=g-import-not-at-top
   from timing import random_batch  # pylint: disable=g-import-not-at-top
 

@@ -48,7 +48,7 @@ def main(argv):
     return 2
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from scae_tf import configs, data, recipes, training  # pylint: disable=g-import-not-at-top
-  from scae_tf.model import SCAE  # pylint: disable=g-import-not-at-top
+  from scae_tf.capsules.model import SCAE  # pylint: disable=g-import-not-at-top
   from scae_tf.optim import TF1RMSProp  # pylint: disable=g-import-not-at-top
 
   config = configs.get_config('mnist')

@@ -89,7 +89,7 @@ def main(argv):
   import foolbox  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from scae_tf import configs  # pylint: disable=g-import-not-at-top
-  from scae_tf.model import SCAE  # pylint: disable=g-import-not-at-top
+  from scae_tf.capsules.model import SCAE  # pylint: disable=g-import-not-at-top
 
   config = configs.get_config(FLAGS.config).without_noise()
   tf.random.set_seed(0)

@@ -26,7 +26,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf
 
 from scae_tf import kernels
-from scae_tf import warping
+from scae_tf.capsules import warping
 
 N, TEMPLATE, CHANNELS, CANVAS = 2400, (11, 11), 2, (40, 40)
 
@@ -76,8 +76,9 @@ def tent_einsum(templates, pose):
 
 
 def warp_templates(templates, pose):
-  """scae_tf.warping.warp_templates (what the decoder calls): the native
-  kernel when it is available and outside XLA, else the pure-TF path."""
+  """scae_tf.capsules.warping.warp_templates (what the decoder calls): the
+  native kernel when it is available and outside XLA, else the pure-TF
+  path."""
   return warping.warp_templates(templates, pose, CANVAS)
 
 

@@ -169,7 +169,7 @@ def defence_functions(config, recipe, inner):
   from attacks import evasion  # pylint: disable=g-import-not-at-top
   from defenses import objectives  # pylint: disable=g-import-not-at-top
   from defenses.adversarial_batches import AdversarialBatches  # pylint: disable=g-import-not-at-top
-  from scae_tf.model import SCAE  # pylint: disable=g-import-not-at-top
+  from scae_tf.capsules.model import SCAE  # pylint: disable=g-import-not-at-top
   from scae_tf.optim import TF1RMSProp  # pylint: disable=g-import-not-at-top
   from scae_tf.training import make_train_step  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -263,7 +263,7 @@ def adaptive_ratios(seconds, steps):
 def time_adaptive(config, images, labels):
   """Seconds of one capsule-attack and one PGD iteration per target, all
   alternated, and their ratios."""
-  from scae_tf.model import SCAE  # pylint: disable=g-import-not-at-top
+  from scae_tf.capsules.model import SCAE  # pylint: disable=g-import-not-at-top
   calls = adaptive_calls(SCAE(config.without_noise()), random_kmeans(config),
                          images, labels, FLAGS.attack_inner)
   return adaptive_ratios(alternating_medians(calls, FLAGS.defence_repeats),
@@ -308,7 +308,7 @@ def time_defences(config, recipe, images, labels, cnn_fwd_bwd):
 def time_model(config, recipe, images, labels, jit):
   """Seconds of the model's steps and their ratios, and the compiled CNN
   yardstick."""
-  from scae_tf.model import SCAE  # pylint: disable=g-import-not-at-top
+  from scae_tf.capsules.model import SCAE  # pylint: disable=g-import-not-at-top
   from scae_tf.optim import TF1RMSProp  # pylint: disable=g-import-not-at-top
   model = SCAE(config)
   optimizer = TF1RMSProp.for_recipe(model.trainable_variables, recipe)

@@ -297,7 +297,7 @@ def main(argv):
   from attacks import classifiers  # pylint: disable=g-import-not-at-top
   from attacks import evasion  # pylint: disable=g-import-not-at-top
   from scae_tf import configs, recipes  # pylint: disable=g-import-not-at-top
-  from scae_tf.model import SCAE  # pylint: disable=g-import-not-at-top
+  from scae_tf.capsules.model import SCAE  # pylint: disable=g-import-not-at-top
   from scae_tf.optim import TF1RMSProp  # pylint: disable=g-import-not-at-top
   from scae_tf.training import make_train_step  # pylint: disable=g-import-not-at-top
   from timing import alternating_times, capsule_outer_call, cpu_model  # pylint: disable=g-import-not-at-top

@@ -41,7 +41,7 @@ from scae_tf import loading
 from scae_tf import recipes
 from scae_tf import training
 from scae_tf.kmeans import report as kmeans_report
-from scae_tf.model import SCAE
+from scae_tf.capsules.model import SCAE
 from scae_tf.optim import TF1RMSProp
 from scae_tf.training import curves
 from scae_tf.training.run_dir import CHECKPOINT_DIR

@@ -35,7 +35,7 @@ from scae_tf import checkpoints
 from scae_tf import configs
 from scae_tf import files
 from scae_tf import kmeans as kmeans_lib
-from scae_tf.model import SCAE
+from scae_tf.capsules.model import SCAE
 from scae_tf.training import run_dir
 
 # Where `training.train_loop` keeps the checkpoints of a run directory.

@@ -19,7 +19,7 @@ from scae_tf import configs
 from scae_tf import data
 from scae_tf import recipes
 from scae_tf import training
-from scae_tf.model import SCAE
+from scae_tf.capsules.model import SCAE
 from scae_tf.optim import TF1RMSProp
 # RecipeOverrides is imported for the callers that build their overrides as
 # `teacher.RecipeOverrides`.

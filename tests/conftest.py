@@ -60,7 +60,7 @@ def random_tf1_weights(config, scope='', seed=0):
   `config`: the model part of an original checkpoint."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from scae_tf import checkpoints  # pylint: disable=g-import-not-at-top
-  from scae_tf.model import SCAE  # pylint: disable=g-import-not-at-top
+  from scae_tf.capsules.model import SCAE  # pylint: disable=g-import-not-at-top
   rng = np.random.RandomState(seed)
   return {scope + n: rng.randn(*v.shape).astype(np.float32)
           for n, v in checkpoints.tf1_variable_map(SCAE(config)).items()}

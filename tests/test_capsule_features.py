@@ -15,7 +15,7 @@ from attacks import classifiers, evasion, objectives
 from conftest import data_path, reference_path
 from scae_tf import checkpoints, configs, data
 from scae_tf.kmeans import KMeansClassifier
-from scae_tf.model import SCAE
+from scae_tf.capsules.model import SCAE
 
 pytestmark = pytest.mark.fixtures
 

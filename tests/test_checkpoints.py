@@ -10,7 +10,7 @@ from conftest import with_rmsprop_slots
 from conftest import write_tf1_checkpoint
 from scae_tf import checkpoints
 from scae_tf import configs
-from scae_tf.model import SCAE
+from scae_tf.capsules.model import SCAE
 from scae_tf.optim import TF1RMSProp
 
 

@@ -9,7 +9,7 @@ import tensorflow as tf
 from attacks import classifiers
 from helpers.attack_toys import CLEAN_PRED, target, two_heads_problem
 from scae_tf import configs
-from scae_tf.model import SCAE
+from scae_tf.capsules.model import SCAE
 
 
 def _sigmoid(z):

@@ -22,7 +22,7 @@ from defenses.adversarial_batches import DefenceBatch
 from scae_tf import configs
 from scae_tf import recipes
 from scae_tf import training
-from scae_tf.model import SCAE
+from scae_tf.capsules.model import SCAE
 from scae_tf.optim import TF1RMSProp
 
 TINY = configs.tiny_config().without_noise()

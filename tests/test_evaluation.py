@@ -21,7 +21,7 @@ from scae_tf import files
 from scae_tf import kmeans
 from scae_tf import loading
 from scae_tf.kmeans import KMeansClassifier
-from scae_tf.model import SCAE
+from scae_tf.capsules.model import SCAE
 
 
 def _tiny_checkpoint(tmp_path):

@@ -12,7 +12,7 @@ import tensorflow as tf
 from conftest import reference_path
 from scae_tf import checkpoints
 from scae_tf import configs
-from scae_tf.model import SCAE
+from scae_tf.capsules.model import SCAE
 
 pytestmark = pytest.mark.fixtures
 

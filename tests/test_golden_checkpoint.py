@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from scae_tf import checkpoints
-from scae_tf.model import SCAE
+from scae_tf.capsules.model import SCAE
 from scae_tf.optim import TF1RMSProp
 
 GOLDEN = pathlib.Path(__file__).parent / 'golden' / 'tiny_v1'

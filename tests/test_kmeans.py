@@ -16,7 +16,7 @@ from scae_tf import configs
 from scae_tf import kmeans
 from scae_tf.kmeans import KMeansClassifier
 from scae_tf.kmeans import report
-from scae_tf.model import SCAE
+from scae_tf.capsules.model import SCAE
 
 N_PER_BLOB = 60
 

@@ -22,7 +22,7 @@ from scae_tf import checkpoints
 from scae_tf import configs
 from scae_tf import loading
 from scae_tf.kmeans import KMeansClassifier
-from scae_tf.model import SCAE
+from scae_tf.capsules.model import SCAE
 from scae_tf.optim import TF1RMSProp
 
 GOLDEN = pathlib.Path(__file__).parent / 'golden' / 'tiny_v1'

@@ -11,7 +11,7 @@ from attacks import classifiers, margins
 from helpers.attack_toys import ToyConfig
 from scae_tf import configs
 from scae_tf.kmeans import KMeansClassifier
-from scae_tf.model import SCAE
+from scae_tf.capsules.model import SCAE
 
 
 def test_logit_margin_by_hand():

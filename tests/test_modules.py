@@ -7,16 +7,17 @@ import pytest
 import tensorflow as tf
 
 from scae_tf import configs
-from scae_tf import losses
-from scae_tf import math_ops
-from scae_tf import set_transformer
-from scae_tf.likelihoods import CapsuleLikelihood, ImageMixture, DUMMY_LOGIT
-from scae_tf.model import SCAE
-from scae_tf.neural import BatchLinear, BatchMLP, LayerNorm
-from scae_tf.objects import ObjectCapsules
+from scae_tf.capsules import losses
+from scae_tf.capsules import math_ops
+from scae_tf.capsules import set_transformer
+from scae_tf.capsules.likelihoods import (CapsuleLikelihood, ImageMixture,
+                                          DUMMY_LOGIT)
+from scae_tf.capsules.model import SCAE
+from scae_tf.capsules.neural import BatchLinear, BatchMLP, LayerNorm
+from scae_tf.capsules.objects import ObjectCapsules
 from scae_tf.optim import TF1RMSProp, exponential_decay
-from scae_tf.parts import PartEncoder, TemplateDecoder
-from scae_tf.set_transformer import SetTransformer, qkv_attention
+from scae_tf.capsules.parts import PartEncoder, TemplateDecoder
+from scae_tf.capsules.set_transformer import SetTransformer, qkv_attention
 
 TINY = configs.tiny_config()
 

@@ -25,7 +25,7 @@ from helpers.attack_files import tiny_posk_checkpoint
 from helpers.attack_toys import FakeAttack
 from scae_tf import checkpoints, configs, data, files, kmeans, loading
 from scae_tf.kmeans import KMeansClassifier
-from scae_tf.model import SCAE
+from scae_tf.capsules.model import SCAE
 
 
 # --- a checkpoint, end to end ------------------------------------------------

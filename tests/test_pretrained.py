@@ -16,7 +16,7 @@ from scae_tf import loading
 from scae_tf import pretrained
 from scae_tf import recipes
 from scae_tf import training
-from scae_tf.model import SCAE
+from scae_tf.capsules.model import SCAE
 
 SMALL = configs.tiny_config(canvas_size=40)
 QUICK = dict(outer_iterations=1, inner_iterations=2)

@@ -9,7 +9,7 @@ from scae_tf import configs
 from scae_tf import recipes
 from scae_tf import teacher
 from scae_tf import training
-from scae_tf.model import SCAE
+from scae_tf.capsules.model import SCAE
 from scae_tf.optim import TF1RMSProp
 
 

@@ -146,7 +146,7 @@ def _adopted_tiny_plan(tmp_path, workdir):
   a plan of cheap stages."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from scae_tf import checkpoints  # pylint: disable=g-import-not-at-top
-  from scae_tf.model import SCAE  # pylint: disable=g-import-not-at-top
+  from scae_tf.capsules.model import SCAE  # pylint: disable=g-import-not-at-top
   scale = _tiny_scale()
   tf.random.set_seed(3)
   teacher = str(tmp_path / 'teacher' / 'model')

@@ -1,5 +1,5 @@
-"""Tests for scae_tf.resampler and scae_tf.warping against independent NumPy
-re-derivations.
+"""Tests for scae_tf.capsules.resampler and scae_tf.capsules.warping against
+independent NumPy re-derivations.
 
 The references below follow the TF1 sources directly (contrib resampler CPU
 kernel and its gradient kernel; Sonnet 1 AffineGridWarper and its inverse),
@@ -13,8 +13,8 @@ import pytest
 import tensorflow as tf
 
 from scae_tf import kernels
-from scae_tf import resampler
-from scae_tf import warping
+from scae_tf.capsules import resampler
+from scae_tf.capsules import warping
 
 RTOL, ATOL = 1e-5, 1e-6
 

@@ -143,7 +143,7 @@ def test_a_second_attack_on_one_out_dir_is_refused(tmp_path):
   data_dir = data_path('mnist').parent
   from attacks import pipeline  # pylint: disable=g-import-not-at-top
   from attacks.run_spec import AttackRun  # pylint: disable=g-import-not-at-top
-  from scae_tf.model import SCAE  # pylint: disable=g-import-not-at-top
+  from scae_tf.capsules.model import SCAE  # pylint: disable=g-import-not-at-top
   tf.random.set_seed(0)
   prefix = checkpoints.save_tf2_checkpoint(
       SCAE(configs.tiny_config(canvas_size=40)), str(tmp_path / 'tiny'))

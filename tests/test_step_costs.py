@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from scae_tf import configs
-from scae_tf.model import SCAE
+from scae_tf.capsules.model import SCAE
 from conftest import REPO
 
 

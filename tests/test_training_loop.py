@@ -18,7 +18,7 @@ from scae_tf import checkpoints
 from scae_tf import configs
 from scae_tf import data
 from scae_tf import training
-from scae_tf.model import SCAE
+from scae_tf.capsules.model import SCAE
 from scae_tf.optim import TF1RMSProp
 from scae_tf import recipes
 

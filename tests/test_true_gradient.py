@@ -15,7 +15,7 @@ import tensorflow as tf
 from attacks import classifiers, margins
 from scae_tf import configs
 from scae_tf.kmeans import KMeansClassifier
-from scae_tf.model import SCAE
+from scae_tf.capsules.model import SCAE
 
 TINY = configs.tiny_config().without_noise()
 NAMES = ('PriK', 'PosK', 'PriL', 'PosL')

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from scae_tf import configs
-from scae_tf.model import SCAE
+from scae_tf.capsules.model import SCAE
 
 CONFIG = configs.tiny_config()
 

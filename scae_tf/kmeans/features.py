@@ -79,7 +79,7 @@ def collect_features(model, images, batch_size: int = 500,
   """Runs the SCAE (compiled, full=False, no noise) and gathers its features.
 
   Args:
-    model: a `scae_tf.model.SCAE` (weights loaded).
+    model: a `scae_tf.capsules.model.SCAE` (weights loaded).
     images: float images in [0, 1], [N, H, W, C] (split into batches of
       `batch_size`), or an iterable of such batches or of (images, labels)
       pairs (then the labels are returned too).

@@ -2,7 +2,7 @@
 import os, shutil, json
 import numpy as np, tensorflow as tf
 from scae_tf import configs, data, training, checkpoints
-from scae_tf.model import SCAE
+from scae_tf.capsules.model import SCAE
 from scae_tf.optim import TF1RMSProp
 out = 'tests/golden/tiny_v1'  # then only the last checkpoint was kept
 shutil.rmtree(out, ignore_errors=True)

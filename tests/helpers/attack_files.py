@@ -12,7 +12,7 @@ from scae_tf import configs
 from scae_tf import kmeans
 from scae_tf import loading
 from scae_tf.kmeans import KMeansClassifier
-from scae_tf.model import SCAE
+from scae_tf.capsules.model import SCAE
 from scae_tf.training import run_dir
 
 

@@ -32,7 +32,7 @@ def batches():
 
 def initial_weights():
   from scae_tf import configs  # pylint: disable=g-import-not-at-top
-  from scae_tf.model import SCAE  # pylint: disable=g-import-not-at-top
+  from scae_tf.capsules.model import SCAE  # pylint: disable=g-import-not-at-top
   tf.random.set_seed(0)
   np.random.seed(0)
   return [v.numpy() for v in SCAE(configs.tiny_config()).variables]
@@ -43,7 +43,7 @@ def train(strategy, weights):
   (lr * g / sqrt(ms + eps): the first gradients, signed) and the final
   weights."""
   from scae_tf import configs, recipes, training  # pylint: disable=g-import-not-at-top
-  from scae_tf.model import SCAE  # pylint: disable=g-import-not-at-top
+  from scae_tf.capsules.model import SCAE  # pylint: disable=g-import-not-at-top
   from scae_tf.optim import TF1RMSProp  # pylint: disable=g-import-not-at-top
   recipe = recipes.get_recipe('paper').replace(batch_size=BATCH,
                                                learning_rate=1e-3)

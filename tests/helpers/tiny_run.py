@@ -7,7 +7,7 @@ import tensorflow as tf
 from scae_tf import configs
 from scae_tf import data
 from scae_tf import recipes
-from scae_tf.model import SCAE
+from scae_tf.capsules.model import SCAE
 from scae_tf.optim import TF1RMSProp
 
 

@@ -15,8 +15,8 @@ import sonnet as snt
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from scae_tf import math_ops
-from scae_tf import neural
+from scae_tf.capsules import math_ops
+from scae_tf.capsules import neural
 
 tfd = tfp.distributions
 

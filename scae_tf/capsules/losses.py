@@ -12,8 +12,8 @@ from typing import NamedTuple, Optional
 import sonnet as snt
 import tensorflow as tf
 
-from scae_tf import math_ops
-from scae_tf import neural
+from scae_tf.capsules import math_ops
+from scae_tf.capsules import neural
 from scae_tf import replicas
 
 

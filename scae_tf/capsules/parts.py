@@ -11,11 +11,11 @@ import numpy as np
 import sonnet as snt
 import tensorflow as tf
 
-from scae_tf import math_ops
-from scae_tf import neural
-from scae_tf.likelihoods import ImageMixture
-from scae_tf.resampler import in_xla_context
-from scae_tf.warping import warp_templates
+from scae_tf.capsules import math_ops
+from scae_tf.capsules import neural
+from scae_tf.capsules.likelihoods import ImageMixture
+from scae_tf.capsules.resampler import in_xla_context
+from scae_tf.capsules.warping import warp_templates
 
 
 class PartCapsules(NamedTuple):

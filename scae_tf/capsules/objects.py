@@ -15,9 +15,10 @@ import sonnet as snt
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from scae_tf import math_ops
-from scae_tf import neural
-from scae_tf.likelihoods import CapsuleLikelihood, CapsuleLikelihoodResult
+from scae_tf.capsules import math_ops
+from scae_tf.capsules import neural
+from scae_tf.capsules.likelihoods import CapsuleLikelihood
+from scae_tf.capsules.likelihoods import CapsuleLikelihoodResult
 
 
 class ObjectCapsuleOutput(NamedTuple):

@@ -16,12 +16,13 @@ import sonnet as snt
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from scae_tf import losses
-from scae_tf import math_ops
+from scae_tf.capsules import losses
+from scae_tf.capsules import math_ops
 from scae_tf.configs import GRADIENTS, ScaeConfig
-from scae_tf.objects import ObjectCapsuleOutput, ObjectCapsules
-from scae_tf.parts import PartCapsules, PartEncoder, Rendering, TemplateDecoder
-from scae_tf.set_transformer import SetTransformer
+from scae_tf.capsules.objects import ObjectCapsuleOutput, ObjectCapsules
+from scae_tf.capsules.parts import PartCapsules, PartEncoder, Rendering
+from scae_tf.capsules.parts import TemplateDecoder
+from scae_tf.capsules.set_transformer import SetTransformer
 
 
 class RenderingSummary(NamedTuple):

@@ -7,12 +7,12 @@ TF2 replacements for the TF1 pieces the original SCAE code relies on:
 * ``snt.AffineGridWarper(...).inverse()``   -> :func:`inverse_affine_grid`
 
 and :func:`warp_templates`, the composition the template decoder calls
-(the sampling is `scae_tf.resampler.resample`).
+(the sampling is `scae_tf.capsules.resampler.resample`).
 """
 import numpy as np
 import tensorflow as tf
 
-from scae_tf import resampler
+from scae_tf.capsules import resampler
 
 __all__ = ['affine_grid', 'inverse_affine_grid', 'warp_templates']
 

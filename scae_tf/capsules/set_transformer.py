@@ -12,7 +12,7 @@ import numpy as np
 import sonnet as snt
 import tensorflow as tf
 
-from scae_tf import neural
+from scae_tf.capsules import neural
 
 
 def qkv_attention(queries, keys, values, presence=None):
