@@ -69,9 +69,10 @@ class AttackConfig:
   seed: seeds the p' draws of an attack object (override per call).
   target: the classifier the preset is meant for (informational;
     `make_attack` uses it when no classifier is named).
-  jit_compile: XLA-compile the inner loop, in `__call__` and, nested in
-    the caller's (uncompiled) graph, in `in_graph`. Whether it pays depends
-    on the CPU (RESULTS.md, Speed): off by default.
+  jit_compile: XLA-compile each inner iteration (forward, input gradient,
+    bookkeeping, step), called from an uncompiled loop, in `__call__` and
+    in `in_graph` (nested in the caller's uncompiled graph). Whether it
+    pays depends on the CPU (RESULTS.md, Speed): off by default.
   """
   optimizer: str
   learning_rate: float
@@ -219,15 +220,16 @@ class CapsuleAttack:
     img = tf.TensorSpec([None, h, w, c], tf.float32)
     vec = tf.TensorSpec([None], tf.float32)
     self._prepare = tf.function(self._prepare_impl, input_signature=[img])
+    # XLA (jit_compile) goes around one inner iteration only, inside
+    # `_outer_impl`: compiled as a whole, the loop ran 1.58x slower than its
+    # iteration compiled alone and called from an uncompiled loop (RESULTS,
+    # the attack iteration's profile), and a training step around it loses
+    # with XLA.
     self._outer = tf.function(
-        self._outer_impl, jit_compile=self.config.jit_compile,
+        self._outer_impl,
         input_signature=[img, img, img, tf.TensorSpec([None, None]),
                          tf.TensorSpec([None], tf.int64), vec, vec, img, img])
-    # Inside a training step's graph: XLA only around the inner loop, the
-    # many small capsule ops it fuses, and never around the step itself.
-    self._outer_in_graph = (
-        tf.function(self._outer_impl, jit_compile=True)
-        if self.config.jit_compile else self._outer_impl)
+    self._outer_in_graph = self._outer_impl
 
   # --- compiled pieces -------------------------------------------------------
 
@@ -265,12 +267,7 @@ class CapsuleAttack:
       best_img = tf.where(better[:, None, None, None], x_adv, best_img)
       return hit | ok, best_l2, best_img
 
-    hit = tf.zeros_like(target, tf.bool)
-    state = opt.init(p)
-    j = tf.constant(0)
-    # A signal ends the loop early (scae_tf.interrupts); the results of a
-    # loop cut short are then never used.
-    while interrupts.keep_going(j < cfg.inner_iterations, after=best_l2):
+    def iteration(j, p, state, hit, best_l2, best_img):
       with tf.GradientTape() as tape:
         tape.watch(p)
         x_adv, features, pred, p_loss = forward(p)
@@ -283,6 +280,18 @@ class CapsuleAttack:
       hit, best_l2, best_img = record(j > 0, x_adv, pred, p_loss, hit,
                                       best_l2, best_img)
       p, state = opt.apply(p, grad, state)
+      return p, state, hit, best_l2, best_img
+
+    if cfg.jit_compile:
+      iteration = tf.function(iteration, jit_compile=True)
+    hit = tf.zeros_like(target, tf.bool)
+    state = opt.init(p)
+    j = tf.constant(0)
+    # A signal ends the loop early (scae_tf.interrupts); the results of a
+    # loop cut short are then never used.
+    while interrupts.keep_going(j < cfg.inner_iterations, after=best_l2):
+      p, state, hit, best_l2, best_img = iteration(j, p, state, hit, best_l2,
+                                                   best_img)
       j += 1
     x_adv, _, pred, p_loss = forward(p)
     hit, best_l2, best_img = record(tf.constant(True), x_adv, pred, p_loss,

@@ -17,7 +17,7 @@ from helpers.attack_toys import ToyLinearCapsules, kmeans_for, linear_problem
 from helpers.attack_toys import target, two_heads_problem
 from scae_tf import checkpoints, configs, data
 from scae_tf.kmeans import KMeansClassifier
-from scae_tf.model import SCAE
+from scae_tf.capsules.model import SCAE
 
 
 # --- the search --------------------------------------------------------------
@@ -353,7 +353,8 @@ def fork_attack(model, name, x, labels, optimizer, lr, outer, inner, const,
 @pytest.mark.parametrize('optimizer,lr,name', [
     ('adam', .3, 'PosL'), ('rmsprop', .1, 'PriK'), ('sign', .3, 'PosK'),
     ('adam', .3, 'PriL')])
-def test_compiled_loop_matches_the_forks_schedule(optimizer, lr, name):
+@pytest.mark.parametrize('jit', [False, True])
+def test_compiled_loop_matches_the_forks_schedule(optimizer, lr, name, jit):
   # The compiled loop scores p'_j with the forward pass of step j (n + 1
   # passes for n steps); the fork runs a separate pass after every step.
   d = [0.02, 0.1, 0.3, 0.6]
@@ -362,7 +363,7 @@ def test_compiled_loop_matches_the_forks_schedule(optimizer, lr, name):
   attack = evasion.CapsuleAttack(
       target(model, name), 'paper_eval', optimizer=optimizer,
       learning_rate=lr, outer_iterations=4, inner_iterations=6,
-      const_init=1.)
+      const_init=1., jit_compile=jit)
   r = attack(x, labels, seed=11)
   l2, best, consts = fork_attack(model, name, x, labels, optimizer, lr,
                                  outer=4, inner=6, const=1., seed=11)
