@@ -141,13 +141,14 @@ def test_the_protocol_runs_then_skips_refuses_and_redoes(tmp_path,
   assert result['teacher']['status'] == 'done'
 
 
-def _adopted_tiny_plan(tmp_path, workdir):
-  """A tiny teacher adopted, its k-means on 40 digits, PosK attacked on 2:
-  a plan of cheap stages."""
+def _adopted_tiny_plan(tmp_path, workdir, num_samples=2, shards=1):
+  """A tiny teacher adopted, its k-means on 40 digits, PosK attacked on
+  `num_samples` (batches of 2, split into `shards`): a plan of cheap
+  stages."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from scae_tf import checkpoints  # pylint: disable=g-import-not-at-top
   from scae_tf.capsules.model import SCAE  # pylint: disable=g-import-not-at-top
-  scale = _tiny_scale()
+  scale = _tiny_scale(num_samples)
   tf.random.set_seed(3)
   teacher = str(tmp_path / 'teacher' / 'model')
   if not os.path.exists(teacher + '.index'):
@@ -155,14 +156,22 @@ def _adopted_tiny_plan(tmp_path, workdir):
                                     teacher)
   import dataclasses  # pylint: disable=g-import-not-at-top
   scale = dataclasses.replace(scale, defences=())
-  plan = stages.plan('mnist', scale, workdir, dict(teacher=teacher))
+  plan = stages.plan('mnist', scale, workdir, dict(teacher=teacher),
+                     shards=shards)
   executors.write_plan(workdir, plan, scale='tiny', dataset='mnist',
                        deviation='a smoke test', adopted={}, command='test')
   return plan
 
 
+# Sharded, each shard of the attack is a Ray task of its own and a merge
+# stage joins them: the files must still be the local unsharded run's.
+# Unsharded Ray (the same stages as local, as Ray tasks) adds a minute and
+# nothing the sharded run does not exercise, so it runs with the slow ones.
+@pytest.mark.parametrize('shards', [
+    2, pytest.param(1, marks=pytest.mark.slow)])
 def test_the_ray_executor_gives_the_local_executors_outputs(tmp_path,
-                                                            monkeypatch):
+                                                            monkeypatch,
+                                                            shards):
   ray = pytest.importorskip(
       'ray', reason='Ray is optional (pip install -e .[ray]); .ci/run '
       'installs it')
@@ -171,7 +180,8 @@ def test_the_ray_executor_gives_the_local_executors_outputs(tmp_path,
   results = {}
   for executor in ('local', 'ray'):
     workdir = str(tmp_path / executor)
-    plan = _adopted_tiny_plan(tmp_path, workdir)
+    plan = _adopted_tiny_plan(tmp_path, workdir, num_samples=4,
+                              shards=shards if executor == 'ray' else 1)
     if executor == 'ray':
       ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
@@ -181,7 +191,9 @@ def test_the_ray_executor_gives_the_local_executors_outputs(tmp_path,
       if executor == 'ray':
         ray.shutdown()
     assert [r['status'] for r in records.values()] == [
-        'adopted', 'done', 'done', 'done']
+        'adopted'] + ['done'] * (len(plan) - 1)
+    assert len(plan) == 4 + (shards if executor == 'ray' and shards > 1
+                             else 0)
     with np.load(os.path.join(workdir, 'attacks', 'teacher_PosK',
                               'worst_case.npz')) as z:
       results[executor] = dict(z)
