@@ -229,7 +229,6 @@ class CapsuleAttack:
         self._outer_impl,
         input_signature=[img, img, img, tf.TensorSpec([None, None]),
                          tf.TensorSpec([None], tf.int64), vec, vec, img, img])
-    self._outer_in_graph = self._outer_impl
 
   # --- compiled pieces -------------------------------------------------------
 
@@ -350,7 +349,7 @@ class CapsuleAttack:
     """
     x = tf.convert_to_tensor(images, tf.float32)
     _, best_l2, best_img = self._search(x, labels, rng, self._prepare_impl,
-                                        self._outer_in_graph)
+                                        self._outer_impl)
     success = tf.math.is_finite(best_l2)
     adversarial = tf.where(success[:, None, None, None], best_img, x)
     # A training step whose attack a signal cut short stops there.
