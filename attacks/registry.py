@@ -3,12 +3,12 @@
 `ATTACKS` is the one table of them: for each name, the module that holds
 it, its attack class and config type there, the presets it may run, the
 field of `attacks.run_spec.AttackRun` (a flag of `run/attack.py`) that
-chooses its preset or overrides its settings, and the input gradient it
-follows unless told otherwise. `attacks.pipeline` builds every attack of a
+chooses its preset, the flags that override single settings of it, and
+the input gradient it follows unless told otherwise. `attacks.pipeline` builds every attack of a
 run from it, and `run/attack.py` takes from it the choices of --attack, what
-"all" runs, and its preset flags; `tests/test_registry.py` runs every entry
+"all" runs, its preset flags and its override flags; `tests/test_registry.py` runs every entry
 through the contract below. Adding an attack is one entry here (and, if it
-needs one, the AttackRun field of its preset flag).
+needs them, the AttackRun fields of its preset and override flags).
 
 The table names modules and classes as strings: they import TensorFlow,
 and this module must not, so that `run/attack.py` refuses a bad flag before
@@ -64,6 +64,55 @@ class Attack(Protocol):
 
 
 @dataclasses.dataclass(frozen=True)
+class OverrideFlag:
+  """A flag of `run/attack.py` that overrides one setting of a preset.
+
+  flag: the flag's name; setting: the config field it sets; kind: the
+  absl flag type (integer, float, string, boolean); help: its help.
+  """
+  flag: str
+  setting: str
+  kind: str
+  help: str
+
+
+#: The settings of the paper's attack (and of margin_cw, its search on the
+#: margin) that a run may override, as `AttackConfig` names them.
+PAPER_OVERRIDES = (
+    OverrideFlag('outer_iterations', 'outer_iterations', 'integer',
+                 'Override the preset.'),
+    OverrideFlag('inner_iterations', 'inner_iterations', 'integer',
+                 'Override the preset.'),
+    OverrideFlag('learning_rate', 'learning_rate', 'float',
+                 'Override the preset.'),
+    OverrideFlag('const_init', 'const_init', 'float',
+                 'Override the preset (alpha_0).'),
+    OverrideFlag('optimizer', 'optimizer', 'string',
+                 'Override: adam, rmsprop or sign.'),
+    OverrideFlag('use_mask', 'use_mask', 'boolean',
+                 'Override: blurred-image mask.'),
+    OverrideFlag('subset', 'subset', 'string',
+                 'Override: batch (fork) or example (paper formula 4).'),
+    OverrideFlag('capsule_loss', 'capsule_loss', 'string',
+                 'Override: squared (fork) or sum (paper formula 3).'),
+    OverrideFlag('const_coupling', 'const_coupling', 'string',
+                 'Override: batch (fork) or example.'),
+    OverrideFlag('success', 'success', 'string',
+                 'Override: label (fork) or clean_prediction (paper).'),
+)
+#: PGD's, by `PGDConfig`'s names (the flags say PGD).
+PGD_OVERRIDES = (
+    OverrideFlag('pgd_steps', 'steps', 'integer',
+                 'Override the PGD preset: steps.'),
+    OverrideFlag('pgd_restarts', 'restarts', 'integer',
+                 'Override the PGD preset: restarts.'),
+    OverrideFlag('search_steps', 'search_steps', 'integer',
+                 'Override the PGD preset: binary-search rounds (0 = fixed '
+                 'budget).'),
+)
+
+
+@dataclasses.dataclass(frozen=True)
 class Entry:
   """One attack of the table.
 
@@ -78,6 +127,8 @@ class Entry:
     `get_config` does.
   overrides_field: the `AttackRun` field with settings that override its
     preset's, or None.
+  override_flags: the flags that fill `overrides_field`
+    (`OverrideFlag`s); attacks that share the field share the flags.
   budget: its config has an L2 budget `eps` and a minimal-norm search
     (`search_steps`): `AttackRun.eps` sets the budget (`with_budget`).
   gradient: the input gradient it follows unless told otherwise
@@ -91,6 +142,7 @@ class Entry:
   preset_field: Optional[str] = None
   what: str = 'attack'
   overrides_field: Optional[str] = None
+  override_flags: Tuple[OverrideFlag, ...] = ()
   budget: bool = False
   gradient: str = 'full'
 
@@ -149,7 +201,8 @@ ATTACKS = {
     'capsule': Entry(
         'attacks.evasion', 'CapsuleAttack', 'AttackConfig', names.PRESETS,
         "the paper's attack, on the capsules' presences, preset --preset",
-        preset_field='preset', overrides_field='overrides', gradient='code'),
+        preset_field='preset', overrides_field='overrides',
+        override_flags=PAPER_OVERRIDES, gradient='code'),
     'pgd_l2': Entry(
         'attacks.pgd', 'PGDAttack', 'PGDConfig', names.PGD_PRESETS,
         "PGD-L2 on the classifier's margin, preset --pgd_preset: pgd_l2_min "
@@ -157,12 +210,13 @@ ATTACKS = {
         'and gives a curve, pgd_l2 attacks at the budget --eps (default the '
         'threshold)',
         preset_field='pgd_preset', what='PGD',
-        overrides_field='pgd_overrides', budget=True),
+        overrides_field='pgd_overrides', override_flags=PGD_OVERRIDES,
+        budget=True),
     'margin_cw': Entry(
         'attacks.margin_cw', 'MarginCWAttack', 'AttackConfig', ('margin_cw',),
         "the paper's search on the classifier's margin, C&W style, whose "
         'settings the flags that override --preset override too',
-        overrides_field='overrides'),
+        overrides_field='overrides', override_flags=PAPER_OVERRIDES),
     'ddn': Entry(
         'attacks.ddn', 'DDNAttack', 'DDNConfig', ('ddn',),
         'Decoupled Direction and Norm, Rony et al. 2019, 100 steps, '
@@ -175,6 +229,19 @@ NAMES = tuple(ATTACKS)
 #: What --attack takes: one attack, or 'all' of them (or names joined by
 #: commas, `attack_names`).
 CHOICES = NAMES + ('all',)
+
+
+def override_flags() -> Mapping[str, Tuple[OverrideFlag, ...]]:
+  """{`AttackRun` field: the flags that fill it}, over every entry, each
+  field once (in the order of NAMES)."""
+  fields = {}
+  for entry in ATTACKS.values():
+    if entry.overrides_field:
+      known = fields.setdefault(entry.overrides_field, entry.override_flags)
+      if known != entry.override_flags:
+        raise ValueError(f'attacks sharing {entry.overrides_field!r} must '
+                         'share its override flags.')
+  return fields
 
 
 def attack_names(attack: str) -> Tuple[str, ...]:

@@ -98,28 +98,14 @@ for _name, _entry in registry.ATTACKS.items():
         _entry.preset_field,
         AttackRun.__dataclass_fields__[_entry.preset_field].default,
         f'The preset of --attack={_name}: {", ".join(_entry.presets)}.')
-flags.DEFINE_integer('outer_iterations', None, 'Override the preset.')
-flags.DEFINE_integer('inner_iterations', None, 'Override the preset.')
-flags.DEFINE_float('learning_rate', None, 'Override the preset.')
-flags.DEFINE_float('const_init', None, 'Override the preset (alpha_0).')
-flags.DEFINE_string('optimizer', None, 'Override: adam, rmsprop or sign.')
-flags.DEFINE_boolean('use_mask', None, 'Override: blurred-image mask.')
-flags.DEFINE_string('subset', None, 'Override: batch (fork) or example '
-                    '(paper formula 4).')
-flags.DEFINE_string('capsule_loss', None, 'Override: squared (fork) or sum '
-                    '(paper formula 3).')
-flags.DEFINE_string('const_coupling', None, 'Override: batch (fork) or '
-                    'example.')
-flags.DEFINE_string('success', None, 'Override: label (fork) or '
-                    'clean_prediction (paper).')
+# Their override flags (--outer_iterations, --pgd_steps, ...): unset
+# unless given.
+for _fields in registry.override_flags().values():
+  for _flag in _fields:
+    getattr(flags, f'DEFINE_{_flag.kind}')(_flag.flag, None, _flag.help)
 flags.DEFINE_string('attack', 'capsule', registry.help_text())
 flags.DEFINE_float('eps', None, 'PGD budget (pgd_l2) or search ceiling '
                    '(pgd_l2_min); > 0.')
-flags.DEFINE_integer('pgd_steps', None, 'Override the PGD preset: steps.')
-flags.DEFINE_integer('pgd_restarts', None, 'Override the PGD preset: '
-                     'restarts.')
-flags.DEFINE_integer('search_steps', None, 'Override the PGD preset: '
-                     'binary-search rounds (0 = fixed budget).')
 flags.DEFINE_string('gradient', None, 'The input gradient of every attack: '
                     'code (the training graph\'s, with its stop-gradients) '
                     'or full (the classifier\'s true gradient). Default: '
@@ -155,15 +141,6 @@ flags.DEFINE_list('merge', None, 'The folders of all --shards shards of one '
                   'run: checks them, and writes the unsharded run\'s files '
                   'into --out_dir (attack flags come from the shards).')
 FLAGS = flags.FLAGS
-
-#: The flags that override the paper's attack's preset (and margin_cw's),
-#: by their field names; those of PGD's {flag: field}.
-OVERRIDES = ('outer_iterations', 'inner_iterations', 'learning_rate',
-             'const_init', 'optimizer', 'use_mask', 'subset', 'capsule_loss',
-             'const_coupling', 'success')
-PGD_OVERRIDES = dict(pgd_steps='steps', pgd_restarts='restarts',
-                     search_steps='search_steps')
-
 
 #: The flags a --merge takes: the others come from the shards.
 MERGE_FLAGS = ('merge', 'out_dir', 'overwrite', 'progress')
@@ -209,21 +186,21 @@ def _run_spec() -> AttackRun:
       dataset=FLAGS.dataset, split=FLAGS.split, data_dir=FLAGS.data_dir,
       preprocess=FLAGS.preprocess, num_samples=FLAGS.num_samples,
       batch_size=FLAGS.batch_size, seed=FLAGS.seed,
-      overrides=_given(dict(zip(OVERRIDES, OVERRIDES))),
-      attack=FLAGS.attack, eps=FLAGS.eps,
-      pgd_overrides=_given(PGD_OVERRIDES), gradient=FLAGS.gradient,
+      attack=FLAGS.attack, eps=FLAGS.eps, gradient=FLAGS.gradient,
       quantize=FLAGS.quantize, out_dir=FLAGS.out_dir,
       overwrite=FLAGS.overwrite, threshold=FLAGS.threshold,
       plot_max=FLAGS.plot_max, sanity=FLAGS.sanity,
       shard=None if FLAGS.shard is None else (FLAGS.shard, FLAGS.shards),
       **{e.preset_field: getattr(FLAGS, e.preset_field)
-         for e in registry.ATTACKS.values() if e.preset_field})
+         for e in registry.ATTACKS.values() if e.preset_field},
+      **{field: _given(fields)
+         for field, fields in registry.override_flags().items()})
 
 
 def _given(fields):
-  """{field: the value of its flag} of the flags {flag: field} given."""
-  return {field: getattr(FLAGS, flag) for flag, field in fields.items()
-          if getattr(FLAGS, flag) is not None}
+  """{setting: the value of its flag} of the override flags given."""
+  return {f.setting: getattr(FLAGS, f.flag) for f in fields
+          if getattr(FLAGS, f.flag) is not None}
 
 
 def _run():

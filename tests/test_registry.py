@@ -6,6 +6,7 @@ call is a function of its seed, and a run of the protocol resumes where it
 stopped. An attack added to the registry is checked by adding its cheap
 settings to QUICK."""
 
+import dataclasses
 import importlib
 import os
 
@@ -30,6 +31,32 @@ def test_attack_names_take_a_list_in_the_papers_order():
     registry.attack_names('capsule,all')
   with pytest.raises(ValueError, match="unknown attack='fgsm'"):
     registry.attack_names('fgsm,pgd_l2')
+
+
+def test_override_flags_name_settings_of_every_config_that_takes_them():
+  fields = registry.override_flags()
+  assert sorted(fields) == ['overrides', 'pgd_overrides']
+  for name, entry in registry.ATTACKS.items():
+    settings = {f.name for f in dataclasses.fields(entry.config_type())}
+    for flag in entry.override_flags:
+      assert flag.setting in settings, (name, flag)
+      # A value of the flag's kind overrides the preset's setting.
+      value = dict(integer=3, float=.5, boolean=False)[flag.kind] \
+          if flag.kind != 'string' else getattr(
+              entry.get_config(entry.presets[0]), flag.setting)
+      config = entry.get_config(entry.presets[0], **{flag.setting: value})
+      assert getattr(config, flag.setting) == value, (name, flag)
+  flags = [f.flag for fl in fields.values() for f in fl]
+  assert len(flags) == len(set(flags))
+
+
+def test_attacks_sharing_an_overrides_field_must_share_its_flags(
+    monkeypatch):
+  entry = registry.ATTACKS['margin_cw']
+  monkeypatch.setitem(registry.ATTACKS, 'margin_cw', dataclasses.replace(
+      entry, override_flags=registry.PAPER_OVERRIDES[:2]))
+  with pytest.raises(ValueError, match="sharing 'overrides'"):
+    registry.override_flags()
 
 
 # --- the contract, for every registered attack -------------------------------
