@@ -51,6 +51,7 @@ from attacks.registry import attack_names
 from attacks.run_spec import AttackRun, DATASETS
 from scae_tf import cli
 from scae_tf import files
+from scae_tf import run_folder
 
 #: Every attack of the registry, the paper's first.
 SINGLE_ATTACKS = registry.NAMES
@@ -275,16 +276,13 @@ def _execute(plan: Plan, built: _Built, progress: bool, log) -> dict:
   """Runs the attacks of `plan` into its folder, which it holds locked:
   each attack resumes or starts in its folder; then the worst case of
   several, and the sanity checks."""
-  # pylint: disable=g-import-not-at-top
-  from scae_tf.training import run_dir
-  # pylint: enable=g-import-not-at-top
   run, out_dir = plan.run, plan.out_dir
   folders = run_folders(out_dir, plan.attacks, run.sanity)
 
   def attack(n):
     return _attack_one(plan, built, n, folders[n], progress, log)
 
-  with run_dir.lock_folder(out_dir):
+  with run_folder.lock_folder(out_dir):
     if run.overwrite:
       remove_previous_run(out_dir)
     if run.shard is not None:
@@ -317,10 +315,9 @@ def _attack_one(plan: Plan, built: _Built, n: str, folder: str,
   """Attack `n` of the plan, resumed or started in `folder` (locked for
   it, unless it is the run's folder, locked already); its outputs, but a
   shard's."""
-  from scae_tf.training import run_dir  # pylint: disable=g-import-not-at-top
   run, settings = plan.run, plan.settings(n)
   with (contextlib.nullcontext() if folder == plan.out_dir
-        else run_dir.lock_folder(folder)):
+        else run_folder.lock_folder(folder)):
     protocol.check_settings(folder, settings, run.overwrite)
     loaded = plan.loaded
     log(f'checkpoint {loaded.prefix} ({loaded.format.upper()}, config '
@@ -414,30 +411,31 @@ REPORT_FILES = ('worst_case.npz', 'worst_case.json', 'worst_case.md',
                 'sanity.json', 'sanity.md', NOISE_FILE, SHARD_FILE)
 
 
+#: What a run of `attack_checkpoint` writes into a folder of one attack
+#: (the protocol's files), or into its out_dir (also the reports).
+RUN_LAYOUT = protocol.LAYOUT.with_files(REPORT_FILES)
+
+
 def remove_previous_run(out_dir: str):
   """`--overwrite`: removes every output an earlier `attack_checkpoint`
   left in `out_dir`, whichever attacks it ran (one in place, or several in
   their subfolders), so that nothing of it stays beside the new run's
   outputs or resumes under its name. Files it did not write stay."""
-  from scae_tf.training import run_dir  # pylint: disable=g-import-not-at-top
 
   def remove(folder):
-    protocol.remove_outputs(folder)
-    for name in ('settings.json',) + REPORT_FILES:
-      with contextlib.suppress(FileNotFoundError):
-        os.remove(os.path.join(folder, name))
+    run_folder.remove_outputs(folder, RUN_LAYOUT)
     with contextlib.suppress(OSError):  # kept where other files remain
-      os.rmdir(os.path.join(folder, 'batches'))
+      os.rmdir(os.path.join(folder, protocol.BATCHES_DIR))
 
   remove(out_dir)  # the caller holds its lock
   for name in SINGLE_ATTACKS + (UNBOUNDED,):
     folder = os.path.join(out_dir, name)
-    if not os.path.exists(os.path.join(folder, 'settings.json')):
+    if not os.path.exists(os.path.join(folder, protocol.SETTINGS_FILE)):
       continue
-    with run_dir.lock_folder(folder):
+    with run_folder.lock_folder(folder):
       remove(folder)
     with contextlib.suppress(OSError):
-      os.remove(os.path.join(folder, run_dir.LOCK_FILE))
+      os.remove(os.path.join(folder, run_folder.LOCK_FILE))
       os.rmdir(folder)
 
 
@@ -487,10 +485,9 @@ def check_shards(shard_dirs: Sequence[str], out_dir: str,
   whole = lambda record: {k: v for k, v in record.items() if k != 'index'}
   for folder, record in zip(shard_dirs[1:], records[1:]):
     if whole(record) != whole(records[0]):
-      from scae_tf.training import run_dir  # pylint: disable=g-import-not-at-top
       raise ShardMismatchError(
           f'{folder} and {shard_dirs[0]} are shards of different runs ('
-          f'{run_dir.differences(whole(records[0]), whole(record))}).')
+          f'{run_folder.differences(whole(records[0]), whole(record))}).')
   count, arguments = records[0]['count'], records[0]['arguments']
   by_index = {}
   for folder, record in zip(shard_dirs, records):
@@ -524,7 +521,7 @@ def check_shards(shard_dirs: Sequence[str], out_dir: str,
             f'{part} holds batches {sorted(set(found) - set(wanted))} of '
             f'another shard than its own ({index} of {count}).')
       if index == 0 and not overwrite:
-        with open(os.path.join(part, 'settings.json')) as f:
+        with open(os.path.join(part, protocol.SETTINGS_FILE)) as f:
           settings = json.load(f)
         settings.pop('shard', None)
         protocol.check_resumable(targets[name], settings)
@@ -545,9 +542,7 @@ def merge_shards(shard_dirs: Sequence[str], out_dir: str,
   Returns what that `attack_checkpoint` returns."""
   log = log or (lambda msg: None)
   arguments, copies = check_shards(shard_dirs, out_dir, overwrite)
-  # After the checks: a refused merge answers before TensorFlow loads.
-  from scae_tf.training import run_dir  # pylint: disable=g-import-not-at-top
-  with run_dir.lock_folder(out_dir):
+  with run_folder.lock_folder(out_dir):
     if overwrite:
       remove_previous_run(out_dir)
     for source, target in copies:

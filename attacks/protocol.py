@@ -17,7 +17,6 @@ test split / the Fashion-MNIST TRAIN split.
 `summary.md`, `robust_accuracy.json` and `accuracy_vs_l2.png`.
 """
 
-import contextlib
 import json
 import os
 import re
@@ -30,6 +29,7 @@ import numpy as np
 from attacks import settings as settings_lib
 from scae_tf import files
 from scae_tf import interrupts
+from scae_tf import run_folder
 
 PAPER_THRESHOLDS = {'mnist': 4., 'fashion_mnist': 5.}
 DEFAULT_SPLITS = {'mnist': 'test', 'fashion_mnist': 'train'}
@@ -41,6 +41,15 @@ OPTIONAL_BATCH_KEYS = ('success_unquantized',)
 # What `write_outputs` writes beside settings.json and batches/.
 OUTPUT_FILES = ('l2.npz', 'adversarial.npz', 'summary.json', 'summary.md',
                 'robust_accuracy.json', 'accuracy_vs_l2.png')
+#: The identity file of an attack's folder.
+SETTINGS_FILE = 'settings.json'
+BATCHES_DIR = 'batches'
+BATCH_FILE = r'batch_\d{5}\.npz'
+#: What `run_protocol` and `write_outputs` write in an attack's folder.
+#: `l2.npz` goes first on --overwrite: without it no report is redrawn from
+#: the rest.
+LAYOUT = run_folder.Layout(identity=SETTINGS_FILE, files=OUTPUT_FILES,
+                           collections=((BATCHES_DIR, BATCH_FILE),))
 # A run's settings that follow from the others: the preset's settings that
 # its run overrode (`attacks.settings.changed_settings`), which the labels
 # name. Not compared when a run resumes: runs saved before they were
@@ -227,7 +236,7 @@ def plot_accuracy_vs_l2(curves: Sequence[Tuple[str, np.ndarray]], path: str,
 
 # --- files ------------------------------------------------------------------
 
-class SettingsMismatchError(ValueError):
+class SettingsMismatchError(run_folder.IdentityMismatchError):
   """The output folder holds batches of a run with other settings."""
 
 
@@ -240,37 +249,31 @@ def check_settings(out_dir: str, settings: dict, overwrite: bool = False):
   leaves old results under new settings.
   """
   os.makedirs(out_dir, exist_ok=True)
-  path = os.path.join(out_dir, 'settings.json')
   normal = json.loads(json.dumps(settings, sort_keys=True))
   old = None
   if not overwrite:
     old = check_resumable(out_dir, settings)
-  _remove(_temporaries(out_dir))
+  run_folder.remove_temporaries(out_dir, LAYOUT)
   if overwrite:
     remove_outputs(out_dir)
   if old != normal:
-    files.write_json(path, normal, sort_keys=True)
+    run_folder.write_identity(out_dir, SETTINGS_FILE, normal)
+
+
+def _without_derived(settings):
+  return {k: v for k, v in json.loads(json.dumps(settings)).items()
+          if k not in DERIVED_SETTINGS}
 
 
 def check_resumable(out_dir: str, settings: dict,
-                    name: str = 'settings.json') -> Optional[dict]:
+                    name: str = SETTINGS_FILE) -> Optional[dict]:
   """Raises SettingsMismatchError, naming the keys that differ, if
   `<out_dir>/<name>` holds other settings than `settings` (but the derived
   ones); writes nothing. Returns the saved settings, None if none."""
-  path = os.path.join(out_dir, name)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    old = json.load(f)
-  identity = lambda s: {k: v for k, v in json.loads(json.dumps(s)).items()
-                        if k not in DERIVED_SETTINGS}
-  if identity(old) != identity(settings):
-    from scae_tf.training import run_dir  # pylint: disable=g-import-not-at-top
-    raise SettingsMismatchError(
-        f'{out_dir} holds a run with other settings ('
-        f'{run_dir.differences(identity(old), identity(settings))}); use '
-        'another --out_dir or --overwrite.')
-  return old
+  return run_folder.check_identity(
+      out_dir, name, settings, compared=_without_derived,
+      error=SettingsMismatchError,
+      advice='; use another --out_dir or --overwrite.')
 
 
 def shard_batches(num_samples: int, batch_size: int,
@@ -294,37 +297,18 @@ def batch_numbers(out_dir: str) -> list:
 
 
 def batch_path(out_dir: str, index: int) -> str:
-  return os.path.join(out_dir, 'batches', f'batch_{index:05d}.npz')
+  return os.path.join(out_dir, BATCHES_DIR, f'batch_{index:05d}.npz')
 
 
 def _batch_files(out_dir: str):
-  folder = os.path.join(out_dir, 'batches')
-  if not os.path.isdir(folder):
-    return []
-  return [os.path.join(folder, name) for name in sorted(os.listdir(folder))
-          if re.fullmatch(r'batch_\d{5}\.npz', name)]
-
-
-def _temporaries(out_dir: str):
-  """The unfinished writes of a killed run (see `scae_tf.files`)."""
-  return (files.leftover_temporaries(out_dir,
-                                     OUTPUT_FILES + ('settings.json',))
-          + files.leftover_temporaries(os.path.join(out_dir, 'batches')))
-
-
-def _remove(paths):
-  for path in paths:
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(path)
+  return run_folder.matching_files(os.path.join(out_dir, BATCHES_DIR),
+                                   BATCH_FILE)
 
 
 def remove_outputs(out_dir: str):
-  """Removes what a run wrote to `out_dir` but its settings.json; files of
-  other names stay. `l2.npz` goes first: without it no report is redrawn
-  from the rest."""
-  _remove([os.path.join(out_dir, name) for name in OUTPUT_FILES])
-  _remove(_batch_files(out_dir))
-  _remove(_temporaries(out_dir))
+  """Removes what a run wrote to `out_dir` (`LAYOUT`) but its
+  settings.json; files of other names stay."""
+  run_folder.remove_outputs(out_dir, LAYOUT, keep_identity=True)
 
 
 def _duration(seconds: float) -> str:
@@ -383,7 +367,7 @@ def run_protocol(attack, images, labels, out_dir: str, batch_size: int = 100,
   labels = np.asarray(labels, np.int64)
   n = len(images)
   indices = np.arange(n) if indices is None else np.asarray(indices)
-  os.makedirs(os.path.join(out_dir, 'batches'), exist_ok=True)
+  os.makedirs(os.path.join(out_dir, BATCHES_DIR), exist_ok=True)
   mine = shard_batches(n, batch_size, shard)
   taken = np.concatenate([np.arange(n)[b * batch_size:(b + 1) * batch_size]
                           for b in mine] or [np.zeros(0, int)])
@@ -496,7 +480,7 @@ def _stopped(out_dir: str, n: int, batch_size: int, mine: Sequence[int]):
   return interrupts.Interrupted(
       f'kept {len(kept)} of {len(mine)} batches ({sum(map(size, kept))} of '
       f'{sum(map(size, mine))} samples) in '
-      f'{os.path.join(out_dir, "batches")}; the batch in progress is lost')
+      f'{os.path.join(out_dir, BATCHES_DIR)}; the batch in progress is lost')
 
 
 def write_outputs(out_dir: str, results: Dict[str, np.ndarray],
@@ -559,7 +543,7 @@ def load_results(out_dir: str) -> Tuple[dict, dict]:
   with np.load(path) as z:
     arrays = {k: z[k] for k in z.files}
   settings = {}
-  settings_path = os.path.join(out_dir, 'settings.json')
+  settings_path = os.path.join(out_dir, SETTINGS_FILE)
   if os.path.exists(settings_path):
     with open(settings_path) as f:
       settings = json.load(f)

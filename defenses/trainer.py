@@ -44,7 +44,6 @@ from scae_tf.kmeans import report as kmeans_report
 from scae_tf.capsules.model import SCAE
 from scae_tf.optim import TF1RMSProp
 from scae_tf.training import curves
-from scae_tf.training.run_dir import CHECKPOINT_DIR
 
 EVAL_BATCH = 500
 
@@ -277,7 +276,8 @@ def _finish(plan, probes, stop, end, progress, log):
   ends, the final k-means (or why not), the accuracy plot."""
   run, logdir = plan.run, plan.logdir
   spe = plan.stream.steps_per_epoch
-  final = tf.train.latest_checkpoint(os.path.join(logdir, CHECKPOINT_DIR))
+  final = tf.train.latest_checkpoint(
+      os.path.join(logdir, training.CHECKPOINT_DIR))
   if stop < end:
     log(f'stopped at step {stop} of {end} (--max_train_steps); the same '
         'command without it resumes the run')

@@ -251,13 +251,13 @@ def check_settings(stages: Sequence[Stage], workdir: str,
   """Raises StageMismatchError, naming the keys that differ, for every
   stage finished with other settings and not to be redone; before any
   work."""
-  from scae_tf.training import run_dir  # pylint: disable=g-import-not-at-top
+  from scae_tf import run_folder  # pylint: disable=g-import-not-at-top
   problems = []
   for stage in stages:
     if stage.name not in redo and status(stage, workdir) == 'changed':
       previous = read_record(workdir, stage.name)['settings']
-      problems.append(f'{stage.name} ('
-                      f'{run_dir.differences(previous, to_json(stage.settings))})')
+      changed = run_folder.differences(previous, to_json(stage.settings))
+      problems.append(f'{stage.name} ({changed})')
   if problems:
     raise StageMismatchError(
         'finished with other settings: ' + '; '.join(problems)

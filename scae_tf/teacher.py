@@ -18,6 +18,7 @@ from scae_tf import checkpoints
 from scae_tf import configs
 from scae_tf import data
 from scae_tf import recipes
+from scae_tf import run_folder
 from scae_tf import training
 from scae_tf.capsules.model import SCAE
 from scae_tf.optim import TF1RMSProp
@@ -121,11 +122,10 @@ def _build(plan, resumed, log):
   with plan.strategy.scope():
     model = SCAE(plan.config)
     optimizer = TF1RMSProp.for_recipe(model.trainable_variables, plan.recipe)
-  ckpt_dir = os.path.join(plan.logdir, training.CHECKPOINT_DIR)
   # Not from `resumed`: a run killed before its first checkpoint has its
   # run.json, and restarts from the initial weights.
-  has_checkpoints = resumed and os.path.isdir(ckpt_dir) and any(
-      name.endswith('.index') for name in os.listdir(ckpt_dir))
+  has_checkpoints = resumed and bool(run_folder.checkpoint_files(
+      os.path.join(plan.logdir, run_folder.CHECKPOINT_DIR)))
   if run.init_from and not has_checkpoints:
     report = checkpoints.load_checkpoint(model, run.init_from)
     log(f'initialised from {report["path"]}')

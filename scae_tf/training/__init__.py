@@ -9,11 +9,16 @@
   run_checkpoint.py  `RunCheckpoint`: a run's checkpoints, saved only when
                  finite, restored from the newest usable one.
   evaluators.py  per-epoch evaluations (probe accuracy, the k-means curve).
-  run_dir.py     a run's folder: its identity, its log, its lock, the logdir
-                 guard.
+  run_dir.py     a training run's folder: its identity (`run.json`) and
+                 length, its log, the logdir guard; on `scae_tf.run_folder`
+                 (identity check, lock, overwrite, checkpoints).
   distribute.py  `tf.distribute` strategies by name.
 """
 
+from scae_tf.run_folder import CHECKPOINT_DIR
+from scae_tf.run_folder import FolderInUseError
+from scae_tf.run_folder import lock_folder
+from scae_tf.run_folder import newest_checkpoint_step
 from scae_tf.training import distribute
 from scae_tf.training.distribute import make_strategy
 from scae_tf.training.distribute import STRATEGIES
@@ -26,14 +31,10 @@ from scae_tf.training.loop import train_loop
 from scae_tf.training.loop import TrainingInterrupted
 from scae_tf.training.run_checkpoint import NonFiniteLossError
 from scae_tf.training.run_checkpoint import RunCheckpoint
-from scae_tf.training.run_dir import CHECKPOINT_DIR
 from scae_tf.training.run_dir import check_logdir
-from scae_tf.training.run_dir import FolderInUseError
 from scae_tf.training.run_dir import JsonlLog
 from scae_tf.training.run_dir import length_change
-from scae_tf.training.run_dir import lock_folder
 from scae_tf.training.run_dir import LOG_FILE
-from scae_tf.training.run_dir import newest_checkpoint_step
 from scae_tf.training.run_dir import prepare_logdir
 from scae_tf.training.run_dir import previous_settings
 from scae_tf.training.run_dir import RUN_FILE

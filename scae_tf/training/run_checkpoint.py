@@ -13,9 +13,9 @@ import tensorflow as tf
 
 from scae_tf import checkpoints
 from scae_tf import cli
-from scae_tf.training.run_dir import CHECKPOINT_DIR
-from scae_tf.training.run_dir import CHECKPOINT_NAME
-from scae_tf.training.run_dir import checkpoint_files
+from scae_tf import run_folder
+from scae_tf.run_folder import CHECKPOINT_DIR
+from scae_tf.run_folder import CHECKPOINT_NAME
 
 
 class NonFiniteLossError(cli.TrainingFailed):
@@ -38,19 +38,6 @@ def _count_non_finite(variables):
   return sum(not np.all(np.isfinite(v.numpy())) for v in variables)
 
 
-def _checkpoints_newest_first(manager):
-  """The checkpoints of the manager's folder, newest first: those its
-  `checkpoint` file lists and the complete-looking ones beside, which a save
-  killed before it updated that file leaves (or a garbled file hides)."""
-  by_step = checkpoint_files(manager.directory)
-  # The manager's spelling of a path wins: it compares paths as strings.
-  for prefix in manager.checkpoints:
-    number = prefix.rsplit('-', 1)[-1]
-    if number.isdigit():
-      by_step[int(number)] = prefix
-  return [by_step[n] for n in sorted(by_step, reverse=True)]
-
-
 def _restore(ckpt, manager, variables, log):
   """Restores the newest checkpoint that reads back whole and finite; returns
   its path, or None when the folder has no checkpoint.
@@ -59,13 +46,10 @@ def _restore(ckpt, manager, variables, log):
   and for non-finite ones (written by versions without the NaN guard), with
   a warning each.
   """
-  candidates = _checkpoints_newest_first(manager)
-  for path in candidates:
-    try:
-      checkpoints.check_readable(path)
-    except checkpoints.CorruptCheckpointError as e:
-      log(f'warning: skipping checkpoint {path}: {e}')
-      continue
+  # The manager's checkpoints, and the complete-looking ones beside, which
+  # a save killed before it updated its `checkpoint` file leaves.
+  listed = manager.checkpoints
+  for path in run_folder.readable_checkpoints(manager.directory, listed, log):
     try:
       status = ckpt.read(path)
       status.assert_existing_objects_matched()
@@ -80,6 +64,7 @@ def _restore(ckpt, manager, variables, log):
       return path
     log(f'warning: skipping checkpoint {path}: {bad} of {len(variables)} '
         'variables hold non-finite values.')
+  candidates = run_folder.checkpoints_newest_first(manager.directory, listed)
   if candidates:
     raise checkpoints.CorruptCheckpointError(
         f'No usable checkpoint in {manager.directory} (tried '
