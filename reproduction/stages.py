@@ -100,7 +100,7 @@ def _attack_estimate(scale):
 
 def _has_report(checkpoint):
   from scae_tf import loading  # pylint: disable=g-import-not-at-top
-  return os.path.exists(loading.resolve_checkpoint(checkpoint) + '.eval.json')
+  return os.path.exists(loading.find_checkpoint(checkpoint) + '.eval.json')
 
 
 def sharded(stage: Stage, shards: int) -> Tuple[Stage, ...]:
@@ -327,7 +327,7 @@ def kmeans_prefix(stage: Stage) -> str:
   if its report is there (a shipped model), else in the stage's folder."""
   from scae_tf import loading  # pylint: disable=g-import-not-at-top
   if _has_report(stage.settings['checkpoint']):
-    return loading.resolve_checkpoint(stage.settings['checkpoint'])
+    return loading.find_checkpoint(stage.settings['checkpoint'])
   return os.path.join(stage.output, 'model')
 
 

@@ -186,8 +186,10 @@ def check_shapes(path, config_name, model_shapes, ckpt_shapes, shown=8):
   raise CheckpointMismatchError('\n'.join(lines))
 
 
-def resolve_checkpoint(path: str) -> str:
-  """Accepts a checkpoint prefix, a `.index` file or a directory."""
+def checkpoint_prefix(path: str) -> str:
+  """The prefix of the checkpoint that `path` names: a prefix, its `.index`
+  file, or a folder whose `checkpoint` file names one (not a run folder's
+  `ckpt/` below it: `scae_tf.loading.find_checkpoint`)."""
   if os.path.isdir(path):
     latest = tf.train.latest_checkpoint(path)
     if latest is None:
@@ -223,7 +225,7 @@ def read_tf1_checkpoint(path: str, scope: Optional[str] = None,
   (`<name>/RMSProp`, `<name>/RMSProp_1`) and `global_step` when
   `with_optimizer`; EMA and summary variables are always ignored.
   """
-  path = resolve_checkpoint(path)
+  path = checkpoint_prefix(path)
   reader = open_checkpoint(path)
   all_names = list(reader.get_variable_to_shape_map())
   if scope is None:
@@ -274,7 +276,7 @@ def load_tf1_checkpoint(model, path: str, scope: Optional[str] = None,
     var.assign(weights[name])
   for var, value in slot_updates:
     var.assign(value)
-  return dict(path=resolve_checkpoint(path),
+  return dict(path=checkpoint_prefix(path),
               n_tensors=len(var_map),
               n_params=int(sum(np.prod(w.shape) for w in weights.values())),
               optimizer_restored=optimizer is not None)
@@ -365,7 +367,7 @@ def _model_shapes(source):
 def load_tf2_checkpoint(model, path: str, optimizer=None):
   """Restores a TF2 checkpoint written by `save_tf2_checkpoint` or a
   CheckpointManager, refusing one of another architecture."""
-  path = resolve_checkpoint(path)
+  path = checkpoint_prefix(path)
   saved = read_config(path)
   if saved is not None and (saved.architecture()
                             != model.config.architecture()):
@@ -399,7 +401,7 @@ def load_tf2_checkpoint(model, path: str, optimizer=None):
 
 def load_checkpoint(model, path: str, optimizer=None, scope=None):
   """Loads a TF1 (original or fork) or TF2 (port) checkpoint into `model`."""
-  path = resolve_checkpoint(path)
+  path = checkpoint_prefix(path)
   if is_tf1_checkpoint(path):
     return load_tf1_checkpoint(model, path, scope=scope, optimizer=optimizer)
   return load_tf2_checkpoint(model, path, optimizer=optimizer)

@@ -185,7 +185,7 @@ def _writable_prefix(checkpoint, out):
   the outputs come after minutes of work."""
   from scae_tf import loading  # pylint: disable=g-import-not-at-top
   beside = out is None
-  out = out or loading.resolve_checkpoint(checkpoint)
+  out = out or loading.find_checkpoint(checkpoint)
   try:
     files.check_writable(os.path.dirname(os.path.abspath(out)))
   except files.NotWritableError as e:

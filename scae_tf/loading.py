@@ -35,10 +35,8 @@ from scae_tf import checkpoints
 from scae_tf import configs
 from scae_tf import files
 from scae_tf import kmeans as kmeans_lib
+from scae_tf import run_folder
 from scae_tf.capsules.model import SCAE
-from scae_tf.training import run_dir
-
-# Where `training.train_loop` keeps the checkpoints of a run directory.
 
 # How the config of a `LoadedModel` was found.
 CONFIG_GIVEN = 'given'
@@ -70,18 +68,20 @@ class LoadedModel:
   optimizer: Any = None
 
 
-def resolve_checkpoint(path: str) -> str:
-  """The checkpoint prefix that `path` designates (see the module doc)."""
+def find_checkpoint(path: str) -> str:
+  """The checkpoint prefix that `path` designates (see the module doc): a
+  run folder's latest checkpoint (in its `ckpt/`), a folder's latest or
+  only one, or the checkpoint a prefix or `.index` file names."""
   path = os.fspath(path)
   if os.path.isdir(path):
-    for folder in (path, os.path.join(path, run_dir.CHECKPOINT_DIR)):
+    for folder in (path, os.path.join(path, run_folder.CHECKPOINT_DIR)):
       latest = _latest_in(folder) if os.path.isdir(folder) else None
       if latest is not None:
         return latest
     raise FileNotFoundError(
         f'no checkpoint found in directory {path!r} nor in its '
-        f'{run_dir.CHECKPOINT_DIR}/ subdirectory.')
-  return checkpoints.resolve_checkpoint(path)
+        f'{run_folder.CHECKPOINT_DIR}/ subdirectory.')
+  return checkpoints.checkpoint_prefix(path)
 
 
 def _latest_in(folder):
@@ -156,7 +156,7 @@ def load_model(path: str, config: ConfigLike = None, *,
       no named config fits it.
     ValueError: an unknown config name.
   """
-  prefix = resolve_checkpoint(path)
+  prefix = find_checkpoint(path)
   fmt = checkpoint_format(prefix)
   if fmt == 'tf1' and scope is None:
     # Fails early, and clearly, on a TF1 checkpoint that is not an SCAE's.
@@ -236,7 +236,7 @@ def convert_tf1_checkpoint(tf1_path: str, out: str,
   with the optimiser, its `global_step`.
   """
   from scae_tf.optim import TF1RMSProp  # pylint: disable=g-import-not-at-top
-  prefix = resolve_checkpoint(tf1_path)
+  prefix = find_checkpoint(tf1_path)
   if checkpoint_format(prefix) != 'tf1':
     raise ValueError(f'{prefix!r} is already a TF2 checkpoint of the port.')
   out = output_prefix(out, overwrite)

@@ -77,7 +77,7 @@ def train_teacher(run: Union[TeacherRun, str, None] = None, *, progress=True,
   # folder that is refused. Only a run that starts needs initial weights.
   resuming = training.check_logdir(plan.logdir, plan.settings, run.overwrite)
   if not resuming and run.init_from:
-    checkpoints.check_readable(checkpoints.resolve_checkpoint(run.init_from))
+    checkpoints.check_readable(checkpoints.checkpoint_prefix(run.init_from))
   with training.lock_folder(plan.logdir):
     change = (training.length_change(plan.logdir, plan.settings)
               if resuming else None)

@@ -19,7 +19,7 @@ GOLDEN = pathlib.Path(__file__).parent / 'golden' / 'tiny_v1'
 
 
 def test_golden_tiny_checkpoint_loads_with_its_outputs():
-  prefix = checkpoints.resolve_checkpoint(str(GOLDEN / 'ckpt'))
+  prefix = checkpoints.checkpoint_prefix(str(GOLDEN / 'ckpt'))
   config = checkpoints.read_config(prefix)
   assert config.name == 'tiny' and config.canvas_size == 20
   model = SCAE(config)
