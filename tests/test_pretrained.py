@@ -132,7 +132,15 @@ SHIPPED = ('teacher_mnist_cpu', 'ntat_mnist_cpu', 'hat_mnist_cpu',
            'ad_mnist_cpu', 'margin_at_mnist_cpu')
 
 
-@pytest.mark.parametrize('name', SHIPPED)
+# Each case computes a whole MNIST test split's features with a full-size
+# SCAE (about 20 s on the shared 2-core EPYC); the five run one code path on
+# five folders, so the defences' four run with the slow ones. Covered by
+# default: test_a_shipped_model_is_whole_and_its_card_tells_the_truth[
+# teacher_mnist_cpu] (the same checks, on the teacher) and
+# test_a_shipped_model_records_no_path_of_the_machine_that_made_it (every
+# folder's k-means files and report).
+@pytest.mark.parametrize('name', [SHIPPED[0]] + [
+    pytest.param(name, marks=pytest.mark.slow) for name in SHIPPED[1:]])
 def test_a_shipped_model_is_whole_and_its_card_tells_the_truth(name):
   """The folder in the repository: under 12 MiB, weights only, k-means
   fitted on exactly these weights, and the card's test accuracies are what
