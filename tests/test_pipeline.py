@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from attacks import pgd, pipeline, protocol, registry, sanity
+from attacks import evasion, pgd, pipeline, protocol, registry, sanity
 from attacks.run_spec import AttackRun
 from conftest import REPO, data_path
+from helpers import attack_run
 from helpers.attack_files import assert_same_outputs
 from helpers.attack_files import outputs
 from helpers.attack_files import tiny_posk_checkpoint
@@ -35,8 +36,10 @@ def test_attack_checkpoint_end_to_end(tmp_path):
   tf.random.set_seed(0)
   model = SCAE(configs.tiny_config(canvas_size=40))
   prefix = checkpoints.save_tf2_checkpoint(model, str(tmp_path / 'tiny'))
+  # (Without the sanity checks: a single attack's are
+  # test_a_list_of_attacks_runs_those_and_a_single_one_checks_in_place's.)
   settings = dict(dataset='mnist', data_dir=data_dir, num_samples=4,
-                  batch_size=2,
+                  batch_size=2, sanity=False,
                   overrides=dict(outer_iterations=1, inner_iterations=2))
   with pytest.raises(FileNotFoundError, match='run run/evaluate.py'):
     pipeline.attack_checkpoint(
@@ -92,7 +95,7 @@ def test_attack_refuses_a_kmeans_of_another_checkpoint_or_data(tmp_path):
   km.save(loading.kmeans_path(fitted, 'posterior'))
   out = tmp_path / 'out'
   settings = dict(dataset='mnist', data_dir=str(data_path('mnist')),
-                  num_samples=2, batch_size=2, out_dir=str(out),
+                  num_samples=2, batch_size=2, out_dir=str(out), sanity=False,
                   overrides=dict(outer_iterations=1, inner_iterations=1))
   with pytest.raises(kmeans.KMeansMismatchError, match=re.escape(
       f'k-means file {path} was fitted on checkpoint {fitted} ')):
@@ -122,7 +125,7 @@ def killable_attack(tmp_path):
   """Runs tests/helpers/attack_run.py (a 3-batch PosK attack of a tiny
   checkpoint) as `run(out_dir, kill_at=-1)` -> (exit status, its stdout
   lines: the events of a finished run, `killed at <event>` of a killed
-  one)."""
+  one); `run.checkpoint` and `run.data_dir` are its arguments."""
   prefix = tiny_posk_checkpoint(tmp_path)
   script = os.path.join(REPO, 'tests', 'helpers', 'attack_run.py')
   data_dir = str(data_path('mnist'))
@@ -137,13 +140,24 @@ def killable_attack(tmp_path):
     assert done.returncode in (0, -signal.SIGKILL), done.stderr[-3000:]
     return done.returncode, done.stdout.splitlines()
 
+  run.checkpoint, run.data_dir = prefix, data_dir
   return run
 
 
 def test_attack_killed_in_a_save_and_between_saves_ends_bit_identical(
-    tmp_path, killable_attack):
-  status, events = killable_attack(tmp_path / 'full')
-  assert status == 0 and events.count('outer') == 9  # 3 batches x 3
+    tmp_path, killable_attack, monkeypatch, capsys):
+  # The uninterrupted run in this process, instrumented as the helper does
+  # (and undone after the test): one interpreter start and one autograph
+  # conversion of the attack fewer; the killed and resumed runs are
+  # processes of their own.
+  monkeypatch.setattr(files, 'atomic_open', files.atomic_open)
+  monkeypatch.setattr(evasion.CapsuleAttack, '__call__',
+                      evasion.CapsuleAttack.__call__)
+  capsys.readouterr()
+  attack_run.main(killable_attack.checkpoint, killable_attack.data_dir,
+                  str(tmp_path / 'full'), '-1')
+  events = capsys.readouterr().out.splitlines()
+  assert events.count('outer') == 9  # 3 batches x 3
   full = outputs(tmp_path / 'full')
   out = tmp_path / 'killed'
   # In the save of batch 1: written, not yet renamed.

@@ -1,6 +1,7 @@
 """The resumable training loop and run/train_teacher.py."""
 
 import gc
+import importlib
 import json
 import logging
 import os
@@ -529,20 +530,23 @@ def test_plot_training_prints_the_generator_table(tmp_path, plot_training):
   assert rows[1:] == ['| 1-4 | 2 | 75.0 % | 3.33 |', '| 5-6 | 1 | 0.0 % | - |']
 
 
-def test_random_step_survives_sigkill(tmp_path):
+def test_random_step_survives_sigkill(tmp_path, monkeypatch):
   """A step drawing from a checkpointed tf.random.Generator inside the
   compiled function, killed with SIGKILL and resumed, ends bit-identical to
   an uninterrupted run: generator state and counters are in the checkpoint.
   """
-  script = str(REPO / 'tests' / 'helpers' / 'random_step_run.py')
+  helpers = REPO / 'tests' / 'helpers'
+  script = str(helpers / 'random_step_run.py')
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', PYTHONPATH=os.pathsep.join(
       filter(None, (str(REPO), os.environ.get('PYTHONPATH')))))
 
   def command(logdir):
     return [sys.executable, script, str(logdir), '60']
 
-  subprocess.run(command(tmp_path / 'full'), check=True, env=env,
-                 capture_output=True, timeout=600)
+  # The uninterrupted run in this process (one interpreter start fewer); the
+  # killed and the resumed one are processes.
+  monkeypatch.syspath_prepend(str(helpers))
+  importlib.import_module('random_step_run').run(str(tmp_path / 'full'), 60)
   killed = tmp_path / 'killed'
   interrupted_at = _kill_after_first_checkpoint(command(killed), killed, env)
   assert not interrupted_at.endswith('ckpt-60')
