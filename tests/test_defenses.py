@@ -28,6 +28,10 @@ from scae_tf.optim import TF1RMSProp
 TINY = configs.tiny_config().without_noise()
 # A short attack keeps the tests fast; its schedule is the preset's.
 QUICK = dict(outer_iterations=2, inner_iterations=3)
+# The trainer's tests: one outer iteration (a compiled step traces each
+# outer iteration of its attack anew); the schedule across outer
+# iterations in the step is QUICK's, in the tests of the building blocks.
+TRAINER_ATTACK = dict(outer_iterations=1, inner_iterations=2)
 
 
 def _model(seed):
@@ -330,7 +334,7 @@ def small_teacher(tmp_path_factory):
 def _defend(method, logdir, teacher=None, **kwargs):
   from conftest import DATA_DIR, data_path  # pylint: disable=g-import-not-at-top
   data_path('mnist')
-  kwargs.setdefault('attack_overrides', QUICK)
+  kwargs.setdefault('attack_overrides', TRAINER_ATTACK)
   kwargs.setdefault('log', lambda msg: None)
   return train_defense(
       method, teacher=teacher, logdir=str(logdir), batch_size=4,
@@ -402,7 +406,12 @@ def test_ntat_starts_from_the_teacher_with_a_fresh_optimizer(tmp_path,
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
 
 
-def test_hat_from_the_teacher_is_a_labelled_deviation(tmp_path, small_teacher):
+class _Resolved(Exception):
+  pass
+
+
+def test_hat_from_the_teacher_is_a_labelled_deviation(tmp_path, small_teacher,
+                                                      monkeypatch):
   teacher_path, teacher_model = small_teacher
   _defend('hat', tmp_path / 'hat', teacher_path, init='teacher', ad_epochs=1,
           at_epochs=1, max_train_steps=1)
@@ -432,9 +441,17 @@ def test_hat_from_the_teacher_is_a_labelled_deviation(tmp_path, small_teacher):
   assert 'generator' not in settings
   assert ("the student starts from the teacher's weights instead of from "
           'scratch') in ' '.join(settings['deviations'])
-  # From scratch, the paper's start, the student is not the teacher.
-  _defend('hat', tmp_path / 'scratch', teacher_path, ad_epochs=1,
-          at_epochs=1, max_train_steps=1)
+  # From scratch, the paper's start, the student is not the teacher. (Its
+  # run.json is written before the student is built: stopped there, it
+  # saves a trace of the HAT step; test_hat_switches_after_n_ad_epochs_with_
+  # fresh_slots trains HAT from scratch.)
+  def stop(*args, **kwargs):
+    raise _Resolved()
+
+  monkeypatch.setattr(trainer, '_build', stop)
+  with pytest.raises(_Resolved):
+    _defend('hat', tmp_path / 'scratch', teacher_path, ad_epochs=1,
+            at_epochs=1, max_train_steps=1)
   settings = json.load(open(tmp_path / 'scratch' / 'run.json'))
   assert settings['init'] == 'scratch'
   assert not any('starts from' in d for d in settings['deviations'])
@@ -578,7 +595,7 @@ def test_hat_killed_mid_phase_resumes_bit_identical(tmp_path, small_teacher):
 def test_max_train_steps_stops_evaluates_and_the_same_command_resumes(
     tmp_path):
   logs = []
-  kwargs = dict(config=SMALL, batch_size=4, attack_overrides=QUICK,
+  kwargs = dict(config=SMALL, batch_size=4, attack_overrides=TRAINER_ATTACK,
                 stream=_stream(), eval_data=lambda: [_stream().batch(0)],
                 save_every=1000, fit_kmeans=False, progress=False,
                 log=logs.append, logdir=str(tmp_path / 'at'), epochs=2)

@@ -9,8 +9,8 @@ attack: the paper's attack (PosK, 2 outer iterations of INNER steps) on
 SAMPLES MNIST test digits, 2 a batch, no sanity checks. Before each outer
 iteration's compiled call runs (its tracing done first), it prints `outer`
 on stdout: a signal sent then lands in the compiled loop.
-defence: AT for one epoch of two batches of 4 (the second adversarial, 2
-outer iterations of INNER steps), a checkpoint after every step.
+defence: AT for one epoch of two batches of 4 (the second adversarial, 1
+outer iteration of INNER steps), a checkpoint after every step.
 Re-running the same command resumes.
 """
 
@@ -72,7 +72,7 @@ def defence(logdir, inner):
   trainer.train_defense(
       DefenceRun(
           'at', logdir=logdir, epochs=1, batch_size=4,
-          attack_overrides=dict(outer_iterations=2,
+          attack_overrides=dict(outer_iterations=1,
                                 inner_iterations=int(inner)),
           config=configs.tiny_config(canvas_size=40), save_every=1,
           fit_kmeans=False),
