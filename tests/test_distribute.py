@@ -69,6 +69,15 @@ def _free_ports(n):
   return ports
 
 
+# 41 s on the shared 2-core EPYC (two more processes, each loading
+# TensorFlow and tracing the step). make_train_step runs one code path under
+# any strategy other than the default (strategy.run, then the reduction of
+# the replicas' gradients); the transport between processes is TensorFlow's.
+# Covered by default: test_mirrored_two_replicas_equal_one (that path with 2
+# replicas equals 1) and test_training_loop.py::
+# test_teacher_under_a_strategy_and_its_errors (make_strategy's multiworker
+# without TF_CONFIG).
+@pytest.mark.slow
 def test_multiworker_two_processes_equal_one(mirrored, tmp_path):
   workers = [f'localhost:{p}' for p in _free_ports(2)]
   procs = []

@@ -179,6 +179,15 @@ def _interrupt_the_adversarial_step(logdir, inner, signum, after=0.):
   return run, run.stop(signum, after)
 
 
+# 24 s on the shared 2-core EPYC (a process tracing the adversarial step);
+# the slow test below signals the same run and also resumes it. Covered by
+# default: test_sigterm_stops_an_attack_inside_its_compiled_loop (the
+# attack's compiled loop, which the step's in_graph runs, stops on a
+# signal), test_guard_fails_the_graph_call_once_a_stop_is_asked (the step's
+# guard on the attack's output) and test_teacher.py::
+# test_ctrl_c_saves_the_step_and_says_so_in_one_line (train_loop saves the
+# step and the script says so in one line, status 130).
+@pytest.mark.slow
 def test_ctrl_c_stops_a_defence_inside_its_adversarial_batch(tmp_path):
   logdir = tmp_path / 'run'
   run, status = _interrupt_the_adversarial_step(logdir, FOREVER,

@@ -122,7 +122,7 @@ def test_an_exported_folder_is_attacked_with_its_own_kmeans(tmp_path):
   assert tf.train.latest_checkpoint(str(moved)) == str(moved / 'model')
   result = pipeline.attack_checkpoint(
       AttackRun(str(moved), 'PosK', dataset='mnist', data_dir=str(DATA_DIR),
-                num_samples=2, batch_size=2, overrides=QUICK,
+                num_samples=2, batch_size=2, overrides=QUICK, sanity=False,
                 out_dir=str(tmp_path / 'attack')),
       progress=False, log=lambda msg: None)
   assert result['summary']['num_samples'] == 2
