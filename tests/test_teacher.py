@@ -124,14 +124,20 @@ def test_a_run_is_extended_or_shortened_and_stays_bit_identical(tmp_path):
   resumes to 4, bit for bit the uninterrupted 4-step run; asked for 3, it
   stays; a changed learning rate is still refused, with its key alone."""
   import json  # pylint: disable=g-import-not-at-top
+  from scae_tf import configs  # pylint: disable=g-import-not-at-top
   from scae_tf import training  # pylint: disable=g-import-not-at-top
   data_path('mnist')
 
   logs = []
 
+  # The tiny model on 40 x 40 MNIST: a run's length and identity are not
+  # its model's size.
+  config = configs.tiny_config(canvas_size=40)
+
   def run(logdir, **overrides):
     return teacher.train_teacher(
         'mnist', logdir=str(logdir), data_dir=str(DATA_DIR), save_every=1,
+        config=config,
         overrides=teacher.RecipeOverrides(batch_size=8, **overrides),
         progress=False, log=logs.append)
 

@@ -137,20 +137,15 @@ def test_a_methods_step_fields_choose_extra_log_records(tmp_path, tiny):
   assert logged == [1, 3, 5, 7, 9, 10, 11, 12]
 
 
-def test_nan_guard_keeps_last_good_checkpoint(tmp_path):
-  model = SCAE(TINY)
-  opt = TF1RMSProp.for_recipe(model.trainable_variables, TINY_RECIPE)
-  good = training.make_train_step(model, opt, seed=0)
-
+def test_nan_guard_keeps_last_good_checkpoint(tmp_path, tiny):
   def step_fn(images, labels):
-    metrics = good(images, labels)
-    if int(opt.step.numpy()) == 4:
+    metrics = tiny.step(images, labels)
+    if int(tiny.opt.step.numpy()) == 4:
       metrics['loss'] = tf.constant(float('nan'))
     return metrics
 
   with pytest.raises(training.NonFiniteLossError, match='step 4'):
-    training.train_loop(model, opt, _tiny_stream(), str(tmp_path), 10,
-                        save_every=2, progress=False, train_step=step_fn)
+    tiny.run(tmp_path, 10, step_fn, save_every=2)
   assert tf.train.latest_checkpoint(str(tmp_path / 'ckpt')).endswith('ckpt-2')
 
 
