@@ -97,19 +97,19 @@ def test_a_second_lock_names_the_holder_and_follows_its_release(tmp_path):
 
 
 def test_the_lock_of_a_killed_holder_is_free(tmp_path):
-  # The holder loads run_dir.py alone: the package's __init__ would import
-  # TensorFlow (seconds) for a lock that needs none of it.
+  # The holder loads the lock's module alone: the training package's
+  # __init__ would import TensorFlow (seconds) for a lock that needs none.
   holder = subprocess.Popen(
       [sys.executable, '-c',
        'import importlib.util, sys, time\n'
-       'spec = importlib.util.spec_from_file_location("run_dir", '
+       'spec = importlib.util.spec_from_file_location("run_folder", '
        'sys.argv[2])\n'
-       'run_dir = importlib.util.module_from_spec(spec)\n'
-       'spec.loader.exec_module(run_dir)\n'
-       'lock = run_dir.lock_folder(sys.argv[1])\n'
+       'run_folder = importlib.util.module_from_spec(spec)\n'
+       'spec.loader.exec_module(run_folder)\n'
+       'lock = run_folder.lock_folder(sys.argv[1])\n'
        'print("locked", flush=True)\n'
        'time.sleep(600)\n', str(tmp_path),
-       str(REPO / 'scae_tf' / 'training' / 'run_dir.py')],
+       str(REPO / 'scae_tf' / 'run_folder.py')],
       stdout=subprocess.PIPE, text=True,
       env=dict(os.environ, PYTHONPATH=str(REPO)))
   try:

@@ -12,8 +12,6 @@ from scae_tf import run_folder
 from scae_tf.run_folder import CHECKPOINT_DIR
 # A run's lock is every run folder's (`scae_tf.run_folder`); kept under its
 # old names here too.
-from scae_tf.run_folder import LOCK_FILE  # pylint: disable=unused-import
-from scae_tf.run_folder import lock_folder  # pylint: disable=unused-import
 
 RUN_FILE = 'run.json'
 LOG_FILE = 'log.jsonl'

@@ -13,7 +13,7 @@ from scae_tf import kmeans
 from scae_tf import loading
 from scae_tf.kmeans import KMeansClassifier
 from scae_tf.capsules.model import SCAE
-from scae_tf.training import run_dir
+from scae_tf import run_folder
 
 
 def tiny_posk_checkpoint(folder) -> str:
@@ -36,7 +36,7 @@ def outputs(out_dir):
   found = {}
   for folder, _, names in os.walk(out_dir):
     for name in names:
-      if name == run_dir.LOCK_FILE:
+      if name == run_folder.LOCK_FILE:
         continue
       path = os.path.join(folder, name)
       if name.endswith('.npz'):
